@@ -1,0 +1,1 @@
+//! The `serviceconnectiontool` command line (issue 2).

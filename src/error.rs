@@ -1,0 +1,214 @@
+//! One error type for the whole library.
+//!
+//! Every failure carries an [`ErrorKind`] (which becomes the C ABI status code, the
+//! PowerShell `ErrorCategory` and the CLI exit code) and one human-readable line that
+//! says what went wrong and, where it helps, what to do. Messages never contain secrets.
+
+use std::fmt;
+
+/// What kind of failure happened. Stable: the numeric values are part of the C ABI
+/// (`sct_status` adds a base of 7000 to them; see `ffi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[repr(u32)]
+pub enum ErrorKind {
+    /// A caller-supplied argument or option is malformed or missing.
+    InvalidArgument = 1,
+    /// A file, folder, site or package that must exist does not.
+    NotFound = 2,
+    /// The destination already exists and overwriting was not requested.
+    AlreadyExists = 3,
+    /// The file is not a ServiceConnection site database.
+    NotASiteDatabase = 4,
+    /// The site database was written by a newer version of this tool.
+    SchemaTooNew = 5,
+    /// Another process holds the site database (or another lock) and did not let go in time.
+    Busy = 6,
+    /// An operating-system I/O failure not covered by a more precise kind.
+    Io = 7,
+    /// No space left on the destination device.
+    DiskFull = 8,
+    /// The operating system refused access.
+    PermissionDenied = 9,
+    /// SQLite reported a failure.
+    Database = 10,
+    /// A usage-data cab is corrupt, truncated or not a usage cab.
+    InvalidCab = 11,
+    /// A manifest (usage or pack) is malformed or violates the format.
+    InvalidManifest = 12,
+    /// A signature is missing, malformed, or does not verify against a trusted key.
+    SignatureInvalid = 13,
+    /// Content does not match its manifest (size or SHA-256), or files are missing/extra.
+    IntegrityMismatch = 14,
+    /// Data belongs to a different hierarchy than the one it is used with.
+    WrongHierarchy = 15,
+    /// The update service could not be reached or the connection failed.
+    Network = 16,
+    /// The proxy could not be reached.
+    ProxyConnect = 17,
+    /// The proxy refused the credentials (HTTP 407).
+    ProxyAuth = 18,
+    /// A TLS handshake or certificate verification failed.
+    Tls = 19,
+    /// The update service answered with an error status.
+    Service = 20,
+    /// The operation was cancelled by the caller (progress callback or Ctrl+C).
+    Cancelled = 21,
+    /// A package with this GUID exists with different content.
+    Conflict = 22,
+    /// A path in external data is absolute, escapes its folder, or passes through a link.
+    UnsafePath = 23,
+    /// An operation timed out.
+    Timeout = 24,
+    /// A bug: an internal invariant failed or a panic was caught.
+    Internal = 25,
+}
+
+impl ErrorKind {
+    /// Short stable identifier, used as PowerShell error IDs and JSON `kind` fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "InvalidArgument",
+            ErrorKind::NotFound => "NotFound",
+            ErrorKind::AlreadyExists => "AlreadyExists",
+            ErrorKind::NotASiteDatabase => "NotASiteDatabase",
+            ErrorKind::SchemaTooNew => "SchemaTooNew",
+            ErrorKind::Busy => "Busy",
+            ErrorKind::Io => "Io",
+            ErrorKind::DiskFull => "DiskFull",
+            ErrorKind::PermissionDenied => "PermissionDenied",
+            ErrorKind::Database => "Database",
+            ErrorKind::InvalidCab => "InvalidCab",
+            ErrorKind::InvalidManifest => "InvalidManifest",
+            ErrorKind::SignatureInvalid => "SignatureInvalid",
+            ErrorKind::IntegrityMismatch => "IntegrityMismatch",
+            ErrorKind::WrongHierarchy => "WrongHierarchy",
+            ErrorKind::Network => "Network",
+            ErrorKind::ProxyConnect => "ProxyConnect",
+            ErrorKind::ProxyAuth => "ProxyAuth",
+            ErrorKind::Tls => "Tls",
+            ErrorKind::Service => "Service",
+            ErrorKind::Cancelled => "Cancelled",
+            ErrorKind::Conflict => "Conflict",
+            ErrorKind::UnsafePath => "UnsafePath",
+            ErrorKind::Timeout => "Timeout",
+            ErrorKind::Internal => "Internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The library's error: a kind plus one clear line for a human.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+    pub fn cancelled() -> Self {
+        Self::new(ErrorKind::Cancelled, "the operation was cancelled")
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// Classify an I/O error that happened while doing `what` (e.g. "writing /mnt/usb/x.cab").
+    pub fn io(what: impl fmt::Display, err: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let kind = match err.kind() {
+            K::NotFound => ErrorKind::NotFound,
+            K::PermissionDenied | K::ReadOnlyFilesystem => ErrorKind::PermissionDenied,
+            K::AlreadyExists => ErrorKind::AlreadyExists,
+            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => ErrorKind::DiskFull,
+            K::TimedOut => ErrorKind::Timeout,
+            _ => match err.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => ErrorKind::DiskFull,
+                Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => {
+                    ErrorKind::PermissionDenied
+                }
+                _ => ErrorKind::Io,
+            },
+        };
+        let detail = match kind {
+            ErrorKind::DiskFull => {
+                "no space left on the device (or the file-size limit was reached)".to_string()
+            }
+            ErrorKind::PermissionDenied => {
+                "permission denied (or the file system is read-only)".to_string()
+            }
+            _ => err.to_string(),
+        };
+        Error::new(kind, format!("{what}: {detail}"))
+    }
+
+    /// Prefix the message with context, keeping the kind.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        Error::new(self.kind, format!("{what}: {}", self.message))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        if let rusqlite::Error::SqliteFailure(e, _) = &err {
+            match e.code {
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                    return Error::new(
+                        ErrorKind::Busy,
+                        "the site database is in use by another process; try again when it has finished",
+                    )
+                }
+                ErrorCode::NotADatabase => {
+                    return Error::new(ErrorKind::NotASiteDatabase, "the file is not a SQLite database")
+                }
+                ErrorCode::DiskFull => {
+                    return Error::new(ErrorKind::DiskFull, "site database: no space left on the device")
+                }
+                ErrorCode::ReadOnly | ErrorCode::PermissionDenied | ErrorCode::CannotOpen => {
+                    return Error::new(
+                        ErrorKind::PermissionDenied,
+                        format!("site database cannot be opened for writing: {err}"),
+                    )
+                }
+                _ => {}
+            }
+        }
+        Error::new(ErrorKind::Database, format!("site database: {err}"))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(err: serde_json::Error) -> Self {
+        Error::new(ErrorKind::InvalidArgument, format!("invalid JSON: {err}"))
+    }
+}

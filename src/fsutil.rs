@@ -1,0 +1,248 @@
+//! File-system helpers shared by every step: atomic output files and safe relative paths.
+
+use crate::error::{Error, ErrorKind, Result};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+/// Suffix of every temporary file the library writes. Nothing ever trusts a file
+/// with this suffix; a crashed run may leave one behind and the next run ignores it.
+pub const PARTIAL_SUFFIX: &str = ".sct-partial";
+
+/// An output file written under a temporary name in the destination folder and
+/// renamed into place by [`AtomicFile::commit`]. Dropped without commit, it removes
+/// its temporary file, so a failed run leaves nothing at (or near) the destination.
+pub struct AtomicFile {
+    temp: tempfile::NamedTempFile,
+    dest: PathBuf,
+    overwrite: bool,
+}
+
+impl AtomicFile {
+    /// Check the destination the way a user expects (folder exists, not a directory,
+    /// not already there unless `overwrite`) and open a temporary file beside it.
+    pub fn create(dest: &Path, overwrite: bool) -> Result<Self> {
+        let parent = parent_dir(dest);
+        if !parent.is_dir() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("destination folder {} does not exist", parent.display()),
+            ));
+        }
+        if dest.is_dir() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("destination {} is a folder, not a file", dest.display()),
+            ));
+        }
+        if !overwrite && dest.symlink_metadata().is_ok() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "destination {} already exists (use force to overwrite it)",
+                    dest.display()
+                ),
+            ));
+        }
+        let name = dest.file_name().ok_or_else(|| {
+            Error::invalid_argument(format!("{} is not a file name", dest.display()))
+        })?;
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{}.", name.to_string_lossy()))
+            .suffix(PARTIAL_SUFFIX)
+            .tempfile_in(parent)
+            .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), &e))?;
+        Ok(AtomicFile {
+            temp,
+            dest: dest.to_path_buf(),
+            overwrite,
+        })
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.temp.as_file_mut()
+    }
+
+    /// Where the data is being written until [`commit`](Self::commit).
+    pub fn temp_path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Flush to stable storage and move into place. Without `overwrite`, a file that
+    /// appeared at the destination meanwhile is never replaced.
+    pub fn commit(mut self) -> Result<()> {
+        let what = || format!("writing {}", self.dest.display());
+        self.temp
+            .as_file_mut()
+            .flush()
+            .map_err(|e| Error::io(what(), &e))?;
+        self.temp
+            .as_file()
+            .sync_all()
+            .map_err(|e| Error::io(what(), &e))?;
+        let dest = self.dest.clone();
+        if self.overwrite {
+            self.temp.persist(&dest).map_err(|e| {
+                Error::io(format!("moving into place {}", dest.display()), &e.error)
+            })?;
+        } else {
+            self.temp.persist_noclobber(&dest).map_err(|e| {
+                if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!(
+                            "destination {} already exists (use force to overwrite it)",
+                            dest.display()
+                        ),
+                    )
+                } else {
+                    Error::io(format!("moving into place {}", dest.display()), &e.error)
+                }
+            })?;
+        }
+        sync_dir(parent_dir(&dest));
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.temp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.temp.flush()
+    }
+}
+
+/// The folder holding `path` ("." for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Best-effort fsync of a directory so a rename survives power loss.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Validate a relative path that came from outside (a manifest, a URL): non-empty,
+/// `/`-separated, not absolute, no `..`, `.`, empty, drive or backslash components, no
+/// NUL or control characters. Returns it as a `PathBuf` to join under a trusted root.
+pub fn safe_relative_path(p: &str) -> Result<PathBuf> {
+    let unsafe_path = |why: &str| {
+        Error::new(
+            ErrorKind::UnsafePath,
+            format!("unsafe path '{}': {why}", p.escape_debug()),
+        )
+    };
+    if p.is_empty() {
+        return Err(unsafe_path("empty"));
+    }
+    if p.len() > 1024 {
+        return Err(unsafe_path("longer than 1024 bytes"));
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Err(unsafe_path("contains control characters"));
+    }
+    if p.contains('\\') || p.contains(':') {
+        return Err(unsafe_path("contains '\\' or ':'"));
+    }
+    if p.starts_with('/') {
+        return Err(unsafe_path("absolute"));
+    }
+    let mut out = PathBuf::new();
+    for part in p.split('/') {
+        match part {
+            "" => return Err(unsafe_path("empty component")),
+            "." => return Err(unsafe_path("'.' component")),
+            ".." => return Err(unsafe_path("'..' component")),
+            _ => out.push(part),
+        }
+    }
+    debug_assert!(out.components().all(|c| matches!(c, Component::Normal(_))));
+    Ok(out)
+}
+
+/// Refuse if any existing component of `root/rel` below `root` is a symbolic link.
+pub fn ensure_no_symlinks(root: &Path, rel: &Path) -> Result<()> {
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match cur.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::new(
+                    ErrorKind::UnsafePath,
+                    format!(
+                        "{} is a symbolic link; links are never followed",
+                        cur.display()
+                    ),
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_paths() {
+        assert_eq!(
+            safe_relative_path("a/b.bin").unwrap(),
+            PathBuf::from("a/b.bin")
+        );
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a\\b",
+            "C:/x",
+            "a\u{0}b",
+            "a/.",
+        ] {
+            let e = safe_relative_path(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnsafePath, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn atomic_file_no_clobber_and_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.cab");
+        std::fs::write(&dest, b"old").unwrap();
+        assert_eq!(
+            AtomicFile::create(&dest, false).err().unwrap().kind(),
+            ErrorKind::AlreadyExists
+        );
+        {
+            let mut f = AtomicFile::create(&dest, true).unwrap();
+            f.write_all(b"new").unwrap();
+            // dropped without commit
+        }
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temporary file left behind"
+        );
+        let mut f = AtomicFile::create(&dest, true).unwrap();
+        f.write_all(b"new").unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+    }
+}

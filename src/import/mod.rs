@@ -1,0 +1,1 @@
+//! Import: verify update packs and record them in the site (issue 5).

@@ -1,0 +1,127 @@
+//! The update-pack manifest (`manifest.json`), signed by the publisher. Shared by the
+//! service (writes and signs it), Connect (downloads by it) and Import (verifies by it).
+
+use crate::api::PackType;
+use crate::error::{Error, ErrorKind, Result};
+use crate::version::SiteVersion;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const SIGNATURE_FILE: &str = "manifest.json.minisig";
+pub const CONTENT_DIR: &str = "content";
+pub const PACK_FORMAT_VERSION: u32 = 1;
+/// Manifests larger than this are refused before parsing (hostile input).
+pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PackManifest {
+    pub format_version: u32,
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub version: SiteVersion,
+    #[serde(rename = "type")]
+    pub pack_type: PackType,
+    pub min_site_version: SiteVersion,
+    pub max_site_version: Option<SiteVersion>,
+    /// Empty: offered to every hierarchy; otherwise only to these (targeted release).
+    #[serde(default)]
+    pub hierarchies: Vec<uuid::Uuid>,
+    pub publisher: Publisher,
+    /// RFC 3339 UTC.
+    pub created: String,
+    pub files: Vec<PackFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Publisher {
+    pub name: String,
+    /// minisign key ID (16 upper-case hex digits) of the signing key.
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PackFile {
+    /// `/`-separated path relative to `content/`.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl PackManifest {
+    /// Parse and validate untrusted manifest bytes: known format, safe unique paths,
+    /// well-formed hashes, coherent version range.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::new(
+                ErrorKind::InvalidManifest,
+                "the pack manifest is larger than 16 MiB",
+            ));
+        }
+        let m: PackManifest = serde_json::from_slice(bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidManifest,
+                format!("the pack manifest is not valid: {e}"),
+            )
+        })?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Error::new(ErrorKind::InvalidManifest, m);
+        if self.format_version != PACK_FORMAT_VERSION {
+            return Err(bad(format!(
+                "pack manifest format {} is not supported (this tool reads format {PACK_FORMAT_VERSION})",
+                self.format_version
+            )));
+        }
+        if self.name.trim().is_empty() {
+            return Err(bad("the pack manifest has no name".into()));
+        }
+        if let Some(max) = &self.max_site_version {
+            if max < &self.min_site_version {
+                return Err(bad(format!(
+                    "max_site_version {max} is below min_site_version {}",
+                    self.min_site_version
+                )));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.files {
+            crate::fsutil::safe_relative_path(&f.path)?;
+            if !crate::hashing::is_sha256_hex(&f.sha256) {
+                return Err(bad(format!("file '{}' has a malformed sha256", f.path)));
+            }
+            if !seen.insert(f.path.to_ascii_lowercase()) {
+                return Err(bad(format!("file '{}' is listed twice", f.path)));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Whether the pack applies to a site at `v` (min ≤ v, and v ≤ max when a max is set).
+    pub fn applies_to(&self, v: &SiteVersion) -> bool {
+        &self.min_site_version <= v && self.max_site_version.as_ref().is_none_or(|max| v <= max)
+    }
+}
+
+impl PackFile {
+    /// The validated relative path under `content/`.
+    pub fn rel_path(&self) -> Result<PathBuf> {
+        crate::fsutil::safe_relative_path(&self.path)
+    }
+}

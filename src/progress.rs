@@ -1,0 +1,41 @@
+//! Progress reports for long operations, and cancellation.
+//!
+//! Operations take `&mut dyn FnMut(&Progress) -> bool`; returning `false` cancels the
+//! operation, which then fails with [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled)
+//! and leaves no partial output. Callbacks always run on the caller's thread.
+
+use serde::Serialize;
+
+/// Which step a progress report belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[repr(u32)]
+pub enum Phase {
+    Prepare = 1,
+    Export = 2,
+    Upload = 3,
+    Download = 4,
+    Verify = 5,
+    Import = 6,
+    Generate = 7,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub phase: Phase,
+    /// What is being worked on now (a file name, a package GUID); may be empty.
+    pub item: String,
+    /// Units (bytes or rows) done for the current item, and its total (0 when unknown).
+    pub item_done: u64,
+    pub item_total: u64,
+    /// Units done overall, and the overall total (0 when unknown).
+    pub done: u64,
+    pub total: u64,
+}
+
+/// A callback that never cancels, for callers that do not want progress.
+pub fn ignore(_: &Progress) -> bool {
+    true
+}
+
+/// The callback type every long operation takes.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(&Progress) -> bool;
