@@ -1,0 +1,115 @@
+<#
+.SYNOPSIS
+    The whole offline-servicing flow on one machine: Prepare -> Connect -> Import.
+
+.DESCRIPTION
+    Plays both machines of the real procedure against the reference update service on
+    127.0.0.1:
+      * the offline site: a site database (SQLite, the embedded default) with generated
+        usage data, plus a second hierarchy's site whose cab travels on the same drive;
+      * the update service: a fresh store with four signed packs (an update and a hotfix
+        for this site's version, an update for a newer version, and one targeted at the
+        other hierarchy), served on a free loopback port;
+      * the internet-connected computer: Connect uploads both cabs and downloads the packs.
+    Then Import brings this hierarchy's packs into the site and skips the other one.
+    Everything lives under -WorkDir; the transfer folder is left there for inspection.
+
+.PARAMETER WorkDir
+    Folder for the demo (emptied first). Default: target/main-job.
+
+.PARAMETER BinDir
+    Folder holding the sct-service binary. Default: target/debug.
+
+.PARAMETER SampleRows
+    Usage rows to generate in the site database. Default: 20000.
+
+.EXAMPLE
+    pwsh -File powershell/examples/Invoke-OfflineServicingDemo.ps1 -WorkDir /tmp/demo
+#>
+[CmdletBinding()]
+param(
+    [string]$WorkDir = 'target/main-job',
+    [string]$BinDir = 'target/debug',
+    [int]$SampleRows = 20000
+)
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$repo = Split-Path -Parent (Split-Path -Parent $PSScriptRoot)
+Import-Module (Join-Path $repo 'powershell/ServiceConnection/ServiceConnection.psd1') -Force
+
+function Step([string]$Title) { Write-Host "`n=== $Title ===" -ForegroundColor Cyan }
+
+$WorkDir = [IO.Path]::GetFullPath($WorkDir, (Get-Location).Path)
+$BinDir = [IO.Path]::GetFullPath($BinDir, (Get-Location).Path)
+$service = Join-Path $BinDir 'sct-service'
+if (-not (Test-Path $service)) { throw "sct-service not found at $service; build it first (cargo build)" }
+if (Test-Path $WorkDir) { Remove-Item -Recurse -Force $WorkDir }
+$siteDir = Join-Path $WorkDir 'site'
+$otherDir = Join-Path $WorkDir 'other-site'
+$storeDir = Join-Path $WorkDir 'service-store'
+$transfer = Join-Path $WorkDir 'transfer'
+$packs = Join-Path $transfer 'UpdatePacks'
+New-Item -ItemType Directory -Force $siteDir, $otherDir, $transfer | Out-Null
+
+Step 'Offline site: create the site database with generated usage data'
+$siteVersion = '5.00.9128.1000'
+$site = New-ServiceConnectionSite -Path (Join-Path $siteDir 'PS1.db') -SiteCode PS1 -SiteVersion $siteVersion -SampleData $SampleRows
+$site | Format-List
+$other = New-ServiceConnectionSite -Path (Join-Path $otherDir 'CS2.db') -SiteCode CS2 -SiteVersion $siteVersion -SampleData 1000
+
+Step 'Update service: key, four signed packs, serve on 127.0.0.1'
+& $service keygen --store $storeDir | Out-Host
+if ($LASTEXITCODE) { throw 'sct-service keygen failed' }
+function Publish([string]$Name, [string]$Version, [string]$Type, [string]$Min, [string[]]$Extra) {
+    $content = Join-Path $WorkDir "content/$Name"
+    New-Item -ItemType Directory -Force (Join-Path $content 'payload') | Out-Null
+    Set-Content -Path (Join-Path $content 'payload/notes.txt') -Value "$Name $Version"
+    $bytes = [byte[]]::new(256KB); [Random]::new($Name.Length).NextBytes($bytes)
+    [IO.File]::WriteAllBytes((Join-Path $content 'payload/setup.bin'), $bytes)
+    $guid = & $service publish --store $storeDir --name $Name --version $Version --type $Type --min-site-version $Min @Extra $content
+    if ($LASTEXITCODE) { throw "sct-service publish $Name failed" }
+    Write-Host ("published {0,-40} {1}" -f "$Name ($Type $Version)", ($guid | Select-Object -Last 1))
+}
+Publish 'Configuration Manager 2509' '5.00.9132.1000' Update $siteVersion @()
+Publish 'Hotfix KB30000001 for 2503' '5.00.9128.1001' Hotfix $siteVersion @()
+Publish 'Configuration Manager 2603' '5.00.9140.1000' Update '5.00.9132.1000' @()
+Publish 'Early ring update for CS2' '5.00.9133.1000' Update $siteVersion @('--hierarchy', $other.HierarchyId)
+
+$psi = [Diagnostics.ProcessStartInfo]::new($service)
+foreach ($a in 'serve', '--store', $storeDir, '--listen', '127.0.0.1:0') { $psi.ArgumentList.Add($a) }
+$psi.RedirectStandardOutput = $true
+$proc = [Diagnostics.Process]::Start($psi)
+try {
+    $first = $proc.StandardOutput.ReadLine()
+    if ($first -notmatch 'listening on (\S+)') { throw "sct-service did not start: $first" }
+    $uri = $Matches[1]
+    Write-Host "service: $uri"
+
+    Step 'Offline site: trust the service''s publisher key'
+    Add-TrustedPublisher -SiteDatabase $site.Path -Path (Join-Path $storeDir 'publisher.pub') | Format-Table
+
+    Step 'Prepare (offline site): usage data to the transfer drive'
+    $cab = Export-UsageData -SiteDatabase $site.Path -Destination (Join-Path $transfer 'UsageData.cab')
+    $cab | Format-Table
+    $otherCab = Export-UsageData -SiteDatabase $other.Path -Destination (Join-Path $transfer 'UsageData-CS2.cab')
+
+    Step 'Export (offline site): the same data as CSV for review'
+    Export-UsageData -SiteDatabase $site.Path -Destination (Join-Path $transfer 'UsageData.csv') | Format-Table
+
+    Step 'Connect (internet-connected computer): upload both cabs, download the packs'
+    $downloaded = $cab, $otherCab | Invoke-ServiceConnection -UpdatePackDestination $packs -ServiceUri $uri -Download All
+    $downloaded | Format-Table
+
+    Step 'Import (offline site): this hierarchy''s packs only'
+    Import-UpdatePack -SiteDatabase $site.Path -Path $packs | Format-Table
+
+    Step 'Import again: nothing to do'
+    Import-UpdatePack -SiteDatabase $site.Path -Path $packs | Format-Table
+
+    Step 'Updates and Servicing'
+    Get-UpdatePack -SiteDatabase $site.Path | Format-Table
+}
+finally {
+    if (-not $proc.HasExited) { $proc.Kill(); $proc.WaitForExit() }
+}
+Write-Host "`nTransfer folder left for inspection: $transfer"
