@@ -4,13 +4,17 @@ function Invoke-NativeCall {
     Run one native call and turn its status into a result or a proper ErrorRecord.
     .DESCRIPTION
     -Call is a script block that receives a [ref] for the call's out-parameter (a JSON string
-    pointer or a row count), makes the P/Invoke call and returns the sct_status. On SCT_OK the
-    JSON result is taken (and freed) and converted to objects with -TypeName; otherwise the
-    thread's last error message becomes an ErrorRecord (ID ServiceConnection.<Kind>, category
-    from the kind, -Target as target object) that is thrown for the caller to write or rethrow.
+    pointer or a row count), makes the P/Invoke call and returns the sct_status.
+
+    Returns one object: Ok, Value and Error. On SCT_OK, Value holds the JSON result (taken and
+    freed) converted to objects with -TypeName, or the UInt64 out-value. Otherwise Error holds
+    an ErrorRecord built from the thread's last error message (ID ServiceConnection.<Kind>,
+    category from the kind, -Target as target object) for the cmdlet to write. Failures are
+    returned rather than thrown so that a cmdlet's -ErrorVariable sees each error once.
     Exceptions a callback bridge caught (a stopping pipeline) are rethrown after the call.
     #>
     [CmdletBinding()]
+    [OutputType([pscustomobject])]
     param(
         [Parameter(Mandatory)][scriptblock]$Call,
         [AllowNull()][object]$Target,
@@ -36,15 +40,21 @@ function Invoke-NativeCall {
         $kind = Get-StatusKind -Status $nativeStatus
         $message = $script:Native.Methods::LastErrorMessage()
         if (-not $message) { $message = "the ServiceConnection library failed with status $nativeStatus ($kind)" }
-        throw (New-ServiceConnectionErrorRecord -Kind $kind -Message $message -Target $Target -Status $nativeStatus)
+        return [pscustomobject]@{
+            Ok    = $false
+            Value = $null
+            Error = New-ServiceConnectionErrorRecord -Kind $kind -Message $message -Target $Target -Status $nativeStatus
+        }
     }
-    switch ($Result) {
-        'UInt64' { return $nativeRef.Value }
-        'None' { return }
+    $value = switch ($Result) {
+        'UInt64' { $nativeRef.Value }
+        'None' { $null }
+        default {
+            $json = $script:Native.Methods::TakeString($nativeRef.Value)
+            if ($null -ne $json) { , @(ConvertFrom-NativeJson -Json $json -TypeName $TypeName) }
+        }
     }
-    $json = $script:Native.Methods::TakeString($nativeRef.Value)
-    if ($null -eq $json) { return }
-    ConvertFrom-NativeJson -Json $json -TypeName $TypeName
+    [pscustomobject]@{ Ok = $true; Value = $value; Error = $null }
 }
 
 function ConvertFrom-NativeJson {

@@ -58,14 +58,11 @@ function Add-TrustedPublisher {
         $db = Resolve-FileSystemPath -Cmdlet $PSCmdlet -Path $SiteDatabase
         $key = Resolve-FileSystemPath -Cmdlet $PSCmdlet -Path $Path
         if (-not $PSCmdlet.ShouldProcess($db, "Trust the publisher key in $key")) { return }
-        try {
-            Write-Verbose "Trusting the publisher key in $key on site $db"
-            Invoke-NativeCall -Target $key -TypeName 'ServiceConnection.TrustedPublisher' -Call {
-                param($out) $script:Native.Methods::sct_trust_add($db, $key, $Comment, $out)
-            } | Add-SiteDatabaseProperty -SiteDatabase $db
+        Write-Verbose "Trusting the publisher key in $key on site $db"
+        $r = Invoke-NativeCall -Target $key -TypeName 'ServiceConnection.TrustedPublisher' -Call {
+            param($out) $script:Native.Methods::sct_trust_add($db, $key, $Comment, $out)
         }
-        catch {
-            $PSCmdlet.WriteError($_)
-        }
+        if (-not $r.Ok) { $PSCmdlet.WriteError($r.Error); return }
+        $r.Value | Add-SiteDatabaseProperty -SiteDatabase $db
     }
 }

@@ -13,8 +13,8 @@ function Export-UsageData {
     - as a UTF-8 CSV holding exactly the rows the cab would, for review before the data leaves
       the site (the original tool's -export).
 
-    The format follows the destination's extension (.cab or .csv) unless -Format is given; a
-    -Format that contradicts the extension is an error. The file is written under a temporary
+    The format follows the destination's extension, which must be .cab or .csv; -Format states
+    the intent explicitly (useful in scripts), and one that contradicts the extension is an error. The file is written under a temporary
     name and renamed into place; an existing file is only replaced with -Force.
 
     .PARAMETER SiteDatabase
@@ -24,7 +24,8 @@ function Export-UsageData {
     Path of the file to write, usually on the transfer drive, such as E:\UsageData.cab.
 
     .PARAMETER Format
-    Cab or Csv. Taken from the destination's extension when omitted.
+    Cab or Csv. Optional: the format is taken from the destination's extension; when given,
+    it must agree with the extension.
 
     .PARAMETER Force
     Replace the destination if it exists.
@@ -84,18 +85,15 @@ function Export-UsageData {
             '.csv' { 'Csv' }
             default { $null }
         }
-        $fmt = $Format
-        if (-not $fmt) {
-            if (-not $byExtension) {
-                $PSCmdlet.WriteError((New-ServiceConnectionErrorRecord -Kind InvalidArgument -Target $dest -Message "Cannot tell the format from the extension of $dest; name it .cab or .csv, or use -Format Cab|Csv."))
-                return
-            }
-            $fmt = $byExtension
-        }
-        elseif ($byExtension -and $byExtension -ne $fmt) {
-            $PSCmdlet.WriteError((New-ServiceConnectionErrorRecord -Kind InvalidArgument -Target $dest -Message "-Format $fmt contradicts the extension of $dest; use a .$($fmt.ToLowerInvariant()) file name or drop -Format."))
+        if (-not $byExtension) {
+            $PSCmdlet.WriteError((New-ServiceConnectionErrorRecord -Kind InvalidArgument -Target $dest -Message "The destination $dest must be named .cab (usage cab) or .csv (review file)."))
             return
         }
+        if ($Format -and $Format -ne $byExtension) {
+            $PSCmdlet.WriteError((New-ServiceConnectionErrorRecord -Kind InvalidArgument -Target $dest -Message "-Format $Format contradicts the extension of $dest; use a .$($Format.ToLowerInvariant()) file name or drop -Format."))
+            return
+        }
+        $fmt = $byExtension
 
         $action = if ($fmt -eq 'Cab') { 'Write the usage data cab' } else { 'Write the usage data CSV for review' }
         if ($Force) { $action += ' (replacing an existing file)' }
@@ -104,9 +102,8 @@ function Export-UsageData {
         $activity = if ($fmt -eq 'Cab') { "Preparing usage data $dest" } else { "Exporting usage data $dest" }
         $bridge = New-ProgressBridge -Cmdlet $PSCmdlet -Activity $activity
         $forceFlag = [bool]$Force
-        try {
-            Write-Verbose "$action from $db to $dest"
-            $file = Invoke-NativeCall -Target $dest -TypeName 'ServiceConnection.UsageDataFile' -Bridge $bridge -Call {
+        Write-Verbose "$action from $db to $dest"
+        $r = Invoke-NativeCall -Target $dest -TypeName 'ServiceConnection.UsageDataFile' -Bridge $bridge -Call {
                 param($out)
                 if ($fmt -eq 'Cab') {
                     $script:Native.Methods::sct_prepare($db, $dest, $forceFlag, $bridge.Callback, [IntPtr]::Zero, $out)
@@ -114,12 +111,10 @@ function Export-UsageData {
                 else {
                     $script:Native.Methods::sct_export_csv($db, $dest, $forceFlag, $bridge.Callback, [IntPtr]::Zero, $out)
                 }
-            }
-            Write-Verbose "Wrote $($file.RecordCount) usage records ($($file.Size) bytes, SHA-256 $($file.Sha256)) to $dest"
-            $file
         }
-        catch {
-            $PSCmdlet.WriteError($_)
-        }
+        if (-not $r.Ok) { $PSCmdlet.WriteError($r.Error); return }
+        $file = $r.Value[0]
+        Write-Verbose "Wrote $($file.RecordCount) usage records ($($file.Size) bytes, SHA-256 $($file.Sha256)) to $dest"
+        $file
     }
 }

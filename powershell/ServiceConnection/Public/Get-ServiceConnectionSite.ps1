@@ -47,15 +47,12 @@ function Get-ServiceConnectionSite {
     process {
         foreach ($item in $SiteDatabase) {
             $db = Resolve-FileSystemPath -Cmdlet $PSCmdlet -Path $item
-            try {
-                Write-Verbose "Reading site $db"
-                Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.Site' -Call {
-                    param($out) $script:Native.Methods::sct_site_info($db, $out)
-                } | Add-SiteDatabaseProperty -SiteDatabase $db
+            Write-Verbose "Reading site $db"
+            $r = Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.Site' -Call {
+                param($out) $script:Native.Methods::sct_site_info($db, $out)
             }
-            catch {
-                $PSCmdlet.WriteError($_)
-            }
+            if (-not $r.Ok) { $PSCmdlet.WriteError($r.Error); continue }
+            $r.Value | Add-SiteDatabaseProperty -SiteDatabase $db
         }
     }
 }

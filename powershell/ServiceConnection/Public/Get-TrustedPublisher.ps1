@@ -48,13 +48,10 @@ function Get-TrustedPublisher {
 
     process {
         $db = Resolve-FileSystemPath -Cmdlet $PSCmdlet -Path $SiteDatabase
-        try {
-            Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.TrustedPublisher' -Call {
-                param($out) $script:Native.Methods::sct_trust_list($db, $out)
-            } | Where-Object { $_.KeyId -like $KeyId } | Add-SiteDatabaseProperty -SiteDatabase $db
+        $r = Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.TrustedPublisher' -Call {
+            param($out) $script:Native.Methods::sct_trust_list($db, $out)
         }
-        catch {
-            $PSCmdlet.WriteError($_)
-        }
+        if (-not $r.Ok) { $PSCmdlet.WriteError($r.Error); return }
+        $r.Value | Where-Object { $_.KeyId -like $KeyId } | Add-SiteDatabaseProperty -SiteDatabase $db
     }
 }

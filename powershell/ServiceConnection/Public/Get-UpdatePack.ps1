@@ -47,13 +47,10 @@ function Get-UpdatePack {
 
     process {
         $db = Resolve-FileSystemPath -Cmdlet $PSCmdlet -Path $SiteDatabase
-        try {
-            Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.UpdateRecord' -Call {
-                param($out) $script:Native.Methods::sct_list_updates($db, $out)
-            } | Where-Object { $_.Name -like $Name } | Add-SiteDatabaseProperty -SiteDatabase $db
+        $r = Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.UpdateRecord' -Call {
+            param($out) $script:Native.Methods::sct_list_updates($db, $out)
         }
-        catch {
-            $PSCmdlet.WriteError($_)
-        }
+        if (-not $r.Ok) { $PSCmdlet.WriteError($r.Error); return }
+        $r.Value | Where-Object { $_.Name -like $Name } | Add-SiteDatabaseProperty -SiteDatabase $db
     }
 }

@@ -47,15 +47,13 @@ function Get-UsageData {
     process {
         $db = Resolve-FileSystemPath -Cmdlet $PSCmdlet -Path $SiteDatabase
         $rows = $script:Native.RowBridge::new($PSCmdlet, 'ServiceConnection.UsageRecord')
-        try {
-            Write-Verbose "Reading the outgoing usage data of $db"
-            $count = Invoke-NativeCall -Target $db -Result UInt64 -Bridge $rows -Call {
-                param($out) $script:Native.Methods::sct_usage_rows($db, $rows.Callback, [IntPtr]::Zero, $out)
-            }
-            Write-Verbose "Read $count usage records from $db"
+        Write-Verbose "Reading the outgoing usage data of $db"
+        # Rows go down the pipeline from the callback as they are read; a downstream
+        # Select-Object -First stops the read (the bridge rethrows its stop signal here).
+        $r = Invoke-NativeCall -Target $db -Result UInt64 -Bridge $rows -Call {
+            param($out) $script:Native.Methods::sct_usage_rows($db, $rows.Callback, [IntPtr]::Zero, $out)
         }
-        catch {
-            $PSCmdlet.WriteError($_)
-        }
+        if (-not $r.Ok) { $PSCmdlet.WriteError($r.Error); return }
+        Write-Verbose "Read $($r.Value) usage records from $db"
     }
 }

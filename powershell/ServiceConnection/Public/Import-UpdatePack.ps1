@@ -88,17 +88,12 @@ function Import-UpdatePack {
             if (-not $PSCmdlet.ShouldProcess($db, "Import the update packs in $root")) { continue }
             $json = ConvertTo-NativeJson -Options ([ordered]@{ site_db = $db; source = $root })
             $bridge = New-ProgressBridge -Cmdlet $PSCmdlet -Activity "Importing update packs into $db"
-            try {
-                Write-Verbose "Importing the update packs in $root into $db"
-                $results = Invoke-NativeCall -Target $root -TypeName 'ServiceConnection.ImportResult' -Bridge $bridge -Call {
-                    param($out) $script:Native.Methods::sct_import($json, $bridge.Callback, [IntPtr]::Zero, $out)
-                }
+            Write-Verbose "Importing the update packs in $root into $db"
+            $call = Invoke-NativeCall -Target $root -TypeName 'ServiceConnection.ImportResult' -Bridge $bridge -Call {
+                param($out) $script:Native.Methods::sct_import($json, $bridge.Callback, [IntPtr]::Zero, $out)
             }
-            catch {
-                $PSCmdlet.WriteError($_)
-                continue
-            }
-            foreach ($r in @($results)) {
+            if (-not $call.Ok) { $PSCmdlet.WriteError($call.Error); continue }
+            foreach ($r in @($call.Value)) {
                 if ($null -eq $r) { continue }
                 $r = $r | Add-SiteDatabaseProperty -SiteDatabase $db
                 $label = if ($r.Name) { "$($r.Name) $($r.Version) ($($r.PackageGuid))" } else { [string]$r.SourcePath }

@@ -199,21 +199,19 @@ function Invoke-ServiceConnection {
             $proxyOptions = $null
 
             $bridge = New-ProgressBridge -Cmdlet $PSCmdlet -Activity "Connecting to $ServiceUri"
-            $report = Invoke-NativeCall -Target $dest -Bridge $bridge -Call {
+            $call = Invoke-NativeCall -Target $dest -Bridge $bridge -Call {
                 param($out) $script:Native.Methods::sct_connect($json, $bridge.Callback, [IntPtr]::Zero, $out)
             }
-            $json = $null
-        }
-        catch {
-            $json = $null
-            $PSCmdlet.WriteError($_)
-            return
         }
         finally {
+            $json = $null
             if ($staging -and (Test-Path -LiteralPath $staging)) {
                 Remove-Item -LiteralPath $staging -Recurse -Force -WhatIf:$false -Confirm:$false
             }
         }
+
+        if (-not $call.Ok) { $PSCmdlet.WriteError($call.Error); return }
+        $report = $call.Value[0]
 
         foreach ($upload in @($report.Uploads)) {
             $cab = if ($originalOf.ContainsKey([string]$upload.Cab)) { $originalOf[[string]$upload.Cab] } else { [string]$upload.Cab }

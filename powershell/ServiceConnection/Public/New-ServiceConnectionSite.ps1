@@ -114,40 +114,42 @@ function New-ServiceConnectionSite {
     if ($SampleData -gt 0) { $what += " with $SampleData sample usage rows" }
     if (-not $PSCmdlet.ShouldProcess($db, $what)) { return }
 
-    try {
-        Write-Verbose "Creating site database $db"
-        $json = ConvertTo-NativeJson -Options $options
-        $site = Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.Site' -Call {
-            param($out) $script:Native.Methods::sct_site_create($db, $json, $out)
-        }
+    Write-Verbose "Creating site database $db"
+    $json = ConvertTo-NativeJson -Options $options
+    $r = Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.Site' -Call {
+        param($out) $script:Native.Methods::sct_site_create($db, $json, $out)
     }
-    catch {
-        $PSCmdlet.WriteError($_)
-        return
-    }
+    if (-not $r.Ok) { $PSCmdlet.WriteError($r.Error); return }
+    $site = $r.Value[0]
 
     if ($SampleData -gt 0) {
         if (-not $PSBoundParameters.ContainsKey('Seed')) { $Seed = [uint64](Get-Random -Minimum 0 -Maximum ([int]::MaxValue)) }
         Write-Verbose "Generating $SampleData sample usage rows (seed $Seed)"
         $bridge = New-ProgressBridge -Cmdlet $PSCmdlet -Activity "Generating sample usage data for $db"
+        $r = $null
         try {
-            $rows = Invoke-NativeCall -Target $db -Result UInt64 -Bridge $bridge -Call {
+            $r = Invoke-NativeCall -Target $db -Result UInt64 -Bridge $bridge -Call {
                 param($out) $script:Native.Methods::sct_generate_sample_data($db, [uint64]$SampleData, $Seed, $bridge.Callback, [IntPtr]::Zero, $out)
             }
-            Write-Verbose "Generated $rows sample usage rows"
-            $site = Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.Site' -Call {
-                param($out) $script:Native.Methods::sct_site_info($db, $out)
+            if ($r.Ok) {
+                Write-Verbose "Generated $($r.Value) sample usage rows"
+                $r = Invoke-NativeCall -Target $db -TypeName 'ServiceConnection.Site' -Call {
+                    param($out) $script:Native.Methods::sct_site_info($db, $out)
+                }
             }
         }
-        catch {
-            # The site was created by this call; do not leave a half-made one behind.
-            Write-Verbose "Removing $db after the sample data failed"
-            foreach ($f in $db, "$db-wal", "$db-shm", "$db-journal") {
-                if ([System.IO.File]::Exists($f)) { [System.IO.File]::Delete($f) }
+        finally {
+            if (-not $r -or -not $r.Ok) {
+                # The site was created by this call; do not leave a half-made one behind
+                # (also when Ctrl+C stopped the pipeline).
+                Write-Verbose "Removing $db after the sample data failed"
+                foreach ($f in $db, "$db-wal", "$db-shm", "$db-journal") {
+                    if ([System.IO.File]::Exists($f)) { [System.IO.File]::Delete($f) }
+                }
             }
-            $PSCmdlet.WriteError($_)
-            return
         }
+        if (-not $r.Ok) { $PSCmdlet.WriteError($r.Error); return }
+        $site = $r.Value[0]
     }
     Add-SiteDatabaseProperty -InputObject $site -SiteDatabase $db
 }

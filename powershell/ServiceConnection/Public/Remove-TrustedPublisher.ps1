@@ -49,15 +49,11 @@ function Remove-TrustedPublisher {
         $db = Resolve-FileSystemPath -Cmdlet $PSCmdlet -Path $SiteDatabase
         foreach ($id in $KeyId) {
             if (-not $PSCmdlet.ShouldProcess($db, "Stop trusting publisher key $id")) { continue }
-            try {
-                Write-Verbose "Removing trusted publisher key $id from $db"
-                Invoke-NativeCall -Target $id -Result None -Call {
-                    param($out) $null = $out; $script:Native.Methods::sct_trust_remove($db, $id)
-                }
+            Write-Verbose "Removing trusted publisher key $id from $db"
+            $r = Invoke-NativeCall -Target $id -Result None -Call {
+                param($out) $null = $out; $script:Native.Methods::sct_trust_remove($db, $id)
             }
-            catch {
-                $PSCmdlet.WriteError($_)
-            }
+            if (-not $r.Ok) { $PSCmdlet.WriteError($r.Error) }
         }
     }
 }
