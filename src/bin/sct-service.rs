@@ -1,1 +1,225 @@
-fn main() {}
+//! `sct-service`: the reference update service (SPEC section 4).
+//!
+//! ```text
+//! sct-service keygen  --store DIR
+//! sct-service publish --store DIR --name NAME --version V --type Update|Hotfix
+//!                     --min-site-version V [--max-site-version V] [--hierarchy GUID ...]
+//!                     [--publisher-name N] CONTENT_DIR
+//! sct-service serve   --store DIR [--listen 127.0.0.1:0] [--tls-cert F --tls-key F]
+//!                     [--token-file F] [--max-upload-bytes N]
+//! sct-service list    --store DIR [--json] [--uploads]
+//! ```
+//! Exit status 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
+
+use clap::{Parser, Subcommand};
+use serviceconnection::api::PackType;
+use serviceconnection::service::{
+    self, publish::DEFAULT_PUBLISHER_NAME, Catalog, PublishRequest, ServeOptions, Store,
+};
+use serviceconnection::SiteVersion;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "sct-service",
+    version,
+    about = "ServiceConnection reference update service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the store and its Ed25519 (minisign) signing key; prints the public key.
+    Keygen {
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Add CONTENT_DIR as a new signed update pack; prints its GUID.
+    Publish {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: SiteVersion,
+        #[arg(long = "type", value_name = "Update|Hotfix")]
+        pack_type: PackType,
+        #[arg(long)]
+        min_site_version: SiteVersion,
+        #[arg(long)]
+        max_site_version: Option<SiteVersion>,
+        /// Offer the pack only to this hierarchy (repeatable); default: every hierarchy.
+        #[arg(long = "hierarchy", value_name = "GUID")]
+        hierarchies: Vec<uuid::Uuid>,
+        #[arg(long, default_value = DEFAULT_PUBLISHER_NAME)]
+        publisher_name: String,
+        content_dir: PathBuf,
+    },
+    /// Serve the HTTP API until SIGINT/SIGTERM.
+    Serve {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// File whose first line is the bearer token clients must send.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[arg(long, default_value_t = service::DEFAULT_MAX_UPLOAD_BYTES)]
+        max_upload_bytes: u64,
+    },
+    /// List the published packs (or, with --uploads, the received usage cabs).
+    List {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        uploads: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("sct-service: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> serviceconnection::Result<()> {
+    match cli.command {
+        Command::Keygen { store } => {
+            let pk = service::keygen(&store)?;
+            println!("{}", pk.to_base64());
+            eprintln!(
+                "sct-service: created store {} (key ID {}); sites trust {}",
+                store.display(),
+                pk.key_id(),
+                Store::at(&store).public_key_path().display()
+            );
+        }
+        Command::Publish {
+            store,
+            name,
+            version,
+            pack_type,
+            min_site_version,
+            max_site_version,
+            hierarchies,
+            publisher_name,
+            content_dir,
+        } => {
+            let pack = service::publish(
+                &store,
+                &PublishRequest {
+                    name,
+                    version,
+                    pack_type,
+                    min_site_version,
+                    max_site_version,
+                    hierarchies,
+                    publisher_name,
+                    content_dir,
+                },
+            )?;
+            println!("{}", pack.id);
+        }
+        Command::Serve {
+            store,
+            listen,
+            tls_cert,
+            tls_key,
+            token_file,
+            max_upload_bytes,
+        } => {
+            let token = token_file
+                .as_deref()
+                .map(service::server::read_token_file)
+                .transpose()?;
+            service::serve(
+                &ServeOptions {
+                    store,
+                    listen,
+                    tls_cert,
+                    tls_key,
+                    max_upload_bytes,
+                },
+                token,
+            )?;
+        }
+        Command::List {
+            store,
+            json,
+            uploads,
+        } => {
+            let store = Store::open(&store)?;
+            let catalog = Catalog::open(&store.catalog_path())?;
+            if uploads {
+                let list = catalog.list_uploads()?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&list).expect("serializes")
+                    );
+                } else {
+                    for u in list {
+                        println!(
+                            "{}  {}  {}  {}  offered {}  {}",
+                            u.received,
+                            u.hierarchy_id,
+                            u.site_version,
+                            u.selection.as_str(),
+                            u.offered,
+                            u.path
+                        );
+                    }
+                }
+            } else {
+                let list = catalog.list_packs()?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&list).expect("serializes")
+                    );
+                } else {
+                    for p in list {
+                        let max = p
+                            .max_site_version
+                            .as_ref()
+                            .map_or("-".to_string(), |m| m.to_string());
+                        let targets = if p.hierarchies.is_empty() {
+                            "all hierarchies".to_string()
+                        } else {
+                            p.hierarchies
+                                .iter()
+                                .map(|h| h.to_string())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        };
+                        println!(
+                            "{}  {}  {}  {}  [{} .. {}]  {} files, {} bytes  {}",
+                            p.id,
+                            p.pack_type.as_str(),
+                            p.version,
+                            p.name,
+                            p.min_site_version,
+                            max,
+                            p.file_count,
+                            p.size,
+                            targets
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! HTTP handlers of the update service: routing, bearer-token check, JSON errors, and
+//! downloads (manifest, signature, content files) with `Range`, `If-Range`, strong ETags
+//! and `HEAD`. Files are streamed from disk; nothing is held whole in memory but the
+//! (size-limited) manifest and signature. See [`crate::api`] for the wire contract.
+
+use super::catalog::Catalog;
+use super::range::{decide, RangeAnswer};
+use super::Store;
+use crate::api::{ApiError, ApiErrorBody, Health, API_PREFIX};
+use crate::error::{Error, ErrorKind};
+use crate::fsutil::{ensure_no_symlinks, safe_relative_path};
+use crate::pack::manifest::{
+    PackFile, PackManifest, CONTENT_DIR, MANIFEST_FILE, MAX_MANIFEST_BYTES, SIGNATURE_FILE,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Version of the HTTP API (`/v1`).
+pub const API_VERSION: u32 = 1;
+/// Bytes per chunk when streaming a file.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// Shared state of a running service.
+pub struct AppState {
+    pub store: Store,
+    pub catalog: Mutex<Catalog>,
+    /// SHA-256 of the configured bearer token (the token itself is not kept).
+    token_digest: Option<[u8; 32]>,
+    pub max_upload_bytes: u64,
+    /// Published packs are immutable, so what was read once is kept.
+    packs: RwLock<HashMap<uuid::Uuid, Arc<ServedPack>>>,
+}
+
+impl AppState {
+    pub fn new(store: Store, token: Option<&str>, max_upload_bytes: u64) -> crate::Result<Self> {
+        let catalog = Catalog::open(&store.catalog_path())?;
+        Ok(AppState {
+            store,
+            catalog: Mutex::new(catalog),
+            token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            max_upload_bytes,
+            packs: RwLock::new(HashMap::new()),
+        })
+    }
+}
+
+/// A published pack as served: its exact manifest bytes, signature and file index.
+pub struct ServedPack {
+    dir: PathBuf,
+    manifest_bytes: Bytes,
+    manifest_etag: String,
+    signature: Bytes,
+    signature_etag: String,
+    files: HashMap<String, PackFile>,
+}
+
+/// An error answer: status, stable code, one clear line (the [`ApiError`] body).
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// For 416: the representation length, sent as `Content-Range: bytes */len`.
+    range_len: Option<u64>,
+}
+
+impl ApiFailure {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiFailure {
+            status,
+            code,
+            message: message.into(),
+            range_len: None,
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn internal(err: &Error) -> Self {
+        eprintln!("sct-service: internal error: {err}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the service failed to answer; see its log",
+        )
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let body = ApiError {
+            error: ApiErrorBody {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        let mut res = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sct-service\""),
+            );
+        }
+        if let Some(len) = self.range_len {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                res.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+        }
+        res
+    }
+}
+
+/// The service's router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let v = |p: &str| format!("{API_PREFIX}{p}");
+    Router::new()
+        .route(&v("/health"), get(health))
+        .route(&v("/version"), get(health))
+        .route(&v("/usage"), post(super::upload::upload))
+        .route(&v("/packages/{id}/manifest.json"), get(manifest))
+        .route(&v("/packages/{id}/manifest.json.minisig"), get(signature))
+        .route(&v("/packages/{id}/content/{*path}"), get(content))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        service: "sct-service".into(),
+        version: crate::VERSION.into(),
+        api_version: API_VERSION,
+    })
+}
+
+async fn not_found() -> ApiFailure {
+    ApiFailure::not_found("no such resource on this service")
+}
+
+async fn method_not_allowed() -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this resource does not support that method",
+    )
+}
+
+/// One line per request on stderr: method, path (escaped, shortened) and status.
+/// Headers are never logged (they may hold the token).
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let mut path: String = req.uri().path().escape_debug().collect();
+    if path.len() > 200 {
+        let mut cut = 200;
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        path.truncate(cut);
+        path.push('…');
+    }
+    let res = next.run(req).await;
+    eprintln!("sct-service: {method} {path} {}", res.status().as_u16());
+    res
+}
+
+/// Bearer-token check for everything but health and version (constant-time comparison of
+/// SHA-256 digests, so neither the content nor the length of the token leaks by timing).
+async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(want) = &state.token_digest else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if path == format!("{API_PREFIX}/health") || path == format!("{API_PREFIX}/version") {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    let Some(given) = given else {
+        return ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this service requires a bearer token (Authorization: Bearer <token>)",
+        )
+        .into_response();
+    };
+    let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let diff = got
+        .iter()
+        .zip(want.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if diff != 0 {
+        return ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not valid for this service",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Parse the package GUID from a URL segment.
+fn package_id(raw: &str) -> Result<uuid::Uuid, ApiFailure> {
+    // Only the canonical hyphenated form: one URL per pack.
+    match uuid::Uuid::parse_str(raw) {
+        Ok(id) if raw.len() == 36 => Ok(id),
+        _ => Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_package_id",
+            format!(
+                "'{}' is not a package GUID",
+                raw.chars().take(80).collect::<String>().escape_debug()
+            ),
+        )),
+    }
+}
+
+/// The pack `id`, read from the store the first time it is asked for.
+async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPack>, ApiFailure> {
+    if let Some(p) = state.packs.read().expect("pack cache").get(&id) {
+        return Ok(p.clone());
+    }
+    let st = state.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<Option<ServedPack>, Error> {
+        let record = st.catalog.lock().expect("catalog").get_pack(&id)?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let dir = st.store.pack_dir(&id);
+        let read = |name: &str| -> Result<Vec<u8>, Error> {
+            let p = dir.join(name);
+            let meta = p
+                .symlink_metadata()
+                .map_err(|e| Error::io(format!("reading {}", p.display()), &e))?;
+            if !meta.is_file() || meta.len() > MAX_MANIFEST_BYTES {
+                return Err(Error::new(
+                    ErrorKind::IntegrityMismatch,
+                    format!("{} is not a regular file of a sane size", p.display()),
+                ));
+            }
+            std::fs::read(&p).map_err(|e| Error::io(format!("reading {}", p.display()), &e))
+        };
+        let manifest_bytes = read(MANIFEST_FILE)?;
+        let sha = crate::hashing::sha256_hex(&manifest_bytes);
+        if sha != record.manifest_sha256 {
+            return Err(Error::new(
+                ErrorKind::IntegrityMismatch,
+                format!("the stored manifest of pack {id} does not match the catalog"),
+            ));
+        }
+        let manifest = PackManifest::from_bytes(&manifest_bytes)?;
+        let signature = read(SIGNATURE_FILE)?;
+        let signature_etag = format!("\"{}\"", crate::hashing::sha256_hex(&signature));
+        Ok(Some(ServedPack {
+            dir,
+            manifest_etag: format!("\"{sha}\""),
+            manifest_bytes: Bytes::from(manifest_bytes),
+            signature: Bytes::from(signature),
+            signature_etag,
+            files: manifest
+                .files
+                .into_iter()
+                .map(|f| (f.path.clone(), f))
+                .collect(),
+        }))
+    })
+    .await
+    .map_err(|e| ApiFailure::internal(&Error::internal(format!("loading a pack: {e}"))))?
+    .map_err(|e| ApiFailure::internal(&e))?;
+    let Some(pack) = loaded else {
+        return Err(ApiFailure::not_found(format!(
+            "no package {id} is published here"
+        )));
+    };
+    let pack = Arc::new(pack);
+    state
+        .packs
+        .write()
+        .expect("pack cache")
+        .insert(id, pack.clone());
+    Ok(pack)
+}
+
+type IdPath = Result<UrlPath<String>, axum::extract::rejection::PathRejection>;
+type IdFilePath = Result<UrlPath<(String, String)>, axum::extract::rejection::PathRejection>;
+
+fn bad_url(e: impl std::fmt::Display) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::BAD_REQUEST,
+        "bad_path",
+        format!("the URL path is not valid: {e}"),
+    )
+}
+
+async fn manifest(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    id: IdPath,
+) -> Result<Response, ApiFailure> {
+    let UrlPath(id) = id.map_err(bad_url)?;
+    let pack = load_pack(&state, package_id(&id)?).await?;
+    Ok(send(
+        &method,
+        &headers,
+        &pack.manifest_etag,
+        "application/json",
+        Source::Memory(pack.manifest_bytes.clone()),
+    )
+    .await)
+}
+
+async fn signature(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    id: IdPath,
+) -> Result<Response, ApiFailure> {
+    let UrlPath(id) = id.map_err(bad_url)?;
+    let pack = load_pack(&state, package_id(&id)?).await?;
+    Ok(send(
+        &method,
+        &headers,
+        &pack.signature_etag,
+        "text/plain; charset=utf-8",
+        Source::Memory(pack.signature.clone()),
+    )
+    .await)
+}
+
+async fn content(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    params: IdFilePath,
+) -> Result<Response, ApiFailure> {
+    let UrlPath((id, path)) = params.map_err(bad_url)?;
+    let id = package_id(&id)?;
+    // Validate before touching the store: `..`, absolute, backslashes, control characters.
+    let rel = safe_relative_path(&path).map_err(|e| {
+        ApiFailure::new(StatusCode::BAD_REQUEST, "bad_path", e.message().to_string())
+    })?;
+    let pack = load_pack(&state, id).await?;
+    // Only files the signed manifest lists are ever served.
+    let Some(file) = pack.files.get(&path) else {
+        return Err(ApiFailure::not_found(format!(
+            "package {id} has no file '{}'",
+            path.escape_debug()
+        )));
+    };
+    let root = pack.dir.join(CONTENT_DIR);
+    ensure_no_symlinks(&root, &rel).map_err(|e| ApiFailure::internal(&e))?;
+    let full = root.join(&rel);
+    Ok(send(
+        &method,
+        &headers,
+        &format!("\"{}\"", file.sha256),
+        "application/octet-stream",
+        Source::File(full, file.size),
+    )
+    .await)
+}
+
+enum Source {
+    Memory(Bytes),
+    /// A file and the size the manifest promises.
+    File(PathBuf, u64),
+}
+
+/// Answer a download: 304 on a matching `If-None-Match`, 206/416 for `Range`, else 200;
+/// `HEAD` gets the same headers without a body.
+async fn send(
+    method: &Method,
+    headers: &HeaderMap,
+    etag: &str,
+    ctype: &'static str,
+    src: Source,
+) -> Response {
+    let len = match &src {
+        Source::Memory(b) => b.len() as u64,
+        Source::File(_, size) => *size,
+    };
+    let hv = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut base = Response::builder()
+        .header(header::ETAG, etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "no-cache");
+    if let Some(inm) = hv(header::IF_NONE_MATCH) {
+        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
+            return base
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Body::empty())
+                .expect("valid response");
+        }
+    }
+    let (status, start, count) = match decide(hv(header::RANGE), hv(header::IF_RANGE), etag, len) {
+        RangeAnswer::Full => (StatusCode::OK, 0, len),
+        RangeAnswer::Partial { start, end } => {
+            base = base.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeAnswer::Unsatisfiable => {
+            let mut f = ApiFailure::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the requested range is outside the {len} bytes of this file"),
+            );
+            f.range_len = Some(len);
+            let mut res = f.into_response();
+            res.headers_mut()
+                .insert(header::ETAG, HeaderValue::from_str(etag).expect("etag"));
+            res.headers_mut()
+                .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            return res;
+        }
+    };
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        match src {
+            Source::Memory(b) => Body::from(b.slice(start as usize..(start + count) as usize)),
+            Source::File(path, size) => match open_range(&path, size, start, count).await {
+                Ok(body) => body,
+                Err(e) => return ApiFailure::internal(&e).into_response(),
+            },
+        }
+    };
+    base.status(status)
+        .header(header::CONTENT_TYPE, ctype)
+        .header(header::CONTENT_LENGTH, count)
+        .body(body)
+        .expect("valid response")
+}
+
+/// A streaming body of `count` bytes of `path` from `start`; refuses a stored file whose
+/// size is not what the manifest says (the store was tampered with).
+async fn open_range(
+    path: &std::path::Path,
+    size: u64,
+    start: u64,
+    count: u64,
+) -> Result<Body, Error> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+    let actual = f
+        .metadata()
+        .await
+        .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?
+        .len();
+    if actual != size {
+        return Err(Error::new(
+            ErrorKind::IntegrityMismatch,
+            format!(
+                "{} is {actual} bytes but its manifest says {size}",
+                path.display()
+            ),
+        ));
+    }
+    if start > 0 {
+        f.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(count), STREAM_CHUNK);
+    Ok(Body::from_stream(stream))
+}

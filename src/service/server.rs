@@ -1,0 +1,187 @@
+//! `sct-service serve`: bind, announce the address on the first stdout line, accept
+//! connections (plain or TLS) and serve them until SIGINT/SIGTERM, then finish the
+//! requests in flight (for up to [`SHUTDOWN_GRACE`]) and exit.
+
+use super::http::{router, AppState};
+use super::Store;
+use crate::error::{Error, ErrorKind, Result};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+/// How long requests in flight may take to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// A client must send its request headers within this time (slow-loris guard).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS client must finish its handshake within this time.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub store: PathBuf,
+    /// `127.0.0.1:0` by default: loopback only, a free port.
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_upload_bytes: u64,
+}
+
+/// Serve until SIGINT/SIGTERM. `token` (never logged) enables bearer authentication.
+/// The first line on stdout is `sct-service listening on http(s)://ADDR`, flushed.
+pub fn serve(opts: &ServeOptions, token: Option<String>) -> Result<()> {
+    let store = Store::open(&opts.store)?;
+    let tls = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(c), Some(k)) => Some(super::tls::acceptor(c, k)?),
+        (None, None) => None,
+        _ => {
+            return Err(Error::invalid_argument(
+                "--tls-cert and --tls-key go together: give both or neither",
+            ))
+        }
+    };
+    let state = Arc::new(AppState::new(
+        store,
+        token.as_deref(),
+        opts.max_upload_bytes,
+    )?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the runtime", &e))?;
+    rt.block_on(run(opts.listen, tls, state))
+}
+
+async fn run(
+    listen: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<AppState>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::io(format!("listening on {listen}"), &e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the listening address", &e))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "sct-service listening on {scheme}://{addr}")
+            .and_then(|_| out.flush())
+            .map_err(|e| Error::io("writing to standard output", &e))?;
+    }
+    let app = router(state);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, _peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        eprintln!("sct-service: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let app = app.clone();
+                let stop = stop_rx.clone();
+                let tls = tls.clone();
+                conns.spawn(async move {
+                    match tls {
+                        None => serve_connection(tcp, app, stop).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) => serve_connection(stream, app, stop).await,
+                                Ok(Err(e)) => eprintln!("sct-service: TLS handshake failed: {e}"),
+                                Err(_) => eprintln!("sct-service: TLS handshake timed out"),
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    eprintln!("sct-service: shutting down");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!("sct-service: closing connections still open after {SHUTDOWN_GRACE:?}");
+        conns.abort_all();
+    }
+    eprintln!("sct-service: stopped");
+    Ok(())
+}
+
+async fn serve_connection<I>(io: I, app: axum::Router, mut stop: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    tokio::select! {
+        // Errors here are clients going away or speaking garbage: nothing to do.
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Read a token file: the first line, trimmed; empty is refused.
+pub fn read_token_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading the token file {}", path.display()), &e))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("the token file {} is empty", path.display()),
+        ));
+    }
+    Ok(token)
+}

@@ -1,0 +1,242 @@
+//! `POST /v1/usage`: receive a usage cab (streamed to a temporary file under a size
+//! limit, never buffered whole), validate it, store it under
+//! `uploads/<hierarchy-id>/<timestamp>-<upload-id>.cab`, record it, and answer with the
+//! packs the selection offers that hierarchy.
+
+use super::catalog::UploadRecord;
+use super::http::{ApiFailure, AppState};
+use super::mkdirs;
+use super::select::select_packs;
+use crate::api::{OfferedPack, Selection, UploadResponse, API_PREFIX};
+use crate::error::{Error, ErrorKind};
+use crate::usage::manifest::{UsageManifest, USAGE_MANIFEST_FILE};
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+type RawQuery = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+fn too_large(limit: u64) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the upload is larger than this service accepts ({limit} bytes)"),
+    )
+}
+
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiFailure {
+    ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+pub async fn upload(
+    State(state): State<Arc<AppState>>,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<UploadResponse>, ApiFailure> {
+    let Query(query) = query.map_err(|e| {
+        ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the query string is not valid: {e}"),
+        )
+    })?;
+    let selection = match query.get("selection") {
+        None => Selection::Latest,
+        Some(s) => s.parse::<Selection>().map_err(|_| {
+            ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_selection",
+                format!(
+                    "unknown selection '{}' (expected Latest, SiteVersion, Hotfix or All)",
+                    s.chars().take(64).collect::<String>().escape_debug()
+                ),
+            )
+        })?,
+    };
+    let limit = state.max_upload_bytes;
+    // Refuse early when the client says how big it is.
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large(limit));
+        }
+    }
+
+    // Receive into a temporary file that removes itself if anything below fails
+    // (including the client going away, which drops this future).
+    let incoming = state.store.incoming_dir();
+    mkdirs(&incoming).map_err(|e| ApiFailure::internal(&e))?;
+    let temp = tempfile::Builder::new()
+        .prefix("upload-")
+        .suffix(crate::fsutil::PARTIAL_SUFFIX)
+        .tempfile_in(&incoming)
+        .map_err(|e| {
+            ApiFailure::internal(&Error::io(
+                format!("creating a file in {}", incoming.display()),
+                &e,
+            ))
+        })?;
+    let std_file = temp
+        .as_file()
+        .try_clone()
+        .map_err(|e| ApiFailure::internal(&Error::io("opening the upload file", &e)))?;
+    let mut out =
+        tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
+    let mut hasher = Sha256::new();
+    let mut received: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the upload was interrupted: {e}"),
+            )
+        })?;
+        received += chunk.len() as u64;
+        if received > limit {
+            return Err(too_large(limit));
+        }
+        hasher.update(&chunk);
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| ApiFailure::internal(&Error::io("writing the upload", &e)))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| ApiFailure::internal(&Error::io("writing the upload", &e)))?;
+    let file = out.into_inner();
+    file.sync_all()
+        .await
+        .map_err(|e| ApiFailure::internal(&Error::io("writing the upload", &e)))?;
+    drop(file);
+    if received == 0 {
+        return Err(unprocessable(
+            "not_a_cab",
+            "the upload is empty; expected a usage cab",
+        ));
+    }
+    let sha256 = hex::encode(hasher.finalize());
+
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || -> Result<UploadResponse, ApiFailure> {
+        let manifest = validate(temp.path())?;
+        let packs = {
+            let catalog = st.catalog.lock().expect("catalog");
+            catalog.list_packs().map_err(|e| ApiFailure::internal(&e))?
+        };
+        let chosen = select_packs(
+            &packs,
+            &manifest.hierarchy_id,
+            &manifest.site_version,
+            selection,
+        );
+        let offered: Vec<OfferedPack> = chosen
+            .into_iter()
+            .map(|p| {
+                let base = format!("{API_PREFIX}/packages/{}", p.id);
+                OfferedPack {
+                    id: p.id,
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    pack_type: p.pack_type,
+                    min_site_version: p.min_site_version.clone(),
+                    max_site_version: p.max_site_version.clone(),
+                    size: p.size,
+                    file_count: p.file_count,
+                    manifest_sha256: p.manifest_sha256.clone(),
+                    manifest_url: format!("{base}/manifest.json"),
+                    signature_url: format!("{base}/manifest.json.minisig"),
+                    content_url: format!("{base}/content/"),
+                }
+            })
+            .collect();
+
+        let upload_id = uuid::Uuid::new_v4().to_string();
+        let now = chrono::Utc::now();
+        let rel = format!(
+            "{}/{}/{}-{}.cab",
+            super::UPLOADS_DIR,
+            manifest.hierarchy_id,
+            now.format("%Y%m%dT%H%M%S%3fZ"),
+            upload_id
+        );
+        let dest = st.store.root().join(&rel);
+        mkdirs(crate::fsutil::parent_dir(&dest)).map_err(|e| ApiFailure::internal(&e))?;
+        temp.persist_noclobber(&dest).map_err(|e| {
+            ApiFailure::internal(&Error::io(format!("storing {}", dest.display()), &e.error))
+        })?;
+        let record = UploadRecord {
+            id: upload_id.clone(),
+            hierarchy_id: manifest.hierarchy_id,
+            site_version: manifest.site_version.to_string(),
+            diagnostics_level: manifest.diagnostics_level.to_string(),
+            selection,
+            path: rel,
+            size: received,
+            sha256,
+            received: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            offered: offered.len() as u64,
+        };
+        if let Err(e) = st.catalog.lock().expect("catalog").insert_upload(&record) {
+            let _ = std::fs::remove_file(&dest);
+            return Err(ApiFailure::internal(&e));
+        }
+        Ok(UploadResponse {
+            upload_id,
+            hierarchy_id: manifest.hierarchy_id,
+            site_version: manifest.site_version,
+            selection,
+            packages: offered,
+        })
+    })
+    .await
+    .map_err(|e| ApiFailure::internal(&Error::internal(format!("upload task failed: {e}"))))?
+    .map(Json)
+}
+
+/// Validate a received usage cab, classifying each failure with its own code:
+/// `not_a_cab`, `manifest_missing`, `manifest_invalid`, `hash_mismatch`, `cab_corrupt`.
+fn validate(path: &Path) -> Result<UsageManifest, ApiFailure> {
+    let open = || {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| ApiFailure::internal(&Error::io("reopening the upload", &e)))
+    };
+    let cabinet = cab::Cabinet::new(open()?).map_err(|e| {
+        unprocessable(
+            "not_a_cab",
+            format!("the upload is not a cabinet file ({e}); expected a usage cab"),
+        )
+    })?;
+    let has_manifest = cabinet
+        .folder_entries()
+        .flat_map(|f| f.file_entries())
+        .any(|e| e.name() == USAGE_MANIFEST_FILE);
+    if !has_manifest {
+        return Err(unprocessable(
+            "manifest_missing",
+            format!(
+                "the cab has no {USAGE_MANIFEST_FILE}; it is not a usage cab written by Prepare"
+            ),
+        ));
+    }
+    drop(cabinet);
+    crate::usage::read_usage_cab(open()?).map_err(|e| match e.kind() {
+        ErrorKind::InvalidManifest => unprocessable("manifest_invalid", e.message().to_string()),
+        ErrorKind::IntegrityMismatch => unprocessable("hash_mismatch", e.message().to_string()),
+        ErrorKind::InvalidCab => unprocessable("cab_corrupt", e.message().to_string()),
+        _ => ApiFailure::internal(&e),
+    })
+}
