@@ -5,12 +5,34 @@
 //! Layout written under `dest` (SPEC section 5):
 //! `<dest>/<hierarchy-id>/<package-guid>/{manifest.json, manifest.json.minisig, content/...}`
 //! and `<dest>/connect-report.json`.
+//!
+//! Invariants a later step (and a re-run) can rely on:
+//! - A file at its final name under `content/` has been verified (size and SHA-256)
+//!   against the signed-for manifest; bytes in flight live only in `<name>.sct-partial`.
+//! - `manifest.json` is written last, after every content file verified and after the
+//!   signature, so a pack folder holding `manifest.json` is complete. (Import still
+//!   checks every file itself; this only makes a half-done folder easy to recognise.)
+//! - A cancelled or killed run may leave `.sct-partial` files; a re-run hashes their bytes
+//!   and continues them with `Range: bytes=N-` + `If-Range: "<sha256>"`, and skips files
+//!   already complete (`AlreadyComplete`, nothing transferred).
+//!
+//! The progress callback always runs on the caller's thread: the downloads run on a tokio
+//! runtime owned by a worker thread and send their progress over a channel.
+
+mod client;
+mod download;
+mod report;
+mod upload;
 
 use crate::api::Selection;
-use crate::error::{Error, Result};
-use crate::progress::ProgressFn;
+use crate::error::{Error, ErrorKind, Result};
+use crate::progress::{Phase, Progress, ProgressFn};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Name of the report written at the top of the destination.
 pub const REPORT_FILE: &str = "connect-report.json";
@@ -36,7 +58,7 @@ impl std::fmt::Debug for ProxyOptions {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct ConnectOptions {
     /// A usage cab, or a folder of uniquely named usage cabs (one per hierarchy).
     pub source: PathBuf,
@@ -60,6 +82,35 @@ pub struct ConnectOptions {
     /// Attempts per request on transient failures, including the first (default 5).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// A transfer that receives (or sends) no byte for this long is abandoned and retried
+    /// (default 60 s). There is deliberately no whole-request timeout.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// First backoff between attempts, doubled each time with jitter (default 1000 ms).
+    #[serde(default = "default_retry_base")]
+    pub retry_base_delay_ms: u64,
+    /// Overall download bandwidth limit in bytes per second (none by default).
+    #[serde(default)]
+    pub max_bytes_per_second: Option<u64>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("source", &self.source)
+            .field("dest", &self.dest)
+            .field("service_uri", &self.service_uri)
+            .field("selection", &self.selection)
+            .field("proxy", &self.proxy)
+            .field("ca_cert", &self.ca_cert)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("parallelism", &self.parallelism)
+            .field("max_attempts", &self.max_attempts)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("retry_base_delay_ms", &self.retry_base_delay_ms)
+            .field("max_bytes_per_second", &self.max_bytes_per_second)
+            .finish()
+    }
 }
 
 fn default_parallelism() -> usize {
@@ -67,6 +118,12 @@ fn default_parallelism() -> usize {
 }
 fn default_attempts() -> u32 {
     5
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_retry_base() -> u64 {
+    1000
 }
 
 impl ConnectOptions {
@@ -85,6 +142,9 @@ impl ConnectOptions {
             token: None,
             parallelism: default_parallelism(),
             max_attempts: default_attempts(),
+            idle_timeout_secs: default_idle_timeout(),
+            retry_base_delay_ms: default_retry_base(),
+            max_bytes_per_second: None,
         }
     }
 }
@@ -99,6 +159,9 @@ pub struct ConnectReport {
     pub finished: String,
     pub uploads: Vec<UploadReport>,
     pub packs: Vec<PackReport>,
+    /// Bytes received over the network for pack content in this run.
+    #[serde(default)]
+    pub bytes_transferred: u64,
 }
 
 impl ConnectReport {
@@ -133,6 +196,9 @@ pub struct UploadReport {
     /// Packages offered for this hierarchy.
     pub offered: usize,
     pub message: Option<String>,
+    /// The kind of failure, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -158,6 +224,9 @@ pub struct PackReport {
     pub status: PackStatus,
     pub files: Vec<FileReport>,
     pub message: Option<String>,
+    /// The kind of failure, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -178,12 +247,326 @@ pub struct FileReport {
     /// Bytes transferred over the network in this run.
     pub bytes_transferred: u64,
     pub message: Option<String>,
+    /// The kind of failure, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
 }
 
 /// Run Connect. Per-cab and per-pack failures are recorded in the report (and the report
-/// is still written); an `Err` means nothing useful could be done at all (bad options,
-/// destination unusable, cancelled).
+/// is still written); an `Err` means nothing useful could be done at all: bad options,
+/// destination unusable, cancelled, or every upload failed for one cause that concerns the
+/// whole run (proxy unreachable, proxy credentials refused, TLS verification failed; the
+/// report is still written then).
+///
+/// `progress` runs on the calling thread; returning `false` cancels every transfer and
+/// the call returns [`ErrorKind::Cancelled`]. Bytes already received stay in
+/// `.sct-partial` files (never at a final name) so that the next run resumes them.
 pub fn connect(opts: &ConnectOptions, progress: ProgressFn) -> Result<ConnectReport> {
-    let _ = (opts, progress);
-    Err(Error::internal("connect is not implemented yet"))
+    if opts.parallelism == 0 || opts.parallelism > 64 {
+        return Err(Error::invalid_argument(format!(
+            "parallelism must be between 1 and 64 (got {})",
+            opts.parallelism
+        )));
+    }
+    if opts.max_attempts == 0 {
+        return Err(Error::invalid_argument("max_attempts must be at least 1"));
+    }
+    if opts.idle_timeout_secs == 0 {
+        return Err(Error::invalid_argument(
+            "idle_timeout_secs must be at least 1",
+        ));
+    }
+    let cancel = CancellationToken::new();
+    let http = client::Http::new(opts, cancel.clone())?;
+    let cabs = upload::find_cabs(&opts.source)?;
+    let dest = prepare_dest(&opts.dest)?;
+    let lock = lock_dest(&dest)?;
+
+    let (tx, rx) = sync_channel::<Msg>(1024);
+    let ctx = Arc::new(Ctx {
+        http,
+        dest,
+        selection: opts.selection,
+        service_uri: opts.service_uri.trim().to_string(),
+        slots: tokio::sync::Semaphore::new(opts.parallelism),
+        events: Events {
+            tx: tx.clone(),
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        },
+    });
+    let workers = opts.parallelism.clamp(2, 8);
+    let worker = std::thread::Builder::new()
+        .name("sct-connect".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .thread_name("sct-connect-io")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    let r = rt.block_on(run(ctx.clone(), cabs));
+                    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+                    r
+                }
+                Err(e) => Err(Error::internal(format!(
+                    "cannot start the I/O runtime: {e}"
+                ))),
+            };
+            let last = ctx.events.snapshot(Phase::Download, String::new(), 0, 0);
+            let _ = tx.send(Msg::Progress(last));
+            let _ = tx.send(Msg::Done(result));
+        })
+        .map_err(|e| Error::internal(format!("cannot start the Connect worker: {e}")))?;
+    let result = pump(&rx, progress, &cancel);
+    let joined = worker.join();
+    drop(lock);
+    match (result, joined) {
+        (_, Err(_)) => Err(Error::internal("the Connect worker panicked")),
+        (Some(r), Ok(())) => r,
+        (None, Ok(())) => Err(Error::internal(
+            "the Connect worker stopped without a result",
+        )),
+    }
+}
+
+/// Deliver progress to the caller's callback until the worker finishes. After the
+/// callback asks to cancel it is not called again.
+fn pump(
+    rx: &Receiver<Msg>,
+    progress: ProgressFn,
+    cancel: &CancellationToken,
+) -> Option<Result<ConnectReport>> {
+    let mut cancelled = false;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Progress(p) => {
+                if !cancelled && !progress(&p) {
+                    cancelled = true;
+                    cancel.cancel();
+                }
+            }
+            Msg::Done(r) => {
+                return Some(if cancelled {
+                    Err(Error::cancelled())
+                } else {
+                    r
+                })
+            }
+        }
+    }
+    None
+}
+
+/// Create the destination folder if needed (its parent must exist) and check it is a folder.
+fn prepare_dest(dest: &Path) -> Result<PathBuf> {
+    if dest.as_os_str().is_empty() {
+        return Err(Error::invalid_argument("no update-pack destination given"));
+    }
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => {}
+        Ok(m) if m.file_type().is_symlink() && dest.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("destination {} exists and is not a folder", dest.display()),
+            ))
+        }
+        Err(_) => {
+            let parent = crate::fsutil::parent_dir(dest);
+            if !parent.is_dir() {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "the folder {} that should hold the destination does not exist",
+                        parent.display()
+                    ),
+                ));
+            }
+            if let Err(e) = std::fs::create_dir(dest) {
+                if !(e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir()) {
+                    return Err(Error::io(format!("creating {}", dest.display()), &e));
+                }
+            }
+        }
+    }
+    Ok(dest.to_path_buf())
+}
+
+/// File locked for the duration of a run, so two Connect runs never write the same
+/// partial files at once.
+pub const LOCK_FILE: &str = ".sct-connect.lock";
+
+fn lock_dest(dest: &Path) -> Result<std::fs::File> {
+    let path = dest.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("cannot write in {}", dest.display()), &e))?;
+    match fs4::fs_std::FileExt::try_lock_exclusive(&f) {
+        Ok(true) => Ok(f),
+        Ok(false) => Err(Error::new(
+            ErrorKind::Busy,
+            format!(
+                "another Connect run is writing to {}; wait for it to finish",
+                dest.display()
+            ),
+        )),
+        Err(e) => Err(Error::io(format!("locking {}", path.display()), &e)),
+    }
+}
+
+enum Msg {
+    Progress(Progress),
+    Done(Result<ConnectReport>),
+}
+
+/// State shared by every task of one run.
+pub(crate) struct Ctx {
+    pub http: client::Http,
+    pub dest: PathBuf,
+    pub selection: Selection,
+    pub service_uri: String,
+    /// Bounds the concurrent transfers across all files of all packs.
+    pub slots: tokio::sync::Semaphore,
+    pub events: Events,
+}
+
+/// Progress reporting from the worker tasks: overall counters plus a bounded channel to
+/// the caller's thread. Intermediate reports are dropped rather than block a transfer
+/// when the caller is slow; every report carries absolute numbers, so none is needed.
+pub(crate) struct Events {
+    tx: SyncSender<Msg>,
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Events {
+    pub fn add_total(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub_total(&self, n: u64) {
+        let _ = self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(n))
+            });
+    }
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub_done(&self, n: u64) {
+        let _ = self
+            .done
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(n))
+            });
+    }
+    fn snapshot(&self, phase: Phase, item: String, item_done: u64, item_total: u64) -> Progress {
+        Progress {
+            phase,
+            item,
+            item_done,
+            item_total,
+            done: self.done.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+        }
+    }
+    pub fn emit(&self, phase: Phase, item: &str, item_done: u64, item_total: u64) {
+        let p = self.snapshot(phase, item.to_string(), item_done, item_total);
+        match self.tx.try_send(Msg::Progress(p)) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// Emits at most one report per item every 100 ms, plus the first and the last.
+pub(crate) struct Throttle {
+    last: Option<std::time::Instant>,
+}
+
+impl Throttle {
+    pub fn new() -> Self {
+        Throttle { last: None }
+    }
+    pub fn due(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < std::time::Duration::from_millis(100) => false,
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+}
+
+/// Kinds that concern the whole run rather than one cab: when every upload failed with
+/// one of these, Connect returns it as an error (after writing the report).
+fn is_run_wide(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::ProxyConnect | ErrorKind::ProxyAuth | ErrorKind::Tls
+    )
+}
+
+async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
+    let started = crate::site::now_rfc3339();
+    let uploads = upload::upload_all(&ctx, cabs).await?;
+    let mut packs = Vec::new();
+    let mut jobs = Vec::new();
+    for (u, answer) in &uploads {
+        let (Some(answer), Some(h)) = (answer, u.hierarchy_id) else {
+            continue;
+        };
+        let mut seen = std::collections::HashSet::new();
+        for offer in &answer.packages {
+            if seen.insert(offer.id) {
+                ctx.events.add_total(offer.size);
+                jobs.push(download::run_pack(ctx.clone(), h, offer.clone()));
+            }
+        }
+    }
+    for r in futures_util::future::join_all(jobs).await {
+        packs.push(r?);
+    }
+    if ctx.http.cancel.is_cancelled() {
+        return Err(Error::cancelled());
+    }
+    let uploads: Vec<UploadReport> = uploads.into_iter().map(|(u, _)| u).collect();
+    let report = ConnectReport {
+        tool_version: crate::tool_version(),
+        service_uri: ctx.service_uri.clone(),
+        selection: ctx.selection,
+        started,
+        finished: crate::site::now_rfc3339(),
+        bytes_transferred: packs
+            .iter()
+            .flat_map(|p| p.files.iter())
+            .map(|f| f.bytes_transferred)
+            .sum(),
+        uploads,
+        packs,
+    };
+    report::write(&ctx.dest, &report)?;
+    let attempted: Vec<&UploadReport> = report
+        .uploads
+        .iter()
+        .filter(|u| u.status != UploadStatus::Skipped)
+        .collect();
+    if let Some(first) = attempted.first() {
+        if attempted
+            .iter()
+            .all(|u| u.status == UploadStatus::Failed && u.kind.is_some_and(is_run_wide))
+        {
+            return Err(Error::new(
+                first.kind.unwrap_or(ErrorKind::Network),
+                first.message.clone().unwrap_or_default(),
+            ));
+        }
+    }
+    Ok(report)
 }

@@ -1,0 +1,767 @@
+//! The download half of Connect: for each offered pack, fetch and check its manifest and
+//! signature, download every content file (bounded parallelism across all packs),
+//! verify, then write the signature and — last — the manifest.
+//!
+//! Per-file protocol (resumable, verified):
+//! 1. A file already at its final name is hashed: size and SHA-256 right → `AlreadyComplete`,
+//!    nothing transferred; wrong → moved to its `.sct-partial` name and treated as below.
+//! 2. An existing `<name>.sct-partial` is hashed (its bytes so far) and continued with
+//!    `Range: bytes=N-` and `If-Range: "<sha256>"` (the manifest hash, which the service
+//!    sends as the strong `ETag`). `206` with the right `Content-Range` appends; `200`
+//!    (the service ignored the range or the file changed) restarts from zero; `416`
+//!    restarts from zero.
+//! 3. Bytes are written to the partial file while SHA-256 is computed; a connection that
+//!    fails mid-way is resumed from the bytes received, with backoff.
+//! 4. Size and hash right → fsync and rename to the final name. Wrong → the partial is
+//!    discarded and the file fetched again, at most [`MAX_FETCHES`] times, then reported.
+
+use super::client::{Activity, Failure};
+use super::{Ctx, FileReport, FileStatus, PackReport, PackStatus, Throttle};
+use crate::api::OfferedPack;
+use crate::error::{Error, ErrorKind, Result};
+use crate::fsutil::{ensure_no_symlinks, PARTIAL_SUFFIX};
+use crate::hashing::sha256_hex;
+use crate::pack::manifest::{CONTENT_DIR, MANIFEST_FILE, MAX_MANIFEST_BYTES, SIGNATURE_FILE};
+use crate::pack::{PackFile, PackManifest};
+use crate::progress::Phase;
+use reqwest::header::{CONTENT_RANGE, IF_RANGE, RANGE};
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+/// Complete downloads of one file whose bytes do not match the manifest before giving up.
+pub(crate) const MAX_FETCHES: u32 = 3;
+/// An attempt that moved this many bytes counts as progress: the transient-failure
+/// counter starts again, so a long transfer over a flaky link is not abandoned.
+const PROGRESS_RESETS_ATTEMPTS: u64 = 1024 * 1024;
+const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
+
+/// Download one pack into `<dest>/<hierarchy>/<guid>`. `Err` only when cancelled; every
+/// other failure is in the returned report.
+pub(crate) async fn run_pack(
+    ctx: Arc<Ctx>,
+    hierarchy: uuid::Uuid,
+    offer: OfferedPack,
+) -> Result<PackReport> {
+    let rel_dir = PathBuf::from(hierarchy.to_string()).join(offer.id.to_string());
+    let dir = ctx.dest.join(&rel_dir);
+    let mut report = PackReport {
+        hierarchy_id: hierarchy,
+        package_guid: offer.id,
+        name: offer.name.clone(),
+        version: offer.version.to_string(),
+        pack_type: offer.pack_type.as_str().to_string(),
+        size: offer.size,
+        path: dir.clone(),
+        status: PackStatus::Failed,
+        files: Vec::new(),
+        message: None,
+        kind: None,
+    };
+    let fail = |mut report: PackReport, e: Error| -> Result<PackReport> {
+        if e.kind() == ErrorKind::Cancelled {
+            return Err(e);
+        }
+        report.kind = Some(e.kind());
+        report.message = Some(e.message().to_string());
+        Ok(report)
+    };
+    let (manifest_bytes, manifest, signature) = match fetch_meta(&ctx, &offer).await {
+        Ok(m) => m,
+        Err(e) => return fail(report, e),
+    };
+    ctx.events.sub_total(offer.size);
+    ctx.events.add_total(manifest.total_size());
+    report.size = manifest.total_size();
+
+    // The folder: no link anywhere below the destination, and no manifest while the
+    // content is being worked on (a manifest means "complete").
+    let prepared = (|| -> Result<bool> {
+        ensure_no_symlinks(&ctx.dest, &rel_dir.join(CONTENT_DIR))?;
+        std::fs::create_dir_all(dir.join(CONTENT_DIR))
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let unchanged = std::fs::read(&manifest_path).ok().as_deref() == Some(&manifest_bytes[..])
+            && std::fs::read(dir.join(SIGNATURE_FILE)).ok().as_deref()
+                == Some(signature.as_bytes());
+        match std::fs::remove_file(&manifest_path) {
+            Ok(()) => crate::fsutil::sync_dir(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("removing {}", manifest_path.display()),
+                    &e,
+                ))
+            }
+        }
+        Ok(unchanged)
+    })();
+    let unchanged = match prepared {
+        Ok(u) => u,
+        Err(e) => return fail(report, e),
+    };
+
+    let mut tasks = Vec::new();
+    for file in &manifest.files {
+        let ctx = ctx.clone();
+        let job = FileJob {
+            url: content_url(&offer, &file.path),
+            item: format!("{}/{}", offer.id, file.path),
+            pack_dir: dir.clone(),
+            rel: rel_dir.clone(),
+            file: file.clone(),
+        };
+        tasks.push(tokio::spawn(async move {
+            let permit = ctx.slots.acquire().await;
+            let r = download_file(&ctx, &job).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut cancelled = false;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(fr)) => report.files.push(fr),
+            Ok(Err(_)) => cancelled = true,
+            Err(e) => return Err(Error::internal(format!("a download task failed: {e}"))),
+        }
+    }
+    if cancelled || ctx.http.cancel.is_cancelled() {
+        return Err(Error::cancelled());
+    }
+    let failed: Vec<&FileReport> = report
+        .files
+        .iter()
+        .filter(|f| f.status == FileStatus::Failed)
+        .collect();
+    if let Some(first) = failed.first() {
+        report.kind = first.kind;
+        report.message = Some(format!(
+            "{} of {} files could not be downloaded; the first: {}: {}",
+            failed.len(),
+            report.files.len(),
+            first.path,
+            first.message.as_deref().unwrap_or("failed")
+        ));
+        return Ok(report);
+    }
+    // Every file verified: signature, then the manifest that marks the pack complete.
+    let written = write_small(&dir.join(SIGNATURE_FILE), signature.as_bytes())
+        .and_then(|()| write_small(&dir.join(MANIFEST_FILE), &manifest_bytes));
+    if let Err(e) = written {
+        return fail(report, e);
+    }
+    let all_there = report
+        .files
+        .iter()
+        .all(|f| f.status == FileStatus::AlreadyComplete);
+    report.status = if all_there && unchanged {
+        PackStatus::AlreadyComplete
+    } else {
+        PackStatus::Downloaded
+    };
+    Ok(report)
+}
+
+fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = crate::fsutil::AtomicFile::create(path, true)?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
+    f.commit()
+}
+
+/// The content URL of a manifest path: the offered prefix plus the path, each segment
+/// percent-encoded.
+fn content_url(offer: &OfferedPack, path: &str) -> String {
+    let encoded: Vec<String> = path.split('/').map(percent_encode).collect();
+    format!(
+        "{}/{}",
+        offer.content_url.trim_end_matches('/'),
+        encoded.join("/")
+    )
+}
+
+fn percent_encode(seg: &str) -> String {
+    let mut out = String::with_capacity(seg.len());
+    for b in seg.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The manifest (checked against the offer: hash, parse, id) and its signature (must exist
+/// and be a well-formed minisign signature; Import verifies it against the site's keys).
+async fn fetch_meta(ctx: &Ctx, offer: &OfferedPack) -> Result<(Vec<u8>, PackManifest, String)> {
+    let what = format!("pack {} ({})", offer.id, offer.name);
+    let bytes = {
+        let _permit = ctx.slots.acquire().await;
+        fetch_small(
+            ctx,
+            &offer.manifest_url,
+            &format!("{what}: manifest"),
+            MAX_MANIFEST_BYTES,
+        )
+        .await?
+    };
+    let sha = sha256_hex(&bytes);
+    if !sha.eq_ignore_ascii_case(&offer.manifest_sha256) {
+        return Err(Error::new(
+            ErrorKind::IntegrityMismatch,
+            format!(
+                "{what}: the manifest served has SHA-256 {sha}, but the service offered {}",
+                offer.manifest_sha256
+            ),
+        ));
+    }
+    let manifest = PackManifest::from_bytes(&bytes).map_err(|e| e.context(&what))?;
+    if manifest.id != offer.id {
+        return Err(Error::new(
+            ErrorKind::InvalidManifest,
+            format!("{what}: the manifest is for pack {}", manifest.id),
+        ));
+    }
+    let sig = {
+        let _permit = ctx.slots.acquire().await;
+        fetch_small(
+            ctx,
+            &offer.signature_url,
+            &format!("{what}: signature"),
+            MAX_SIGNATURE_BYTES,
+        )
+        .await
+    };
+    let sig = match sig {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::new(
+                ErrorKind::SignatureInvalid,
+                format!("{what}: the service has no signature for this pack ({SIGNATURE_FILE} is missing), so it could never be imported"),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    let sig = String::from_utf8(sig).map_err(|_| {
+        Error::new(
+            ErrorKind::SignatureInvalid,
+            format!("{what}: the signature is not text"),
+        )
+    })?;
+    minisign::SignatureBox::from_string(&sig).map_err(|e| {
+        Error::new(
+            ErrorKind::SignatureInvalid,
+            format!("{what}: the signature is malformed: {e}"),
+        )
+    })?;
+    Ok((bytes, manifest, sig))
+}
+
+/// GET a small document; a 404 becomes `NotFound`.
+async fn fetch_small(ctx: &Ctx, path: &str, what: &str, limit: u64) -> Result<Vec<u8>> {
+    let url = ctx.http.url(path).map_err(|e| e.context(what))?;
+    let resp = ctx
+        .http
+        .send_with_retry(what, |_| Ok(ctx.http.get(url.clone())))
+        .await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = ctx
+        .http
+        .read_small(resp, limit)
+        .await
+        .map_err(|f| f.error.context(what))?;
+    if status == StatusCode::NOT_FOUND {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{what}: the service has no such document (404)"),
+        ));
+    }
+    if !status.is_success() {
+        return Err(ctx.http.status_failure(status, &headers, what, &body).error);
+    }
+    Ok(body)
+}
+
+struct FileJob {
+    url: String,
+    item: String,
+    pack_dir: PathBuf,
+    /// `<hierarchy>/<guid>` below the destination.
+    rel: PathBuf,
+    file: PackFile,
+}
+
+/// Download one file; `Err` only when cancelled.
+async fn download_file(ctx: &Arc<Ctx>, job: &FileJob) -> Result<FileReport> {
+    let mut report = FileReport {
+        path: job.file.path.clone(),
+        size: job.file.size,
+        sha256: job.file.sha256.clone(),
+        status: FileStatus::Failed,
+        bytes_transferred: 0,
+        message: None,
+        kind: None,
+    };
+    match fetch_file(ctx, job, &mut report).await {
+        Ok(status) => report.status = status,
+        Err(e) if e.kind() == ErrorKind::Cancelled => return Err(e),
+        Err(e) => {
+            report.status = FileStatus::Failed;
+            report.kind = Some(e.kind());
+            report.message = Some(e.message().to_string());
+        }
+    }
+    Ok(report)
+}
+
+/// The partial file being written, with the hash of every byte in it so far.
+struct Partial {
+    path: PathBuf,
+    file: tokio::fs::File,
+    have: u64,
+    hasher: Sha256,
+    /// How many of this file's bytes are counted in the overall progress.
+    counted: u64,
+}
+
+impl Partial {
+    async fn restart(&mut self) -> Result<()> {
+        self.file
+            .set_len(0)
+            .await
+            .map_err(|e| Error::io(format!("truncating {}", self.path.display()), &e))?;
+        self.file
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| Error::io(format!("rewinding {}", self.path.display()), &e))?;
+        self.have = 0;
+        self.hasher = Sha256::new();
+        Ok(())
+    }
+}
+
+async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> Result<FileStatus> {
+    let size = job.file.size;
+    let expected = job.file.sha256.to_ascii_lowercase();
+    let rel = job.file.rel_path()?;
+    ensure_no_symlinks(&ctx.dest, &job.rel.join(CONTENT_DIR).join(&rel))?;
+    let final_path = job.pack_dir.join(CONTENT_DIR).join(&rel);
+    let mut partial_name = final_path.as_os_str().to_owned();
+    partial_name.push(PARTIAL_SUFFIX);
+    let partial_path = PathBuf::from(partial_name);
+    if let Some(parent) = final_path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
+    }
+
+    // 1. Already at its final name?
+    match tokio::fs::symlink_metadata(&final_path).await {
+        Ok(m) if m.is_file() => {
+            if m.len() == size {
+                let (_, hasher) = hash_prefix(ctx, &final_path, &job.item, size).await?;
+                if hex::encode(hasher.finalize()) == expected {
+                    ctx.events.add_done(size);
+                    ctx.events.emit(Phase::Download, &job.item, size, size);
+                    return Ok(FileStatus::AlreadyComplete);
+                }
+            }
+            // Not what the manifest says: never trusted, moved aside and fetched again.
+            tokio::fs::rename(&final_path, &partial_path)
+                .await
+                .map_err(|e| Error::io(format!("moving aside {}", final_path.display()), &e))?;
+        }
+        Ok(_) => {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{} exists and is not a file", final_path.display()),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("checking {}", final_path.display()), &e)),
+    }
+
+    // 2. Open (or create) the partial file and hash what it holds.
+    let mut part = open_partial(ctx, &partial_path, &job.item, size).await?;
+    let from_earlier_run = part.have > 0;
+    let mut resumed = from_earlier_run;
+    ctx.events.add_done(part.have);
+    part.counted = part.have;
+
+    let mut transient_failures = 0u32;
+    let mut fetches = 0u32;
+    let url = ctx.http.url(&job.url)?;
+    let what = format!("downloading {}", job.item);
+    let mut throttle = Throttle::new();
+    loop {
+        if part.have == size {
+            let got = hex::encode(part.hasher.clone().finalize());
+            if got == expected {
+                finish(&mut part, &final_path).await?;
+                return Ok(if resumed {
+                    FileStatus::Resumed
+                } else {
+                    FileStatus::Downloaded
+                });
+            }
+            fetches += 1;
+            discard(ctx, &mut part).await?;
+            resumed = false;
+            if fetches >= MAX_FETCHES {
+                let _ = tokio::fs::remove_file(&part.path).await;
+                return Err(Error::new(
+                    ErrorKind::IntegrityMismatch,
+                    format!(
+                        "{}: the bytes received do not match the manifest (SHA-256 {got}, expected {expected}) in {fetches} downloads; the service is serving damaged content",
+                        job.file.path
+                    ),
+                ));
+            }
+            continue;
+        }
+
+        // 3. One request, continuing from what is on disk.
+        let activity = Activity::new();
+        let ranged = part.have > 0;
+        let have_before = part.have;
+        let mut req = ctx.http.get(url.clone());
+        if ranged {
+            req = req
+                .header(RANGE, format!("bytes={}-", part.have))
+                .header(IF_RANGE, format!("\"{expected}\""));
+        }
+        let outcome: std::result::Result<(), Failure> = async {
+            let resp = ctx.http.send_once(req, &what, &activity).await?;
+            let status = resp.status();
+            match status {
+                StatusCode::PARTIAL_CONTENT if ranged => {
+                    let ok = resp
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_content_range)
+                        .is_some_and(|(start, end, total)| {
+                            start == part.have && end + 1 == size && total.is_none_or(|t| t == size)
+                        });
+                    if !ok {
+                        discard(ctx, &mut part).await.map_err(Failure::permanent)?;
+                        return Err(Failure::transient(Error::new(
+                            ErrorKind::Service,
+                            format!("{what}: the service answered a range that was not asked for"),
+                        )));
+                    }
+                    resumed = true;
+                }
+                StatusCode::OK => {
+                    if ranged {
+                        // The range was ignored or the file changed: start over.
+                        discard(ctx, &mut part).await.map_err(Failure::permanent)?;
+                        resumed = false;
+                    }
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE => {
+                    discard(ctx, &mut part).await.map_err(Failure::permanent)?;
+                    resumed = false;
+                    return Err(Failure::transient(Error::new(
+                        ErrorKind::Service,
+                        format!(
+                            "{what}: the service refused to continue at byte {} (416)",
+                            part.have
+                        ),
+                    )));
+                }
+                _ => {
+                    let headers = resp.headers().clone();
+                    let body = ctx
+                        .http
+                        .read_small(resp, 64 * 1024)
+                        .await
+                        .unwrap_or_default();
+                    let mut f = ctx.http.status_failure(status, &headers, &what, &body);
+                    if status == StatusCode::NOT_FOUND {
+                        f.error = Error::new(
+                            ErrorKind::Service,
+                            format!("{what}: the service does not have this file (404)"),
+                        );
+                    }
+                    return Err(f);
+                }
+            }
+            stream_body(
+                ctx,
+                resp,
+                &mut part,
+                &activity,
+                &job.item,
+                size,
+                report,
+                &mut throttle,
+                &what,
+            )
+            .await
+        }
+        .await;
+        if part.have == size {
+            continue; // verified at the top of the loop
+        }
+        let failure = match outcome {
+            Ok(()) => Failure::transient(Error::new(
+                ErrorKind::Network,
+                format!(
+                    "{what}: the connection closed after {} of {size} bytes",
+                    part.have
+                ),
+            )),
+            Err(f) => f,
+        };
+        if failure.error.kind() == ErrorKind::Cancelled || !failure.transient {
+            flush_quietly(&mut part).await;
+            return Err(failure.error);
+        }
+        if part.have >= have_before + PROGRESS_RESETS_ATTEMPTS {
+            transient_failures = 0;
+        }
+        transient_failures += 1;
+        if transient_failures >= ctx.http.max_attempts {
+            flush_quietly(&mut part).await;
+            return Err(Error::new(
+                failure.error.kind(),
+                format!(
+                    "{} (after {transient_failures} attempts; {} of {size} bytes are kept in {} and a re-run continues from there)",
+                    failure.error.message(),
+                    part.have,
+                    part.path.display()
+                ),
+            ));
+        }
+        ctx.http
+            .backoff(transient_failures, failure.retry_after)
+            .await?;
+    }
+}
+
+/// Stream a response body into the partial file, hashing as it goes. Stops early (as a
+/// mismatch) if the service sends more than the manifest's size.
+#[allow(clippy::too_many_arguments)]
+async fn stream_body(
+    ctx: &Arc<Ctx>,
+    mut resp: reqwest::Response,
+    part: &mut Partial,
+    activity: &Activity,
+    item: &str,
+    size: u64,
+    report: &mut FileReport,
+    throttle: &mut Throttle,
+    what: &str,
+) -> std::result::Result<(), Failure> {
+    loop {
+        activity.touch();
+        let chunk = match ctx.http.idle(activity, resp.chunk()).await? {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => return Err(ctx.http.classify(&e, what)),
+        };
+        let n = chunk.len() as u64;
+        report.bytes_transferred += n;
+        if part.have + n > size {
+            // More than the manifest says: the content is wrong; let verification fail.
+            let fit = (size - part.have) as usize;
+            write_chunk(part, &chunk[..fit]).await?;
+            part.hasher.update(b"\0overlong");
+            break;
+        }
+        write_chunk(part, &chunk).await?;
+        ctx.events.add_done(n);
+        part.counted += n;
+        if let Some(rate) = &ctx.http.rate {
+            rate.consume(n).await;
+        }
+        if throttle.due() || part.have == size {
+            ctx.events.emit(Phase::Download, item, part.have, size);
+        }
+    }
+    Ok(())
+}
+
+async fn write_chunk(part: &mut Partial, data: &[u8]) -> std::result::Result<(), Failure> {
+    part.file.write_all(data).await.map_err(|e| {
+        // A full disk or a refused write is not going to get better by retrying.
+        Failure::permanent(Error::io(format!("writing {}", part.path.display()), &e))
+    })?;
+    part.hasher.update(data);
+    part.have += data.len() as u64;
+    Ok(())
+}
+
+async fn flush_quietly(part: &mut Partial) {
+    let _ = part.file.flush().await;
+}
+
+/// Throw away the partial file's bytes (they do not match) and the progress they counted.
+async fn discard(ctx: &Ctx, part: &mut Partial) -> Result<()> {
+    ctx.events.sub_done(part.counted);
+    part.counted = 0;
+    part.restart().await
+}
+
+/// Flush to disk and move the verified partial file to its final name.
+async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
+    let what = || format!("writing {}", part.path.display());
+    part.file.flush().await.map_err(|e| Error::io(what(), &e))?;
+    part.file
+        .sync_all()
+        .await
+        .map_err(|e| Error::io(what(), &e))?;
+    tokio::fs::rename(&part.path, final_path)
+        .await
+        .map_err(|e| Error::io(format!("moving into place {}", final_path.display()), &e))?;
+    crate::fsutil::sync_dir(crate::fsutil::parent_dir(final_path));
+    Ok(())
+}
+
+/// Open or create `path` for appending, hashing the bytes it already holds. A partial
+/// longer than the file can be is emptied.
+async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Result<Partial> {
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .await
+        .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| Error::io(format!("checking {}", path.display()), &e))?
+        .len();
+    let mut part = Partial {
+        path: path.to_path_buf(),
+        file,
+        have: 0,
+        hasher: Sha256::new(),
+        counted: 0,
+    };
+    if len == 0 || len > size {
+        part.restart().await?;
+        return Ok(part);
+    }
+    let (have, hasher) = hash_prefix(ctx, path, item, len).await?;
+    part.have = have;
+    part.hasher = hasher;
+    part.file
+        .set_len(have)
+        .await
+        .map_err(|e| Error::io(format!("truncating {}", path.display()), &e))?;
+    part.file
+        .seek(std::io::SeekFrom::Start(have))
+        .await
+        .map_err(|e| Error::io(format!("seeking {}", path.display()), &e))?;
+    Ok(part)
+}
+
+/// Hash a file on disk (a blocking task), reporting `Verify` progress and stopping on
+/// cancellation. Returns the bytes hashed and the hasher (to continue a partial file).
+async fn hash_prefix(ctx: &Arc<Ctx>, path: &Path, item: &str, total: u64) -> Result<(u64, Sha256)> {
+    let ctx = ctx.clone();
+    let path = path.to_path_buf();
+    let item = item.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n_total = 0u64;
+        let mut throttle = Throttle::new();
+        loop {
+            if ctx.http.cancel.is_cancelled() {
+                return Err(Error::cancelled());
+            }
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("reading {}", path.display()), &e)),
+            };
+            hasher.update(&buf[..n]);
+            n_total += n as u64;
+            if throttle.due() {
+                ctx.events.emit(Phase::Verify, &item, n_total, total);
+            }
+        }
+        Ok((n_total, hasher))
+    })
+    .await
+    .map_err(|e| Error::internal(format!("hashing panicked: {e}")))?
+}
+
+/// `bytes START-END/TOTAL` (TOTAL may be `*`).
+fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start = start.trim().parse().ok()?;
+    let end = end.trim().parse().ok()?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    (end >= start).then_some((start, end, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, 199, Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, 0, None)));
+        for bad in [
+            "",
+            "bytes 5-4/10",
+            "items 0-1/2",
+            "bytes 0-1",
+            "bytes a-1/2",
+            "bytes */10",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_are_percent_encoded_per_segment() {
+        let offer = OfferedPack {
+            id: uuid::Uuid::nil(),
+            name: "n".into(),
+            version: "5.00.9132.1000".parse().unwrap(),
+            pack_type: crate::api::PackType::Update,
+            min_site_version: "5.00.9128.1000".parse().unwrap(),
+            max_site_version: None,
+            size: 0,
+            file_count: 0,
+            manifest_sha256: String::new(),
+            manifest_url: String::new(),
+            signature_url: String::new(),
+            content_url: "/v1/packages/x/content/".into(),
+        };
+        assert_eq!(
+            content_url(&offer, "dir a/b%c/ü.bin"),
+            "/v1/packages/x/content/dir%20a/b%25c/%C3%BC.bin"
+        );
+        let offer = OfferedPack {
+            content_url: "/v1/packages/x/content".into(),
+            ..offer
+        };
+        assert_eq!(content_url(&offer, "a.bin"), "/v1/packages/x/content/a.bin");
+    }
+}
