@@ -1,0 +1,367 @@
+//! Test harness for the reference update service: a throwaway store made by the real
+//! `sct-service keygen`, packs published by the real `publish`, and a real server on
+//! 127.0.0.1 port 0. Include with `#[path = "common/service.rs"] mod service;`.
+//!
+//! ```ignore
+//! let store = service::TestStore::new();
+//! let content = service::write_content(&store.dir().join("c1"), &[("a.bin", b"data")]);
+//! let id = store.publish("Config 2207", "5.00.9088.1000", PackType::Update, "5.00.9040.1000", None, &[], &content);
+//! let svc = service::TestService::start(&store, &[]);
+//! let url = format!("{}/v1/health", svc.url());
+//! ```
+#![allow(dead_code)]
+
+use serviceconnection::api::PackType;
+use serviceconnection::usage::{UsageFile, UsageManifest};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+
+/// Path of the `sct-service` binary built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sct-service")
+}
+
+/// A store in a temporary folder (removed on drop), created by `sct-service keygen`.
+pub struct TestStore {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    public_key_base64: String,
+}
+
+impl TestStore {
+    pub fn new() -> TestStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("store");
+        let out = Command::new(bin())
+            .args(["keygen", "--store"])
+            .arg(&root)
+            .output()
+            .expect("run sct-service keygen");
+        assert!(
+            out.status.success(),
+            "keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public_key_base64 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        TestStore {
+            dir,
+            root,
+            public_key_base64,
+        }
+    }
+
+    /// The store folder (`--store`).
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+    /// A scratch folder beside the store, removed with it (for content folders, cabs...).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    /// `publisher.pub`: what sites trust.
+    pub fn public_key_path(&self) -> PathBuf {
+        self.root.join("publisher.pub")
+    }
+    /// The key as `keygen` printed it (base64 line).
+    pub fn public_key_base64(&self) -> &str {
+        &self.public_key_base64
+    }
+    /// Where a published pack lives in the store.
+    pub fn pack_dir(&self, id: &uuid::Uuid) -> PathBuf {
+        self.root.join("packs").join(id.to_string())
+    }
+
+    /// Run `sct-service publish` and return its GUID; panics (with stderr) on failure.
+    pub fn publish(
+        &self,
+        name: &str,
+        version: &str,
+        pack_type: PackType,
+        min: &str,
+        max: Option<&str>,
+        hierarchies: &[uuid::Uuid],
+        content_dir: &Path,
+    ) -> uuid::Uuid {
+        let out = self.publish_output(name, version, pack_type, min, max, hierarchies, content_dir);
+        assert!(
+            out.status.success(),
+            "publish {name} {version} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("publish prints a GUID")
+    }
+
+    /// The `publish` command, ready to run (for tests of failures and kills).
+    pub fn publish_command(
+        &self,
+        name: &str,
+        version: &str,
+        pack_type: PackType,
+        min: &str,
+        max: Option<&str>,
+        hierarchies: &[uuid::Uuid],
+        content_dir: &Path,
+    ) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("publish")
+            .arg("--store")
+            .arg(&self.root)
+            .args([
+                "--name",
+                name,
+                "--version",
+                version,
+                "--type",
+                pack_type.as_str(),
+            ])
+            .args(["--min-site-version", min]);
+        if let Some(max) = max {
+            c.args(["--max-site-version", max]);
+        }
+        for h in hierarchies {
+            c.args(["--hierarchy", &h.to_string()]);
+        }
+        c.arg(content_dir);
+        c
+    }
+
+    /// Run `publish` and return its output, success or not.
+    pub fn publish_output(
+        &self,
+        name: &str,
+        version: &str,
+        pack_type: PackType,
+        min: &str,
+        max: Option<&str>,
+        hierarchies: &[uuid::Uuid],
+        content_dir: &Path,
+    ) -> Output {
+        self.publish_command(name, version, pack_type, min, max, hierarchies, content_dir)
+            .output()
+            .expect("run sct-service publish")
+    }
+
+    /// `sct-service list --json`: the catalog's packs.
+    pub fn list(&self) -> Vec<serviceconnection::service::CatalogPack> {
+        self.list_json(false)
+    }
+
+    /// `sct-service list --uploads --json`: the received usage cabs.
+    pub fn uploads(&self) -> Vec<serviceconnection::service::UploadRecord> {
+        self.list_json(true)
+    }
+
+    fn list_json<T: serde::de::DeserializeOwned>(&self, uploads: bool) -> T {
+        let mut c = Command::new(bin());
+        c.args(["list", "--json", "--store"]).arg(&self.root);
+        if uploads {
+            c.arg("--uploads");
+        }
+        let out = c.output().expect("run sct-service list");
+        assert!(
+            out.status.success(),
+            "list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("list --json")
+    }
+
+    /// Write `token` to a file beside the store, for `--token-file`.
+    pub fn token_file(&self, token: &str) -> PathBuf {
+        let p = self.dir.path().join("token.txt");
+        std::fs::write(&p, format!("{token}\n")).unwrap();
+        p
+    }
+}
+
+impl Default for TestStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `sct-service serve`; killed (SIGKILL) on drop. Its stderr goes to a log file.
+pub struct TestService {
+    child: Option<Child>,
+    url: String,
+    log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl TestService {
+    /// Start `serve --store <store> --listen 127.0.0.1:0 <extra_args>` and wait for its
+    /// `sct-service listening on <url>` line.
+    pub fn start(store: &TestStore, extra_args: &[&str]) -> TestService {
+        Self::start_args(store.path(), extra_args.iter().map(|s| s.as_ref()))
+    }
+
+    /// Like [`start`](Self::start) with arbitrary (path) arguments.
+    pub fn start_args<'a>(
+        store: &Path,
+        extra_args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+    ) -> TestService {
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("sct-service.log");
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .arg("--store")
+            .arg(store)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn sct-service serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let Some(url) = line.trim().strip_prefix("sct-service listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "sct-service did not start (first line {line:?}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let url = url.to_string();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink);
+        });
+        TestService {
+            child: Some(child),
+            url,
+            log,
+            _logdir: logdir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (or `https://`), no trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// The server's stderr so far (one line per request).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
+    }
+
+    /// Send SIGTERM and wait for a graceful exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for TestService {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Create `dir` holding `files` (relative `/` paths, created with their folders).
+pub fn write_content(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
+    for (rel, data) in files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    dir.to_path_buf()
+}
+
+/// Deterministic pseudo-random bytes (a content file that does not compress).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Write an MS-CAB (MSZIP) holding `files` in order, with the `cab` crate.
+pub fn write_cab(dest: &Path, files: &[(&str, &[u8])]) {
+    let mut builder = cab::CabinetBuilder::new();
+    {
+        let folder = builder.add_folder(cab::CompressionType::MsZip);
+        for (name, _) in files {
+            folder.add_file(*name);
+        }
+    }
+    let f = std::fs::File::create(dest).unwrap();
+    let mut w = builder.build(f).unwrap();
+    let mut i = 0;
+    while let Some(mut fw) = w.next_file().unwrap() {
+        fw.write_all(files[i].1).unwrap();
+        i += 1;
+    }
+    w.finish().unwrap();
+}
+
+/// The manifest a usage cab of `hierarchy` at `site_version` with `data` as its
+/// `UsageData.csv` should carry.
+pub fn usage_manifest(hierarchy: uuid::Uuid, site_version: &str, data: &[u8]) -> UsageManifest {
+    UsageManifest {
+        format_version: serviceconnection::usage::manifest::USAGE_FORMAT_VERSION,
+        hierarchy_id: hierarchy,
+        site_version: site_version.parse().unwrap(),
+        diagnostics_level: serviceconnection::DiagnosticsLevel::Enhanced,
+        created: "2026-01-01T00:00:00Z".into(),
+        tool_version: serviceconnection::tool_version(),
+        files: vec![UsageFile {
+            name: "UsageData.csv".into(),
+            size: data.len() as u64,
+            records: data
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                .saturating_sub(1) as u64,
+            sha256: serviceconnection::hashing::sha256_hex(data),
+        }],
+    }
+}
+
+/// A valid usage cab (manifest.json, UsageData.csv, SiteVersion.txt) built by hand with the
+/// `cab` crate, for tests that do not want a site database.
+pub fn write_usage_cab(dest: &Path, hierarchy: uuid::Uuid, site_version: &str) {
+    let data = b"category,name,value\r\nhardware,cpu_count,4\r\nsoftware,os,Windows\r\n";
+    let manifest = usage_manifest(hierarchy, site_version, data);
+    write_cab(
+        dest,
+        &[
+            ("manifest.json", &manifest.to_bytes()),
+            ("UsageData.csv", data),
+            ("SiteVersion.txt", site_version.as_bytes()),
+        ],
+    );
+}
