@@ -1,1 +1,5 @@
-fn main() {}
+//! The drop-in `serviceconnectiontool` command line; all logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    serviceconnection::cli::main()
+}

@@ -1,16 +1,22 @@
 //! Usage data: which rows leave the site (level filtering, hashing of identifying
 //! attributes), the usage cab written by Prepare, and the CSV written by Export.
 
+mod cab;
+mod csv;
 pub mod manifest;
 pub mod reader;
+pub mod rows;
 
 pub use manifest::{UsageFile, UsageManifest};
 pub use reader::{read_usage_cab, read_usage_cab_file};
+pub use rows::{for_each_usage_row, UsageRecord, USAGE_CSV_COLUMNS};
 
-use crate::error::{Error, Result};
-use crate::progress::ProgressFn;
-use crate::site::DiagnosticsLevel;
+use crate::error::{Error, ErrorKind, Result};
+use crate::fsutil::AtomicFile;
+use crate::progress::{Phase, ProgressFn};
+use crate::site::{DiagnosticsLevel, Site};
 use serde::{Deserialize, Serialize};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,23 +41,125 @@ pub struct UsageDataFile {
 }
 
 /// Prepare: write the usage cab for the site at `site_db` to `dest` (`.cab`).
+///
+/// Streams rows from the database through the CSV writer into the cab; memory does not
+/// grow with the number of rows. The cab is written under a temporary name beside
+/// `dest` and renamed into place only when complete: an error or a cancellation (the
+/// progress callback returning `false`) leaves nothing behind and an existing `dest`
+/// untouched. An existing `dest` is refused unless `force`.
 pub fn prepare(
     site_db: &Path,
     dest: &Path,
     force: bool,
     progress: ProgressFn,
 ) -> Result<UsageDataFile> {
-    let _ = (site_db, dest, force, progress);
-    Err(Error::internal("prepare is not implemented yet"))
+    check_extension(dest, "cab")?;
+    let site = Site::open_read_only(site_db)?;
+    let mut out = AtomicFile::create(dest, force)?;
+    let what = dest.display().to_string();
+    let info = std::cell::RefCell::new(None);
+    let records = std::cell::Cell::new(0u64);
+    {
+        let buf = BufWriter::with_capacity(1 << 20, out.file());
+        let mut site_version_txt = Vec::new();
+        let version = site.info()?.site_version;
+        site_version_txt.extend_from_slice(version.as_str().as_bytes());
+        let mut buf = cab::write_usage_cab(
+            buf,
+            &what,
+            &site_version_txt,
+            &mut |w| {
+                let o = csv::write_usage_csv(&site, w, Phase::Prepare, &what, &mut *progress)?;
+                records.set(o.records);
+                *info.borrow_mut() = Some(o.info);
+                Ok(o.records)
+            },
+            &mut |file| {
+                let i = info.borrow();
+                let i = i.as_ref().expect("CSV written before the manifest");
+                UsageManifest {
+                    format_version: manifest::USAGE_FORMAT_VERSION,
+                    hierarchy_id: i.hierarchy_id,
+                    site_version: i.site_version.clone(),
+                    diagnostics_level: i.diagnostics_level,
+                    created: crate::site::now_rfc3339(),
+                    tool_version: crate::tool_version(),
+                    files: vec![file],
+                }
+                .to_bytes()
+            },
+        )?;
+        buf.flush()
+            .map_err(|e| Error::io(format!("writing {what}"), &e))?;
+    }
+    let info = info
+        .into_inner()
+        .ok_or_else(|| Error::internal("prepare wrote no CSV"))?;
+    let (size, sha256) = std::fs::File::open(out.temp_path())
+        .and_then(crate::hashing::sha256_reader)
+        .map_err(|e| Error::io(format!("reading back {what}"), &e))?;
+    out.commit()?;
+    Ok(UsageDataFile {
+        path: dest.to_path_buf(),
+        format: UsageFormat::Cab,
+        hierarchy_id: info.hierarchy_id,
+        site_version: info.site_version.to_string(),
+        diagnostics_level: info.diagnostics_level,
+        record_count: records.get(),
+        size,
+        sha256,
+    })
 }
 
-/// Export: write the same rows as CSV to `dest` (`.csv`).
+/// Export: write the same rows as CSV to `dest` (`.csv`) — byte for byte the
+/// `UsageData.csv` that Prepare puts in the cab. Same atomicity, overwrite and
+/// cancellation rules as [`prepare`].
 pub fn export_csv(
     site_db: &Path,
     dest: &Path,
     force: bool,
     progress: ProgressFn,
 ) -> Result<UsageDataFile> {
-    let _ = (site_db, dest, force, progress);
-    Err(Error::internal("export is not implemented yet"))
+    check_extension(dest, "csv")?;
+    let site = Site::open_read_only(site_db)?;
+    let mut out = AtomicFile::create(dest, force)?;
+    let what = dest.display().to_string();
+    let (o, size, sha256) = {
+        let mut hw =
+            crate::hashing::HashingWriter::new(BufWriter::with_capacity(1 << 20, out.file()));
+        let o = csv::write_usage_csv(&site, &mut hw, Phase::Export, &what, progress)?;
+        hw.flush()
+            .map_err(|e| Error::io(format!("writing {what}"), &e))?;
+        let (_, size, sha256) = hw.finish();
+        (o, size, sha256)
+    };
+    out.commit()?;
+    Ok(UsageDataFile {
+        path: dest.to_path_buf(),
+        format: UsageFormat::Csv,
+        hierarchy_id: o.info.hierarchy_id,
+        site_version: o.info.site_version.to_string(),
+        diagnostics_level: o.info.diagnostics_level,
+        record_count: o.records,
+        size,
+        sha256,
+    })
+}
+
+/// Refuse a destination without the expected extension (case-insensitive), so a typo
+/// cannot overwrite the site database or some other file.
+fn check_extension(dest: &Path, ext: &str) -> Result<()> {
+    let ok = dest
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+        && dest.file_stem().is_some_and(|s| !s.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("destination {} must be a .{ext} file name", dest.display()),
+        ))
+    }
 }

@@ -1,0 +1,204 @@
+//! The rows that leave the site: usage data at or below the site's diagnostics level,
+//! in `id` order, with identifying attributes replaced by salted SHA-256 hashes.
+//!
+//! Everything here streams one row at a time through a reused [`UsageRecord`], so memory
+//! does not grow with the number of rows. Count and rows are read inside one read
+//! transaction, so a concurrent writer cannot make them disagree.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::site::{DiagnosticsLevel, Site, SiteInfo};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The CSV columns, in their stable order (also the JSON field names of [`UsageRecord`]).
+pub const USAGE_CSV_COLUMNS: [&str; 10] = [
+    "id",
+    "level",
+    "category",
+    "metric",
+    "instance",
+    "value",
+    "site_code",
+    "site_name",
+    "server_name",
+    "collected_utc",
+];
+
+/// One usage row as it leaves the site (one CSV record). Identifying attributes
+/// (`site_code`, `site_name`, `server_name`) hold lowercase hex SHA-256 of
+/// `<hierarchy-id>:<value>`, or stay empty when the site recorded nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub id: i64,
+    pub level: DiagnosticsLevel,
+    pub category: String,
+    pub metric: String,
+    pub instance: String,
+    pub value: String,
+    pub site_code: String,
+    pub site_name: String,
+    pub server_name: String,
+    pub collected_utc: String,
+}
+
+/// Hashes identifying values with the hierarchy ID as salt. Values repeat a lot (a few
+/// site codes and servers over millions of rows), so hashes are memoized; the memo is
+/// bounded so hostile data with millions of distinct names cannot grow memory.
+pub struct IdentityHasher {
+    salt: String,
+    memo: HashMap<String, String>,
+}
+
+const MEMO_LIMIT: usize = 4096;
+
+impl IdentityHasher {
+    pub fn new(hierarchy_id: &uuid::Uuid) -> Self {
+        IdentityHasher {
+            salt: hierarchy_id.to_string().to_ascii_lowercase(),
+            memo: HashMap::new(),
+        }
+    }
+
+    /// Lowercase hex SHA-256 of `<hierarchy-id lowercase>:<value>`; empty stays empty.
+    pub fn hash(&mut self, value: &str) -> &str {
+        if value.is_empty() {
+            return "";
+        }
+        if !self.memo.contains_key(value) {
+            if self.memo.len() >= MEMO_LIMIT {
+                self.memo.clear();
+            }
+            let mut h = Sha256::new();
+            h.update(self.salt.as_bytes());
+            h.update(b":");
+            h.update(value.as_bytes());
+            self.memo
+                .insert(value.to_string(), hex::encode(h.finalize()));
+        }
+        &self.memo[value]
+    }
+}
+
+/// Stream the site's outgoing rows: `start` is called once with the site identity and
+/// the number of rows that will follow, then `row` once per row (returning `Ok(false)`
+/// stops early). Returns the number of rows delivered.
+pub(crate) fn stream_rows(
+    site: &Site,
+    start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
+    row: &mut dyn FnMut(&UsageRecord) -> Result<bool>,
+) -> Result<u64> {
+    let info = site.info()?;
+    let conn = site.connection();
+    // One snapshot for the count and the rows (WAL readers never block writers).
+    let tx = conn.unchecked_transaction()?;
+    let level = info.diagnostics_level.as_i64();
+    let total: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM usage_data WHERE level <= ?1",
+        [level],
+        |r| r.get(0),
+    )?;
+    start(&info, total as u64)?;
+    let mut stmt = tx.prepare(
+        "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
+         FROM usage_data WHERE level <= ?1 ORDER BY id",
+    )?;
+    let mut rows = stmt.query([level])?;
+    let mut hasher = IdentityHasher::new(&info.hierarchy_id);
+    let mut rec = UsageRecord::default();
+    let mut n = 0u64;
+    while let Some(r) = rows.next()? {
+        rec.id = r.get(0)?;
+        let lv: i64 = r.get(1)?;
+        rec.level = DiagnosticsLevel::from_i64(lv).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Database,
+                format!("usage row {} has an invalid level {lv}", rec.id),
+            )
+        })?;
+        set_text(&mut rec.category, r, 2)?;
+        set_text(&mut rec.metric, r, 3)?;
+        set_text(&mut rec.instance, r, 4)?;
+        set_text(&mut rec.value, r, 5)?;
+        set_hashed(&mut rec.site_code, r, 6, &mut hasher)?;
+        set_hashed(&mut rec.site_name, r, 7, &mut hasher)?;
+        set_hashed(&mut rec.server_name, r, 8, &mut hasher)?;
+        set_text(&mut rec.collected_utc, r, 9)?;
+        n += 1;
+        if !row(&rec)? {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// Read a text column into a reused buffer (no allocation once warm). Numbers stored in
+/// a text column by another writer are rendered as text rather than refused.
+fn text_of<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> Result<std::borrow::Cow<'a, str>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => "".into(),
+        ValueRef::Text(t) => String::from_utf8_lossy(t),
+        ValueRef::Integer(v) => v.to_string().into(),
+        ValueRef::Real(v) => v.to_string().into(),
+        ValueRef::Blob(b) => String::from_utf8_lossy(b),
+    })
+}
+
+fn set_text(dst: &mut String, r: &rusqlite::Row<'_>, i: usize) -> Result<()> {
+    let v = text_of(r, i)?;
+    dst.clear();
+    dst.push_str(&v);
+    Ok(())
+}
+
+fn set_hashed(
+    dst: &mut String,
+    r: &rusqlite::Row<'_>,
+    i: usize,
+    hasher: &mut IdentityHasher,
+) -> Result<()> {
+    let v = text_of(r, i)?;
+    dst.clear();
+    dst.push_str(hasher.hash(&v));
+    Ok(())
+}
+
+/// Stream the rows that Prepare and Export would write (level-filtered, identifying
+/// attributes hashed, in `id` order) to `f`, one reused record at a time. `f` returning
+/// `Ok(false)` stops early. Returns the number of rows passed to `f`.
+/// Used by the C ABI and the PowerShell `Get-UsageData`.
+pub fn for_each_usage_row(
+    site_db: &Path,
+    f: &mut dyn FnMut(&UsageRecord) -> Result<bool>,
+) -> Result<u64> {
+    let site = Site::open_read_only(site_db)?;
+    stream_rows(&site, &mut |_, _| Ok(()), f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_salted_lowercase_and_empty_stays_empty() {
+        let a = uuid::Uuid::parse_str("6F1B6E1C-0000-4000-8000-000000000001").unwrap();
+        let b = uuid::Uuid::new_v4();
+        let mut ha = IdentityHasher::new(&a);
+        let mut hb = IdentityHasher::new(&b);
+        let expected = crate::hashing::sha256_hex(b"6f1b6e1c-0000-4000-8000-000000000001:PS1");
+        assert_eq!(ha.hash("PS1"), expected);
+        assert_ne!(ha.hash("PS1").to_string(), hb.hash("PS1"));
+        assert_eq!(ha.hash(""), "");
+        for i in 0..(MEMO_LIMIT * 2 + 3) {
+            let v = format!("server{i}");
+            let h = ha.hash(&v).to_string();
+            assert_eq!(
+                h,
+                crate::hashing::sha256_hex(format!("{}:{v}", ha.salt).as_bytes())
+            );
+        }
+        assert!(ha.memo.len() <= MEMO_LIMIT);
+    }
+}
