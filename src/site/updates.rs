@@ -150,3 +150,138 @@ impl Site {
             .transpose()
     }
 }
+
+/// The files recorded for one update, in manifest order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpdateFile {
+    /// `/`-separated path relative to the update's content folder.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What the import knows about an already recorded update: enough to decide
+/// `AlreadyImported`, `Conflict` or repair without loading the whole row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedManifest {
+    pub manifest_sha256: String,
+    pub content_path: Option<String>,
+    pub state: UpdateState,
+}
+
+/// Insert one update and its files through `conn`. Import calls this inside its own
+/// transaction (a `rusqlite::Transaction` derefs to a `Connection`), so the rows become
+/// visible only together with the content placement.
+pub fn insert_update(
+    conn: &rusqlite::Connection,
+    rec: &UpdateRecord,
+    files: &[UpdateFile],
+) -> Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT INTO update_packages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        ),
+        rusqlite::params![
+            rec.package_guid.to_string(),
+            rec.name,
+            rec.full_version,
+            rec.update_type,
+            rec.min_site_version,
+            rec.max_site_version,
+            rec.state.as_str(),
+            rec.state_code,
+            rec.size as i64,
+            rec.file_count as i64,
+            rec.manifest_sha256,
+            rec.publisher_key_id,
+            rec.content_path,
+            rec.source_path,
+            rec.imported,
+        ],
+    )?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO update_package_files (package_guid, path, size, sha256) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let guid = rec.package_guid.to_string();
+    for f in files {
+        stmt.execute(rusqlite::params![guid, f.path, f.size as i64, f.sha256])?;
+    }
+    Ok(())
+}
+
+/// Record that an update's content folder was placed again (it had gone missing) from
+/// `source_path` at `imported`. Returns false when no such update is recorded.
+pub fn record_content_restored(
+    conn: &rusqlite::Connection,
+    guid: &uuid::Uuid,
+    content_path: &str,
+    source_path: &str,
+    imported: &str,
+) -> Result<bool> {
+    let n = conn.execute(
+        "UPDATE update_packages SET content_path = ?2, source_path = ?3, imported_utc = ?4 WHERE package_guid = ?1",
+        rusqlite::params![guid.to_string(), content_path, source_path, imported],
+    )?;
+    Ok(n == 1)
+}
+
+/// GUID → manifest hash, content location and state of every recorded update.
+pub fn recorded_manifests(
+    conn: &rusqlite::Connection,
+) -> Result<std::collections::HashMap<uuid::Uuid, RecordedManifest>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT package_guid, manifest_sha256, content_path, state FROM update_packages",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = std::collections::HashMap::new();
+    while let Some(r) = rows.next()? {
+        let guid: String = r.get(0)?;
+        let state: String = r.get(3)?;
+        let guid = guid.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::Database,
+                format!("stored package GUID '{guid}' is invalid"),
+            )
+        })?;
+        out.insert(
+            guid,
+            RecordedManifest {
+                manifest_sha256: r.get(1)?,
+                content_path: r.get(2)?,
+                state: state.parse()?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+impl Site {
+    /// The files recorded for an update, in the order its manifest lists them.
+    pub fn update_files(&self, guid: &uuid::Uuid) -> Result<Vec<UpdateFile>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT path, size, sha256 FROM update_package_files WHERE package_guid = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([guid.to_string()], |r| {
+            Ok(UpdateFile {
+                path: r.get(0)?,
+                size: r.get::<_, i64>(1)? as u64,
+                sha256: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The site's content library: `EasySetupPayload/Offline` beside the database.
+    pub fn content_library(&self) -> std::path::PathBuf {
+        self.dir().join(crate::import::CONTENT_LIBRARY)
+    }
+
+    /// Where an update's content lives on disk: its recorded `content_path` (relative
+    /// paths are resolved against the database's folder), or the library's `<guid>` folder.
+    pub fn update_content_dir(&self, rec: &UpdateRecord) -> std::path::PathBuf {
+        match &rec.content_path {
+            Some(p) => self.dir().join(p),
+            None => self.content_library().join(rec.package_guid.to_string()),
+        }
+    }
+}

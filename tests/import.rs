@@ -1,0 +1,1050 @@
+//! Import: verified, transactional, idempotent import of update packs into a real site
+//! database. Every refusal asserts its kind and that the site is exactly as it was.
+
+#[path = "common/packs.rs"]
+mod packs;
+
+use packs::{bytes, pack_dir, write_pack, write_signed_manifest, PackSpec, Publisher};
+use serviceconnection::import::{
+    import, ImportOptions, ImportResult, ImportStatus, CONTENT_LIBRARY, INSECURE_NOTE,
+    JOURNAL_SUFFIX, LOCK_SUFFIX, PAUSE_ENV, STAGING_SUFFIX,
+};
+use serviceconnection::pack::manifest::{CONTENT_DIR, MANIFEST_FILE};
+use serviceconnection::progress::{self, Progress};
+use serviceconnection::site::updates::{UpdateRecord, UpdateState};
+use serviceconnection::{ErrorKind, NewSite, Site};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const SITE_VERSION: &str = "5.00.9128.1000";
+
+/// A site in a temporary folder trusting `publisher`, and an empty update-pack source.
+struct Env {
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    src: PathBuf,
+    hierarchy: uuid::Uuid,
+    publisher: Publisher,
+}
+
+fn env_at(version: &str, trust: bool) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("site").join("site.db");
+    std::fs::create_dir(db.parent().unwrap()).unwrap();
+    let hierarchy = uuid::Uuid::new_v4();
+    let site = Site::create(
+        &db,
+        &NewSite {
+            site_code: "PS1".into(),
+            site_version: version.parse().unwrap(),
+            diagnostics_level: Default::default(),
+            hierarchy_id: Some(hierarchy),
+            site_name: None,
+            scp_mode: Default::default(),
+        },
+    )
+    .unwrap();
+    let publisher = Publisher::new();
+    if trust {
+        site.add_trusted_publisher(publisher.public_key(), "test publisher")
+            .unwrap();
+    }
+    let src = dir.path().join("UpdatePacks");
+    std::fs::create_dir(&src).unwrap();
+    Env {
+        _dir: dir,
+        db,
+        src,
+        hierarchy,
+        publisher,
+    }
+}
+
+fn env() -> Env {
+    env_at(SITE_VERSION, true)
+}
+
+impl Env {
+    fn opts(&self) -> ImportOptions {
+        ImportOptions::new(&self.db, &self.src)
+    }
+    fn run(&self) -> Vec<ImportResult> {
+        import(&self.opts(), &mut progress::ignore).expect("import runs")
+    }
+    fn add(&self, spec: &PackSpec) -> PathBuf {
+        write_pack(&self.src, self.hierarchy, spec, &self.publisher)
+    }
+    fn site(&self) -> Site {
+        Site::open(&self.db).unwrap()
+    }
+    fn library(&self) -> PathBuf {
+        self.db.parent().unwrap().join(CONTENT_LIBRARY)
+    }
+    /// A site that already holds one imported update, so "unchanged" means something.
+    fn with_one_imported() -> (Env, PackSpec) {
+        let e = env();
+        let spec = PackSpec::update(
+            "Configuration Manager 2409",
+            "5.00.9132.1000",
+            "5.00.9106.1000",
+        );
+        e.add(&spec);
+        let r = e.run();
+        assert_eq!(status_of(&r, spec.id), ImportStatus::Imported, "{r:#?}");
+        (e, spec)
+    }
+}
+
+/// Everything an import may change, for "the site is exactly as it was".
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    updates: Vec<UpdateRecord>,
+    files: Vec<(String, String, i64, String)>,
+    /// Every entry under EasySetupPayload/: folders as "dir", files as their SHA-256.
+    library: BTreeMap<PathBuf, String>,
+    /// Entries beside the database other than SQLite's own, the library and the import lock.
+    beside_db: Vec<String>,
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, String>) {
+    let Ok(rd) = std::fs::read_dir(root.join(rel)) else {
+        return;
+    };
+    for e in rd {
+        let e = e.unwrap();
+        let rel = rel.join(e.file_name());
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            out.insert(rel.clone(), "dir".into());
+            walk(root, &rel, out);
+        } else {
+            let b = std::fs::read(root.join(&rel)).unwrap();
+            out.insert(rel, serviceconnection::hashing::sha256_hex(&b));
+        }
+    }
+}
+
+fn snapshot(e: &Env) -> Snapshot {
+    let site = Site::open_read_only(&e.db).unwrap();
+    let c = site.connection();
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let fk: i64 = c
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(fk, 0, "dangling update_package_files rows");
+    let mut st = c
+        .prepare("SELECT package_guid, path, size, sha256 FROM update_package_files ORDER BY package_guid, path")
+        .unwrap();
+    let files = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let dir = e.db.parent().unwrap();
+    let mut library = BTreeMap::new();
+    walk(dir, Path::new("EasySetupPayload"), &mut library);
+    let db_name = e.db.file_name().unwrap().to_str().unwrap().to_string();
+    let mut beside_db: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            *n != db_name
+                && n != "EasySetupPayload"
+                && *n != format!("{db_name}-wal")
+                && *n != format!("{db_name}-shm")
+                && *n != format!("{db_name}{LOCK_SUFFIX}")
+        })
+        .collect();
+    beside_db.sort();
+    Snapshot {
+        updates: site.list_updates().unwrap(),
+        files,
+        library,
+        beside_db,
+    }
+}
+
+fn result_of(r: &[ImportResult], id: uuid::Uuid) -> &ImportResult {
+    let mut it = r.iter().filter(|x| x.package_guid == Some(id));
+    let one = it
+        .next()
+        .unwrap_or_else(|| panic!("no result for {id}: {r:#?}"));
+    assert!(it.next().is_none(), "two results for {id}: {r:#?}");
+    one
+}
+
+fn status_of(r: &[ImportResult], id: uuid::Uuid) -> ImportStatus {
+    result_of(r, id).status
+}
+
+/// Import, expect exactly one refusal of `id` with `kind`, and the site unchanged.
+fn assert_refused(e: &Env, id: uuid::Uuid, kind: ErrorKind, reason_has: &str) -> ImportResult {
+    let before = snapshot(e);
+    let r = e.run();
+    let res = result_of(&r, id).clone();
+    assert_eq!(res.status, ImportStatus::Refused, "{res:#?}");
+    assert_eq!(res.error_kind.as_deref(), Some(kind.as_str()), "{res:#?}");
+    let reason = res.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(reason_has),
+        "reason {reason:?} lacks {reason_has:?}"
+    );
+    assert!(res.state.is_none() && res.content_path.is_none());
+    assert_eq!(snapshot(e), before, "the site changed after a refusal");
+    res
+}
+
+/// Content in the library is byte-identical to the spec.
+fn assert_placed(e: &Env, spec: &PackSpec) {
+    let dir = e.library().join(spec.id.to_string());
+    let mut listed = BTreeMap::new();
+    walk(&dir, Path::new(""), &mut listed);
+    let files: Vec<_> = listed.iter().filter(|(_, v)| *v != "dir").collect();
+    assert_eq!(files.len(), spec.files.len(), "{listed:#?}");
+    for (p, b) in &spec.files {
+        assert_eq!(&std::fs::read(dir.join(p)).unwrap(), b, "{p} differs");
+    }
+}
+
+#[test]
+fn valid_import_records_ready_to_install_and_places_identical_content() {
+    let e = env();
+    let a = PackSpec::update(
+        "Configuration Manager 2409",
+        "5.00.9132.1000",
+        "5.00.9106.1000",
+    );
+    let b = PackSpec::update("Hotfix KB1234", "5.00.9128.1101", "5.00.9128.1000")
+        .hotfix()
+        .with_max("5.00.9128.1000")
+        .with_files(vec![
+            ("empty.txt".into(), Vec::new()),
+            ("a/b/c/deep.bin".into(), bytes(9, 3 * 1024 * 1024 + 17)),
+            ("a/top.bin".into(), bytes(10, 1000)),
+        ]);
+    e.add(&a);
+    e.add(&b);
+    std::fs::write(e.src.join("connect-report.json"), b"{}").unwrap();
+    let mut reports: Vec<Progress> = Vec::new();
+    let r = import(&e.opts(), &mut |p: &Progress| {
+        reports.push(p.clone());
+        true
+    })
+    .unwrap();
+    assert_eq!(r.len(), 2, "{r:#?}");
+    for spec in [&a, &b] {
+        let res = result_of(&r, spec.id);
+        assert_eq!(res.status, ImportStatus::Imported, "{res:#?}");
+        assert_eq!(res.state, Some(UpdateState::ReadyToInstall));
+        assert_eq!(res.state_code, Some(262146));
+        assert_eq!(res.name.as_deref(), Some(spec.name.as_str()));
+        assert_eq!(res.hierarchy_id, Some(e.hierarchy));
+        assert!(res.error_kind.is_none() && res.reason.is_none(), "{res:#?}");
+        let cp = res.content_path.clone().unwrap();
+        assert!(cp.is_absolute() && cp.ends_with(spec.id.to_string()));
+        assert_placed(&e, spec);
+    }
+    let total = a.total_size() + b.total_size();
+    let last = reports.last().expect("progress was reported");
+    assert_eq!((last.done, last.total), (total, total));
+    assert!(reports.windows(2).all(|w| w[0].done <= w[1].done));
+
+    let site = e.site();
+    let list = site.list_updates().unwrap();
+    assert_eq!(list.len(), 2);
+    // Newest version first.
+    assert_eq!(list[0].package_guid, a.id);
+    let rec = site.get_update(&b.id).unwrap().unwrap();
+    assert_eq!(rec.update_type, "Hotfix");
+    assert_eq!(rec.state, UpdateState::ReadyToInstall);
+    assert_eq!(rec.state_code, 262146);
+    assert_eq!(rec.size, b.total_size());
+    assert_eq!(rec.file_count, 3);
+    assert_eq!(rec.max_site_version.as_deref(), Some("5.00.9128.1000"));
+    assert_eq!(rec.publisher_key_id, Some(e.publisher.key_id()));
+    assert_eq!(
+        rec.content_path.as_deref(),
+        Some(format!("{CONTENT_LIBRARY}/{}", b.id).as_str())
+    );
+    let manifest_bytes =
+        std::fs::read(pack_dir(&e.src, e.hierarchy, b.id).join(MANIFEST_FILE)).unwrap();
+    assert_eq!(
+        rec.manifest_sha256,
+        serviceconnection::hashing::sha256_hex(&manifest_bytes)
+    );
+    assert!(rec.source_path.unwrap().ends_with(&b.id.to_string()));
+    assert!(rec.imported.is_some());
+    let files = site.update_files(&b.id).unwrap();
+    let want = b.manifest(&e.publisher).files;
+    assert_eq!(files.len(), want.len());
+    for (f, w) in files.iter().zip(&want) {
+        assert_eq!((&f.path, f.size, &f.sha256), (&w.path, w.size, &w.sha256));
+    }
+    // Nothing left over: no staging folder, no journal.
+    let s = snapshot(&e);
+    assert!(s.beside_db.is_empty(), "{:?}", s.beside_db);
+    assert!(!s
+        .library
+        .keys()
+        .any(|k| k.to_string_lossy().contains(STAGING_SUFFIX)));
+}
+
+#[test]
+fn reimport_is_already_imported_and_changes_nothing() {
+    let (e, spec) = Env::with_one_imported();
+    let before = snapshot(&e);
+    let r = e.run();
+    assert_eq!(r.len(), 1, "{r:#?}");
+    let res = result_of(&r, spec.id);
+    assert_eq!(res.status, ImportStatus::AlreadyImported);
+    assert_eq!(res.state, Some(UpdateState::ReadyToInstall));
+    assert_eq!(snapshot(&e), before);
+}
+
+#[test]
+fn tampered_manifest_is_refused() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Tampered", "5.00.9135.1000", "5.00.9106.1000");
+    let dir = e.add(&spec);
+    let m = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+    std::fs::write(dir.join(MANIFEST_FILE), m.replace("Tampered", "TampereD")).unwrap();
+    let res = assert_refused(&e, spec.id, ErrorKind::SignatureInvalid, "signature");
+    // Nothing of an unauthenticated manifest is believed.
+    assert!(res.name.is_none());
+}
+
+#[test]
+fn tampered_content_of_the_same_size_is_refused() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Tampered content", "5.00.9135.1000", "5.00.9106.1000");
+    let dir = e.add(&spec);
+    let f = dir.join(CONTENT_DIR).join("payload/data/cab1.cab");
+    let mut b = std::fs::read(&f).unwrap();
+    b[100_000] ^= 0x40;
+    std::fs::write(&f, b).unwrap();
+    assert_refused(&e, spec.id, ErrorKind::IntegrityMismatch, "SHA-256");
+}
+
+#[test]
+fn truncated_file_is_refused() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Truncated", "5.00.9135.1000", "5.00.9106.1000");
+    let dir = e.add(&spec);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(CONTENT_DIR).join("setup.exe"))
+        .unwrap();
+    f.set_len(1234).unwrap();
+    assert_refused(&e, spec.id, ErrorKind::IntegrityMismatch, "truncated");
+}
+
+#[test]
+fn missing_file_is_refused() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Missing", "5.00.9135.1000", "5.00.9106.1000");
+    let dir = e.add(&spec);
+    std::fs::remove_file(dir.join(CONTENT_DIR).join("payload/data/cab1.cab")).unwrap();
+    assert_refused(
+        &e,
+        spec.id,
+        ErrorKind::IntegrityMismatch,
+        "payload/data/cab1.cab is missing",
+    );
+}
+
+#[test]
+fn extra_file_is_refused_in_content_and_beside_the_manifest() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Extra", "5.00.9135.1000", "5.00.9106.1000");
+    let dir = e.add(&spec);
+    std::fs::write(dir.join(CONTENT_DIR).join("payload/evil.dll"), b"MZ").unwrap();
+    assert_refused(
+        &e,
+        spec.id,
+        ErrorKind::IntegrityMismatch,
+        "payload/evil.dll is not listed",
+    );
+    std::fs::remove_file(dir.join(CONTENT_DIR).join("payload/evil.dll")).unwrap();
+    std::fs::create_dir(dir.join(CONTENT_DIR).join("unlisted-folder")).unwrap();
+    assert_refused(
+        &e,
+        spec.id,
+        ErrorKind::IntegrityMismatch,
+        "unlisted-folder is not listed",
+    );
+    std::fs::remove_dir(dir.join(CONTENT_DIR).join("unlisted-folder")).unwrap();
+    std::fs::write(dir.join("autorun.inf"), b"x").unwrap();
+    assert_refused(
+        &e,
+        spec.id,
+        ErrorKind::IntegrityMismatch,
+        "autorun.inf is not listed",
+    );
+    // With the extras gone, the very same pack imports.
+    std::fs::remove_file(dir.join("autorun.inf")).unwrap();
+    assert_eq!(status_of(&e.run(), spec.id), ImportStatus::Imported);
+    assert_placed(&e, &spec);
+}
+
+#[test]
+fn path_traversal_signed_by_the_trusted_key_is_refused() {
+    let (e, _) = Env::with_one_imported();
+    for (i, bad) in ["../outside.bin", "/etc/passwd", "a/../../outside.bin"]
+        .into_iter()
+        .enumerate()
+    {
+        let spec = PackSpec::update(
+            &format!("Traversal {i}"),
+            "5.00.9135.1000",
+            "5.00.9106.1000",
+        )
+        .with_files(vec![
+            ("ok.bin".into(), bytes(1, 10)),
+            (bad.into(), bytes(2, 20)),
+        ]);
+        let dir = e.add_raw(&spec, |m| m);
+        // The target really exists, so only the path check can stop it.
+        std::fs::write(dir.join("outside.bin"), bytes(2, 20)).unwrap();
+        let res = assert_refused(&e, spec.id, ErrorKind::UnsafePath, "unsafe path");
+        assert!(res.name.is_none());
+    }
+}
+
+impl Env {
+    /// Write a pack whose manifest bytes are produced by `edit` from the spec's manifest
+    /// JSON and then signed by the trusted key (hostile but authentic manifests).
+    fn add_raw(&self, spec: &PackSpec, edit: impl Fn(String) -> String) -> PathBuf {
+        let dir = pack_dir(&self.src, self.hierarchy, spec.id);
+        let json = String::from_utf8(spec.manifest(&self.publisher).to_bytes()).unwrap();
+        write_signed_manifest(&dir, edit(json).as_bytes(), &self.publisher);
+        let content = dir.join(CONTENT_DIR);
+        std::fs::create_dir_all(&content).unwrap();
+        for (p, b) in &spec.files {
+            if let Ok(rel) = serviceconnection::fsutil::safe_relative_path(p) {
+                let f = content.join(rel);
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(f, b).unwrap();
+            }
+        }
+        dir
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn symbolic_links_are_refused() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Linked file", "5.00.9135.1000", "5.00.9106.1000");
+    let dir = e.add(&spec);
+    // The link points at a file with exactly the listed bytes: only the link check stops it.
+    let f = dir.join(CONTENT_DIR).join("setup.exe");
+    let target = e.src.join("elsewhere.exe");
+    std::fs::rename(&f, &target).unwrap();
+    std::os::unix::fs::symlink(&target, &f).unwrap();
+    assert_refused(&e, spec.id, ErrorKind::UnsafePath, "symbolic link");
+
+    let spec2 = PackSpec::update("Linked folder", "5.00.9136.1000", "5.00.9106.1000");
+    let dir2 = e.add(&spec2);
+    let d = dir2.join(CONTENT_DIR).join("payload");
+    let moved = e.src.join("payload-elsewhere");
+    std::fs::rename(&d, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &d).unwrap();
+    assert_refused(&e, spec2.id, ErrorKind::UnsafePath, "symbolic link");
+
+    // A linked pack folder and a linked manifest.
+    let spec3 = PackSpec::update("Linked pack", "5.00.9137.1000", "5.00.9106.1000");
+    let real = e.add(&spec3);
+    let moved3 = e.src.join("pack-elsewhere");
+    std::fs::rename(&real, &moved3).unwrap();
+    std::os::unix::fs::symlink(&moved3, &real).unwrap();
+    assert_refused(&e, spec3.id, ErrorKind::UnsafePath, "symbolic link");
+
+    let spec4 = PackSpec::update("Linked manifest", "5.00.9138.1000", "5.00.9106.1000");
+    let dir4 = e.add(&spec4);
+    let m = dir4.join(MANIFEST_FILE);
+    std::fs::rename(&m, e.src.join("manifest-elsewhere.json")).unwrap();
+    std::os::unix::fs::symlink(e.src.join("manifest-elsewhere.json"), &m).unwrap();
+    assert_refused(&e, spec4.id, ErrorKind::UnsafePath, "symbolic link");
+}
+
+#[test]
+fn pack_signed_by_an_untrusted_key_is_refused() {
+    let (e, _) = Env::with_one_imported();
+    let stranger = Publisher::new();
+    let spec = PackSpec::update("Stranger", "5.00.9135.1000", "5.00.9106.1000");
+    write_pack(&e.src, e.hierarchy, &spec, &stranger);
+    assert_refused(&e, spec.id, ErrorKind::SignatureInvalid, "does not trust");
+}
+
+#[test]
+fn missing_signature_is_refused() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Unsigned", "5.00.9135.1000", "5.00.9106.1000");
+    let dir = e.add(&spec);
+    std::fs::remove_file(dir.join("manifest.json.minisig")).unwrap();
+    assert_refused(
+        &e,
+        spec.id,
+        ErrorKind::SignatureInvalid,
+        "no signature file",
+    );
+}
+
+#[test]
+fn site_without_trusted_keys_refuses_and_says_to_trust_the_key_first() {
+    let e = env_at(SITE_VERSION, false);
+    let spec = PackSpec::update("CM 2409", "5.00.9132.1000", "5.00.9106.1000");
+    e.add(&spec);
+    assert_refused(
+        &e,
+        spec.id,
+        ErrorKind::SignatureInvalid,
+        "trust the update service's publisher key first",
+    );
+}
+
+#[test]
+fn insecure_skip_imports_unverified_packs_and_says_so_loudly() {
+    let e = env_at(SITE_VERSION, false);
+    let stranger = Publisher::new();
+    let spec = PackSpec::update("Unverified", "5.00.9132.1000", "5.00.9106.1000");
+    let dir = write_pack(&e.src, e.hierarchy, &spec, &stranger);
+    std::fs::remove_file(dir.join("manifest.json.minisig")).unwrap();
+    let mut o = e.opts();
+    o.insecure_skip_signature_check = true;
+    let r = import(&o, &mut progress::ignore).unwrap();
+    let res = result_of(&r, spec.id);
+    assert_eq!(res.status, ImportStatus::Imported);
+    assert!(res.reason.as_deref().unwrap().contains(INSECURE_NOTE));
+    assert_eq!(
+        e.site()
+            .get_update(&spec.id)
+            .unwrap()
+            .unwrap()
+            .publisher_key_id,
+        None
+    );
+    // Content is still verified in that mode.
+    let spec2 = PackSpec::update("Unverified tampered", "5.00.9133.1000", "5.00.9106.1000");
+    let dir2 = write_pack(&e.src, e.hierarchy, &spec2, &stranger);
+    let f = dir2.join(CONTENT_DIR).join("setup.exe");
+    let mut b = std::fs::read(&f).unwrap();
+    b[0] ^= 1;
+    std::fs::write(&f, b).unwrap();
+    let before = snapshot(&e);
+    let r = import(&o, &mut progress::ignore).unwrap();
+    assert_eq!(
+        result_of(&r, spec2.id).error_kind.as_deref(),
+        Some("IntegrityMismatch")
+    );
+    assert_eq!(snapshot(&e), before);
+}
+
+#[test]
+fn other_hierarchies_are_skipped_and_only_this_one_imported() {
+    let e = env();
+    let other = uuid::Uuid::new_v4();
+    let foreign = PackSpec::update("For someone else", "5.00.9132.1000", "5.00.9106.1000");
+    write_pack(&e.src, other, &foreign, &e.publisher);
+    let mine = PackSpec::update("Mine", "5.00.9132.1000", "5.00.9106.1000");
+    e.add(&mine);
+    std::fs::write(e.src.join("connect-report.json"), b"{}").unwrap();
+    std::fs::create_dir(e.src.join("not-a-guid")).unwrap();
+    let r = e.run();
+    assert_eq!(r.len(), 2, "{r:#?}");
+    let skipped = r
+        .iter()
+        .find(|x| x.status == ImportStatus::Skipped)
+        .unwrap();
+    assert_eq!(skipped.hierarchy_id, Some(other));
+    assert!(skipped.package_guid.is_none());
+    let reason = skipped.reason.as_deref().unwrap();
+    assert!(
+        reason.contains(&other.to_string()) && reason.contains(&e.hierarchy.to_string()),
+        "{reason}"
+    );
+    assert_eq!(status_of(&r, mine.id), ImportStatus::Imported);
+    assert!(e.site().get_update(&foreign.id).unwrap().is_none());
+    assert!(!e.library().join(foreign.id.to_string()).exists());
+}
+
+#[test]
+fn source_without_this_hierarchy_reports_one_skipped_result_and_changes_nothing() {
+    let (e, spec) = Env::with_one_imported();
+    std::fs::remove_dir_all(e.src.join(e.hierarchy.to_string())).unwrap();
+    let other = uuid::Uuid::new_v4();
+    write_pack(
+        &e.src,
+        other,
+        &PackSpec::update("X", "5.00.9132.1000", "5.00.9106.1000"),
+        &e.publisher,
+    );
+    let before = snapshot(&e);
+    let r = e.run();
+    assert_eq!(r.len(), 2, "{r:#?}");
+    assert!(r.iter().all(|x| x.status == ImportStatus::Skipped));
+    let own = r
+        .iter()
+        .find(|x| x.hierarchy_id == Some(e.hierarchy))
+        .unwrap();
+    assert!(own
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("no folder for this site's hierarchy"));
+    assert_eq!(snapshot(&e), before);
+    assert!(e.site().get_update(&spec.id).unwrap().is_some());
+    // An empty folder for this hierarchy says so too.
+    std::fs::create_dir(e.src.join(e.hierarchy.to_string())).unwrap();
+    let r = e.run();
+    let own = r
+        .iter()
+        .find(|x| x.hierarchy_id == Some(e.hierarchy))
+        .unwrap();
+    assert_eq!(own.status, ImportStatus::Skipped);
+    assert!(own
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("holds no update packs"));
+}
+
+#[test]
+fn missing_source_is_an_error() {
+    let e = env();
+    let mut o = e.opts();
+    o.source = e.src.join("nope");
+    let err = import(&o, &mut progress::ignore).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.message().contains("nope"), "{err}");
+}
+
+#[test]
+fn inapplicable_version_is_recorded_as_not_applicable() {
+    let e = env();
+    // Needs a newer site than 5.00.9128.1000: the second step of a two-step upgrade.
+    let later = PackSpec::update("CM 2503", "5.00.9135.1000", "5.00.9132.1000");
+    // Only for sites up to 5.00.9120.1000.
+    let older = PackSpec::update("Old hotfix", "5.00.9120.1010", "5.00.9100.1000")
+        .with_max("5.00.9120.1000");
+    e.add(&later);
+    e.add(&older);
+    let r = e.run();
+    for s in [&later, &older] {
+        let res = result_of(&r, s.id);
+        assert_eq!(res.status, ImportStatus::Imported, "{res:#?}");
+        assert_eq!(res.state, Some(UpdateState::NotApplicable));
+        assert_eq!(res.state_code, Some(393214));
+        assert!(res.reason.as_deref().unwrap().contains("NotApplicable"));
+        let rec = e.site().get_update(&s.id).unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.state_code),
+            (UpdateState::NotApplicable, 393214)
+        );
+        assert_placed(&e, s);
+    }
+}
+
+#[test]
+fn targeted_pack_for_other_hierarchies_is_refused_as_foreign() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Early ring", "5.00.9135.1000", "5.00.9106.1000")
+        .for_hierarchies(vec![uuid::Uuid::new_v4()]);
+    e.add(&spec);
+    assert_refused(
+        &e,
+        spec.id,
+        ErrorKind::WrongHierarchy,
+        "not to this site's hierarchy",
+    );
+    // Naming this hierarchy is fine.
+    let ok = PackSpec::update("Early ring mine", "5.00.9136.1000", "5.00.9106.1000")
+        .for_hierarchies(vec![uuid::Uuid::new_v4(), e.hierarchy]);
+    e.add(&ok);
+    assert_eq!(status_of(&e.run(), ok.id), ImportStatus::Imported);
+}
+
+#[test]
+fn folder_name_must_equal_manifest_id() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Renamed", "5.00.9135.1000", "5.00.9106.1000");
+    let dir = e.add(&spec);
+    let other = uuid::Uuid::new_v4();
+    std::fs::rename(&dir, pack_dir(&e.src, e.hierarchy, other)).unwrap();
+    assert_refused(
+        &e,
+        other,
+        ErrorKind::InvalidManifest,
+        "does not match its folder name",
+    );
+}
+
+#[test]
+fn oversized_or_malformed_manifest_is_refused() {
+    let (e, _) = Env::with_one_imported();
+    let spec = PackSpec::update("Bad JSON", "5.00.9135.1000", "5.00.9106.1000");
+    e.add_raw(&spec, |j| {
+        j.replace("\"format_version\": 1", "\"format_version\": 1, \"x\": 2")
+    });
+    assert_refused(&e, spec.id, ErrorKind::InvalidManifest, "not valid");
+    let big = PackSpec::update("Huge", "5.00.9136.1000", "5.00.9106.1000");
+    let dir = e.add(&big);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(MANIFEST_FILE))
+        .unwrap();
+    f.set_len(17 * 1024 * 1024).unwrap();
+    assert_refused(&e, big.id, ErrorKind::InvalidManifest, "larger than");
+}
+
+#[test]
+fn different_pack_under_a_used_guid_is_a_conflict() {
+    let (e, spec) = Env::with_one_imported();
+    std::fs::remove_dir_all(e.src.join(e.hierarchy.to_string())).unwrap();
+    let mut other = PackSpec::update("Impostor", "5.00.9140.1000", "5.00.9106.1000");
+    other.id = spec.id;
+    e.add(&other);
+    assert_refused(&e, spec.id, ErrorKind::Conflict, "already imported");
+    assert_placed(&e, &spec);
+}
+
+#[test]
+fn one_bad_pack_does_not_stop_the_good_ones() {
+    let e = env();
+    let good = PackSpec::update("Good", "5.00.9132.1000", "5.00.9106.1000");
+    let bad = PackSpec::update("Bad", "5.00.9133.1000", "5.00.9106.1000");
+    e.add(&good);
+    let dir = e.add(&bad);
+    std::fs::write(dir.join(CONTENT_DIR).join("setup.exe"), b"short").unwrap();
+    let r = e.run();
+    assert_eq!(status_of(&r, good.id), ImportStatus::Imported);
+    assert_eq!(status_of(&r, bad.id), ImportStatus::Refused);
+    let s = snapshot(&e);
+    assert_eq!(s.updates.len(), 1);
+    assert!(!e.library().join(bad.id.to_string()).exists());
+    assert!(!s
+        .library
+        .keys()
+        .any(|k| k.to_string_lossy().contains(STAGING_SUFFIX)));
+    assert_placed(&e, &good);
+}
+
+#[test]
+fn cancellation_leaves_the_site_unchanged() {
+    let (e, _) = Env::with_one_imported();
+    let a = PackSpec::update("A", "5.00.9135.1000", "5.00.9106.1000")
+        .with_files(vec![("big.bin".into(), bytes(3, 4 * 1024 * 1024))]);
+    let b = PackSpec::update("B", "5.00.9136.1000", "5.00.9106.1000");
+    e.add(&a);
+    e.add(&b);
+    let before = snapshot(&e);
+    let mut calls = 0;
+    let err = import(&e.opts(), &mut |p: &Progress| {
+        calls += 1;
+        p.done < 2 * 1024 * 1024
+    })
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert!(calls > 1);
+    assert_eq!(snapshot(&e), before);
+    // A fresh site whose library did not exist keeps not having one.
+    let f = env();
+    f.add(&a);
+    let err = import(&f.opts(), &mut |_: &Progress| false).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert!(!f.db.parent().unwrap().join("EasySetupPayload").exists());
+    assert!(snapshot(&f).beside_db.is_empty());
+}
+
+#[test]
+fn deleted_content_folder_is_reported_and_repaired_by_reimport() {
+    let (e, spec) = Env::with_one_imported();
+    let before = snapshot(&e);
+    std::fs::remove_dir_all(e.library().join(spec.id.to_string())).unwrap();
+    // Without the pack in the source: reported.
+    let hier = e.src.join(e.hierarchy.to_string());
+    let aside = e.src.join("aside");
+    std::fs::rename(&hier, &aside).unwrap();
+    let r = e.run();
+    let res = result_of(&r, spec.id);
+    assert_eq!(res.status, ImportStatus::Refused);
+    assert_eq!(res.error_kind.as_deref(), Some("NotFound"));
+    assert!(res
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("import its pack again"));
+    // With it: placed again, the row kept.
+    std::fs::rename(&aside, &hier).unwrap();
+    let r = e.run();
+    let res = result_of(&r, spec.id);
+    assert_eq!(res.status, ImportStatus::Imported, "{res:#?}");
+    assert!(res.reason.as_deref().unwrap().contains("missing"));
+    assert_placed(&e, &spec);
+    let after = snapshot(&e);
+    assert_eq!(after.library, before.library);
+    assert_eq!(after.files, before.files);
+    assert_eq!(after.updates.len(), 1);
+    assert_eq!(
+        after.updates[0].manifest_sha256,
+        before.updates[0].manifest_sha256
+    );
+}
+
+#[test]
+fn concurrent_imports_in_threads_import_each_pack_once() {
+    let e = env();
+    let specs: Vec<PackSpec> = (0..3)
+        .map(|i| {
+            PackSpec::update(
+                &format!("P{i}"),
+                &format!("5.00.913{i}.1000"),
+                "5.00.9106.1000",
+            )
+        })
+        .collect();
+    for s in &specs {
+        e.add(s);
+    }
+    let all: Vec<Vec<ImportResult>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| sc.spawn(|| import(&e.opts(), &mut progress::ignore).unwrap()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_each_imported_once(&all, &specs);
+    for s in &specs {
+        assert_placed(&e, s);
+    }
+    assert_eq!(snapshot(&e).updates.len(), 3);
+}
+
+fn assert_each_imported_once(all: &[Vec<ImportResult>], specs: &[PackSpec]) {
+    for s in specs {
+        let statuses: Vec<ImportStatus> = all.iter().map(|r| status_of(r, s.id)).collect();
+        let imported = statuses
+            .iter()
+            .filter(|x| **x == ImportStatus::Imported)
+            .count();
+        let already = statuses
+            .iter()
+            .filter(|x| **x == ImportStatus::AlreadyImported)
+            .count();
+        assert_eq!((imported, already), (1, all.len() - 1), "{statuses:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Real processes: concurrent imports, and imports killed with SIGKILL at exact points.
+
+/// Not a test on its own: the body of a child process started by the tests below.
+#[test]
+#[ignore = "helper: runs as a child process of the kill and concurrency tests"]
+fn child_import_process() {
+    let (Ok(db), Ok(src)) = (
+        std::env::var("SCT_CHILD_DB"),
+        std::env::var("SCT_CHILD_SRC"),
+    ) else {
+        return;
+    };
+    let r = import(&ImportOptions::new(db, src), &mut progress::ignore).expect("child import");
+    println!("SCT_CHILD_RESULTS {}", serde_json::to_string(&r).unwrap());
+}
+
+fn spawn_child(e: &Env, pause_at: Option<&str>) -> Child {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "child_import_process",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("SCT_CHILD_DB", &e.db)
+    .env("SCT_CHILD_SRC", &e.src)
+    .env_remove(PAUSE_ENV)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(stage) = pause_at {
+        // The pause point appends its marker to our end of the child's stdout pipe.
+        c.env(PAUSE_ENV, format!("{stage}:/dev/stdout"));
+    }
+    c.spawn().unwrap()
+}
+
+/// Read the child's stdout until `marker` appears; panics if it exits first.
+fn read_until(child: &mut Child, marker: &str) -> String {
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains(marker) {
+            // Keep the pipe open (a paused child must not get EPIPE).
+            std::mem::forget(lines);
+            return line;
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    panic!("child exited ({status}) before printing {marker:?}; stderr:\n{err}");
+}
+
+fn child_results(mut child: Child) -> Vec<ImportResult> {
+    let line = read_until(&mut child, "SCT_CHILD_RESULTS ");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    serde_json::from_str(line.split_once("SCT_CHILD_RESULTS ").unwrap().1).unwrap()
+}
+
+#[test]
+fn concurrent_imports_from_several_processes_import_each_pack_once() {
+    let e = env();
+    let specs: Vec<PackSpec> = (0..3)
+        .map(|i| {
+            PackSpec::update(
+                &format!("P{i}"),
+                &format!("5.00.913{i}.1000"),
+                "5.00.9106.1000",
+            )
+        })
+        .collect();
+    for s in &specs {
+        e.add(s);
+    }
+    let children: Vec<Child> = (0..3).map(|_| spawn_child(&e, None)).collect();
+    let all: Vec<Vec<ImportResult>> = children.into_iter().map(child_results).collect();
+    assert_each_imported_once(&all, &specs);
+    for s in &specs {
+        assert_placed(&e, s);
+    }
+}
+
+#[test]
+fn second_import_waits_for_the_lock_then_refuses_busy_with_a_clear_message() {
+    let e = env();
+    let spec = PackSpec::update("P", "5.00.9132.1000", "5.00.9106.1000");
+    e.add(&spec);
+    let mut holder = spawn_child(&e, Some("locked"));
+    read_until(&mut holder, "SCT_TEST_PAUSED locked");
+    let before = snapshot(&e);
+    let mut o = e.opts();
+    o.lock_wait_ms = Some(300);
+    let err = import(&o, &mut progress::ignore).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Busy);
+    assert!(
+        err.message().contains("another import into this site"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&e), before);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // The kernel released the dead holder's lock.
+    assert_eq!(status_of(&e.run(), spec.id), ImportStatus::Imported);
+}
+
+const STAGES: &[&str] = &[
+    "locked",
+    "journaled",
+    "staging",
+    "staged",
+    "recorded",
+    "renamed-first",
+    "renamed",
+    "committed",
+];
+
+#[test]
+fn import_killed_at_any_point_leaves_the_site_unchanged_or_complete_and_a_rerun_completes() {
+    for stage in STAGES {
+        let e = env();
+        let specs = [
+            PackSpec::update("A", "5.00.9132.1000", "5.00.9106.1000"),
+            PackSpec::update("B", "5.00.9133.1000", "5.00.9106.1000"),
+        ];
+        for s in &specs {
+            e.add(s);
+        }
+        let initial = snapshot(&e);
+        let mut child = spawn_child(&e, Some(stage));
+        read_until(&mut child, &format!("SCT_TEST_PAUSED {stage}"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        // Right after the kill: the recorded list is all or nothing.
+        let recorded = Site::open_read_only(&e.db)
+            .unwrap()
+            .list_updates()
+            .unwrap()
+            .len();
+        let committed = *stage == "committed";
+        assert_eq!(
+            recorded,
+            if committed { 2 } else { 0 },
+            "after kill at {stage}"
+        );
+        if committed {
+            for s in &specs {
+                assert_placed(&e, s);
+            }
+        }
+
+        // Recovery alone (no packs in the source) restores exactly the state before,
+        // or keeps the complete import.
+        let hier = e.src.join(e.hierarchy.to_string());
+        let aside = e.src.join("aside");
+        std::fs::rename(&hier, &aside).unwrap();
+        e.run();
+        let recovered = snapshot(&e);
+        if committed {
+            assert_eq!(recovered.updates.len(), 2);
+            assert!(
+                recovered.beside_db.is_empty(),
+                "journal left: {:?}",
+                recovered.beside_db
+            );
+        } else {
+            assert_eq!(recovered, initial, "after kill at {stage} and recovery");
+        }
+
+        // The re-run completes the job.
+        std::fs::rename(&aside, &hier).unwrap();
+        let r = e.run();
+        let want = if committed {
+            ImportStatus::AlreadyImported
+        } else {
+            ImportStatus::Imported
+        };
+        for s in &specs {
+            assert_eq!(status_of(&r, s.id), want, "re-run after kill at {stage}");
+            assert_placed(&e, s);
+        }
+        let done = snapshot(&e);
+        assert_eq!(done.updates.len(), 2);
+        assert!(done.beside_db.is_empty());
+        let top: Vec<_> = std::fs::read_dir(e.library())
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(top.len(), 2, "library after kill at {stage}: {top:?}");
+        let journal = {
+            let mut n = e.db.file_name().unwrap().to_os_string();
+            n.push(JOURNAL_SUFFIX);
+            e.db.with_file_name(n)
+        };
+        assert!(!journal.exists());
+    }
+}
