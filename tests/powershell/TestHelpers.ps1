@@ -76,8 +76,11 @@ function Start-TestService {
     $psi = [System.Diagnostics.ProcessStartInfo]::new((Get-ServiceExe))
     foreach ($a in @('serve', '--store', $Store, '--listen', '127.0.0.1:0') + $ExtraArguments) { $psi.ArgumentList.Add($a) }
     $psi.RedirectStandardOutput = $true
+    $psi.RedirectStandardError = $true
     $psi.UseShellExecute = $false
     $process = [System.Diagnostics.Process]::Start($psi)
+    # The request log goes to stderr: keep it (for a failing test's post-mortem) off the console.
+    $script:ServiceLog = $process.StandardError.ReadToEndAsync()
     $read = $process.StandardOutput.ReadLineAsync()
     if (-not $read.Wait([TimeSpan]::FromSeconds(60))) {
         $process.Kill($true)

@@ -83,3 +83,15 @@ function New-ServiceConnectionErrorRecord {
         $exception, "ServiceConnection.$Kind",
         [System.Management.Automation.ErrorCategory]$category, $Target)
 }
+
+function Get-ReportKind {
+    <#
+    .SYNOPSIS
+    The ErrorKind of a failed entry in a Connect report (its optional "kind"), or -Default.
+    #>
+    [CmdletBinding()]
+    [OutputType([string])]
+    param([Parameter(Mandatory)][psobject]$Entry, [Parameter(Mandatory)][string]$Default)
+    $p = $Entry.PSObject.Properties['Kind']
+    if ($p -and $p.Value) { [string]$p.Value } else { $Default }
+}

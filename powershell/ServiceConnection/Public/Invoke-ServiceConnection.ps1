@@ -221,7 +221,8 @@ function Invoke-ServiceConnection {
                 'Uploaded' { Write-Verbose "Uploaded $cab (hierarchy $($upload.HierarchyId), site version $($upload.SiteVersion)): $($upload.Offered) pack(s) offered" }
                 'Skipped' { Write-Warning "Skipped $cab`: $message" }
                 default {
-                    $PSCmdlet.WriteError((New-ServiceConnectionErrorRecord -Kind UploadFailed -Target $cab -Message "Uploading $cab failed: $message"))
+                    $kind = Get-ReportKind -Entry $upload -Default UploadFailed
+                    $PSCmdlet.WriteError((New-ServiceConnectionErrorRecord -Kind $kind -Target $cab -Message "Uploading $cab failed: $message"))
                 }
             }
         }
@@ -241,7 +242,8 @@ function Invoke-ServiceConnection {
                 UpdatePackRoot = $dest
             }
             if ($pack.Status -eq 'Failed') {
-                $PSCmdlet.WriteError((New-ServiceConnectionErrorRecord -Kind DownloadFailed -Target $out -Message "Downloading $($pack.Name) $($pack.Version) ($($pack.PackageGuid)) failed: $($pack.Message)"))
+                $kind = Get-ReportKind -Entry $pack -Default DownloadFailed
+                $PSCmdlet.WriteError((New-ServiceConnectionErrorRecord -Kind $kind -Target $out -Message "Downloading $($pack.Name) $($pack.Version) ($($pack.PackageGuid)) failed: $($pack.Message)"))
             }
             else {
                 Write-Verbose "$($pack.Status): $($pack.Name) $($pack.Version) ($($pack.PackageGuid))"
