@@ -954,10 +954,20 @@ fn every_upload_error_has_its_own_code_and_leaves_nothing() {
     assert_eq!(store.uploads().len(), 1);
 }
 
-/// Publish the selection fixture: (name, version, type, min, max, hierarchies).
+/// (name, version, type, min, max, hierarchies)
+type FixturePack<'a> = (
+    &'a str,
+    &'a str,
+    PackType,
+    &'a str,
+    Option<&'a str>,
+    &'a [Uuid],
+);
+
+/// Publish the selection fixture.
 fn selection_fixture(store: &TestStore, ring: Uuid) {
     use PackType::*;
-    let packs: &[(&str, &str, PackType, &str, Option<&str>, &[Uuid])] = &[
+    let packs: &[FixturePack] = &[
         (
             "u2203",
             "5.00.9078.1000",

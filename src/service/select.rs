@@ -34,8 +34,7 @@ pub fn select_packs<'a>(
     match selection {
         Selection::Latest => candidates
             .into_iter()
-            .filter(|p| p.pack_type == PackType::Update && newer_applicable(p))
-            .next_back()
+            .rfind(|p| p.pack_type == PackType::Update && newer_applicable(p))
             .into_iter()
             .collect(),
         Selection::SiteVersion => candidates
@@ -140,7 +139,7 @@ mod tests {
                 .map(|p| p.name.clone())
                 .collect()
         };
-        use Selection::*;
+        use Selection::{All, Latest, SiteVersion};
         let table: &[(&str, Selection, &[&str])] = &[
             ("5.00.9040.1000", Latest, &["u2207"]),
             ("5.00.9058.1000", Latest, &["u2211"]),
@@ -149,7 +148,7 @@ mod tests {
             ("5.00.9088.1000", SiteVersion, &["hf2207", "u2211"]),
             ("5.00.9040.1000", SiteVersion, &["hf-old", "u2203", "u2207"]),
             ("5.00.9096.1000", SiteVersion, &[]),
-            ("5.00.9096.1000", Hotfix, &["hf-old", "hf2207"]),
+            ("5.00.9096.1000", Selection::Hotfix, &["hf-old", "hf2207"]),
             (
                 "5.00.9000.1000",
                 All,

@@ -73,6 +73,7 @@ impl TestStore {
     }
 
     /// Run `sct-service publish` and return its GUID; panics (with stderr) on failure.
+    #[allow(clippy::too_many_arguments)] // the shape of the `publish` command line
     pub fn publish(
         &self,
         name: &str,
@@ -97,6 +98,7 @@ impl TestStore {
     }
 
     /// The `publish` command, ready to run (for tests of failures and kills).
+    #[allow(clippy::too_many_arguments)] // the shape of the `publish` command line
     pub fn publish_command(
         &self,
         name: &str,
@@ -131,6 +133,7 @@ impl TestStore {
     }
 
     /// Run `publish` and return its output, success or not.
+    #[allow(clippy::too_many_arguments)] // the shape of the `publish` command line
     pub fn publish_output(
         &self,
         name: &str,
