@@ -1,16 +1,88 @@
 //! The update service's HTTP API (version 1): the JSON shapes shared by the reference
-//! server (`service`) and the client (`connect`). The wire contract is documented in
-//! README.md ("The update service API"); keep the two in step.
+//! server (`service`, the `sct-service` binary) and the client (`connect`). This module
+//! documentation is the wire contract; README.md summarises it.
 //!
-//! | method & path | body / answer |
+//! # Routes
+//!
+//! | method & path | answer |
 //! |---|---|
-//! | `GET /v1/health` | 200 [`Health`] (no token needed) |
-//! | `POST /v1/usage?selection=Latest\|SiteVersion\|Hotfix\|All` | body: a usage cab; 200 [`UploadResponse`]; 4xx [`ApiError`] |
-//! | `GET /v1/packages/{guid}/manifest.json` | the exact signed manifest bytes |
-//! | `GET /v1/packages/{guid}/manifest.json.minisig` | the minisign signature |
-//! | `GET /v1/packages/{guid}/content/{path}` | one content file; `Range` → 206/416; `ETag: "<sha256>"` |
+//! | `GET /v1/health` | 200 [`Health`] — no token needed |
+//! | `GET /v1/version` | 200 [`Health`] (same body) — no token needed |
+//! | `POST /v1/usage?selection=Latest\|SiteVersion\|Hotfix\|All` | body: a usage cab (any `Content-Type`, e.g. `application/vnd.ms-cab-compressed`); 200 [`UploadResponse`] |
+//! | `GET`/`HEAD /v1/packages/{guid}/manifest.json` | the exact signed manifest bytes ([`crate::pack::PackManifest`]), `application/json` |
+//! | `GET`/`HEAD /v1/packages/{guid}/manifest.json.minisig` | the minisign signature of those bytes, `text/plain` |
+//! | `GET`/`HEAD /v1/packages/{guid}/content/{path}` | one content file listed in the manifest, `application/octet-stream` |
 //!
-//! With a token configured, every request but health needs `Authorization: Bearer <token>`.
+//! `{guid}` is the canonical hyphenated package GUID. `{path}` is the file's manifest path
+//! (`/`-separated, relative to `content/`), each segment percent-encoded; it is decoded,
+//! then refused unless it is a safe relative path ([`crate::fsutil::safe_relative_path`]:
+//! no `..`, `.`, empty, absolute, backslash or control-character components) and listed
+//! in the signed manifest. Nothing else under the store is reachable.
+//!
+//! # Uploading usage data
+//!
+//! The body is streamed to disk (never held in memory) up to the service's limit
+//! (`--max-upload-bytes`, default 256 MiB), validated like Prepare's output must be
+//! ([`crate::usage::read_usage_cab`]), stored and recorded. The hierarchy and site version
+//! are read from the cab's `manifest.json`; the answer lists the packs for that hierarchy:
+//! a pack is a candidate when its `hierarchies` list is empty or contains the hierarchy,
+//! applicable when `min_site_version ≤ site ≤ max_site_version` (no max: unbounded), and
+//! versions compare as four-part numbers ([`SiteVersion`]).
+//!
+//! | `selection` (case-insensitive; default `Latest`) | packs offered |
+//! |---|---|
+//! | `Latest` | the single newest `Update` that is applicable and newer than the site; no hotfixes; none when the site is current |
+//! | `SiteVersion` | every `Update` and `Hotfix` that is applicable and newer than the site |
+//! | `Hotfix` | every `Hotfix`, whatever its version or applicability |
+//! | `All` | every candidate |
+//!
+//! Packages are listed by ascending version (the order an upgrade chain installs in).
+//!
+//! # Downloads
+//!
+//! Every download answer carries a strong `ETag: "<sha256 of the bytes>"` (for content
+//! files, the SHA-256 the manifest lists), `Accept-Ranges: bytes`, `Content-Length` and
+//! `Cache-Control: no-cache`. Files are streamed from disk.
+//!
+//! - `Range: bytes=a-b`, `bytes=a-` or `bytes=-n` (one range) → **206** with
+//!   `Content-Range: bytes a-b/len`. A range starting at or past the end (or any range of
+//!   an empty file) → **416** with `Content-Range: bytes */len`. Several ranges or a
+//!   malformed `Range` are ignored (200, whole file).
+//! - `If-Range: "<etag>"`: the range is honoured only when it matches the current ETag;
+//!   otherwise (or with a date) the answer is 200 with the whole file, so a client resumes
+//!   only a copy of the same bytes.
+//! - `If-None-Match` matching the ETag → **304**.
+//! - `HEAD` → the same status and headers, no body.
+//!
+//! # Authentication
+//!
+//! With `--token-file`, every request but `health` and `version` needs
+//! `Authorization: Bearer <token>` (compared in constant time); without it, or with a wrong
+//! one, the answer is **401** `unauthorized` with `WWW-Authenticate: Bearer`. The check runs
+//! before an upload body is read.
+//!
+//! # Errors
+//!
+//! Every 4xx/5xx answer has the [`ApiError`] JSON body `{"error": {"code", "message"}}`;
+//! the code is stable, the message is one line for a human.
+//!
+//! | status | code | when |
+//! |---|---|---|
+//! | 400 | `unknown_selection` | `selection` is not one of the four (checked before the body is read) |
+//! | 400 | `bad_request` | malformed query string, or the upload body broke off |
+//! | 400 | `bad_path` | the content path is unsafe (`..`, `%2e%2e`, absolute, backslash, `.`, empty segment) |
+//! | 400 | `invalid_package_id` | the `{guid}` segment is not a package GUID |
+//! | 401 | `unauthorized` | token missing or wrong |
+//! | 404 | `not_found` | unknown route, unknown package, or a file the manifest does not list |
+//! | 405 | `method_not_allowed` | e.g. `GET /v1/usage` |
+//! | 413 | `payload_too_large` | the upload exceeds the limit (by `Content-Length` up front, or while streaming) |
+//! | 416 | `range_not_satisfiable` | see Downloads; with `Content-Range: bytes */len` |
+//! | 422 | `not_a_cab` | the upload is empty or not a cabinet file |
+//! | 422 | `manifest_missing` | a cabinet without `manifest.json` |
+//! | 422 | `manifest_invalid` | `manifest.json` is not a valid usage manifest (JSON, format version, names, hashes) |
+//! | 422 | `hash_mismatch` | a data file the manifest lists is missing, or its size/SHA-256 differ |
+//! | 422 | `cab_corrupt` | the cabinet's data cannot be read (truncated, bad compression) |
+//! | 500 | `internal` | the service failed (details in its log, never in the answer) |
 
 use crate::version::SiteVersion;
 use serde::{Deserialize, Serialize};
