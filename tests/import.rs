@@ -30,10 +30,13 @@ struct Env {
 }
 
 fn env_at(version: &str, trust: bool) -> Env {
+    env_in(version, uuid::Uuid::new_v4(), trust)
+}
+
+fn env_in(version: &str, hierarchy: uuid::Uuid, trust: bool) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("site").join("site.db");
     std::fs::create_dir(db.parent().unwrap()).unwrap();
-    let hierarchy = uuid::Uuid::new_v4();
     let site = Site::create(
         &db,
         &NewSite {
@@ -969,15 +972,26 @@ const STAGES: &[&str] = &[
 
 #[test]
 fn import_killed_at_any_point_leaves_the_site_unchanged_or_complete_and_a_rerun_completes() {
-    for stage in STAGES {
+    kill_at_every_stage(&|| {
         let e = env();
-        let specs = [
+        let specs = vec![
             PackSpec::update("A", "5.00.9132.1000", "5.00.9106.1000"),
             PackSpec::update("B", "5.00.9133.1000", "5.00.9106.1000"),
         ];
         for s in &specs {
             e.add(s);
         }
+        (e, specs)
+    });
+}
+
+/// Kill a child import (SIGKILL) at every pause point; after each kill the recorded list
+/// is all or nothing, recovery alone restores the site exactly (or keeps it complete),
+/// and a re-run completes the import. `make` gives a fresh site, source and its packs.
+fn kill_at_every_stage(make: &dyn Fn() -> (Env, Vec<PackSpec>)) {
+    for stage in STAGES {
+        let (e, specs) = make();
+        let n = specs.len();
         let initial = snapshot(&e);
         let mut child = spawn_child(&e, Some(stage));
         read_until(&mut child, &format!("SCT_TEST_PAUSED {stage}"));
@@ -993,7 +1007,7 @@ fn import_killed_at_any_point_leaves_the_site_unchanged_or_complete_and_a_rerun_
         let committed = *stage == "committed";
         assert_eq!(
             recorded,
-            if committed { 2 } else { 0 },
+            if committed { n } else { 0 },
             "after kill at {stage}"
         );
         if committed {
@@ -1010,7 +1024,7 @@ fn import_killed_at_any_point_leaves_the_site_unchanged_or_complete_and_a_rerun_
         e.run();
         let recovered = snapshot(&e);
         if committed {
-            assert_eq!(recovered.updates.len(), 2);
+            assert_eq!(recovered.updates.len(), n);
             assert!(
                 recovered.beside_db.is_empty(),
                 "journal left: {:?}",
@@ -1033,13 +1047,13 @@ fn import_killed_at_any_point_leaves_the_site_unchanged_or_complete_and_a_rerun_
             assert_placed(&e, s);
         }
         let done = snapshot(&e);
-        assert_eq!(done.updates.len(), 2);
+        assert_eq!(done.updates.len(), n);
         assert!(done.beside_db.is_empty());
         let top: Vec<_> = std::fs::read_dir(e.library())
             .unwrap()
             .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(top.len(), 2, "library after kill at {stage}: {top:?}");
+        assert_eq!(top.len(), n, "library after kill at {stage}: {top:?}");
         let journal = {
             let mut n = e.db.file_name().unwrap().to_os_string();
             n.push(JOURNAL_SUFFIX);
@@ -1047,4 +1061,424 @@ fn import_killed_at_any_point_leaves_the_site_unchanged_or_complete_and_a_rerun_
         };
         assert!(!journal.exists());
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Packs produced by the real reference service (`sct-service publish` + `serve`) and
+// downloaded by the real Connect, from usage cabs made by the real Prepare.
+
+#[path = "common/service.rs"]
+mod service;
+
+use serviceconnection::api::{PackType, Selection};
+use serviceconnection::connect::{connect, ConnectOptions};
+use serviceconnection::pack::PackManifest;
+use serviceconnection::signing::SecretKey;
+
+/// Connect's output for two hierarchies, and what the service published.
+struct Connected {
+    store: service::TestStore,
+    /// The update-pack folder Connect wrote.
+    out: PathBuf,
+    /// The site that made the first cab (hierarchy `h1`); imports straight from `out`.
+    site1: PathBuf,
+    h1: uuid::Uuid,
+    h2: uuid::Uuid,
+    /// For every hierarchy, applies to SITE_VERSION.
+    update: PackSpec,
+    /// For every hierarchy, only for sites up to 5.00.9120.1000.
+    stale: PackSpec,
+    /// A hotfix released only to `h2`.
+    targeted: PackSpec,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn published(
+    store: &service::TestStore,
+    name: &str,
+    version: &str,
+    pack_type: PackType,
+    min: &str,
+    max: Option<&str>,
+    hierarchies: &[uuid::Uuid],
+    files: Vec<(String, Vec<u8>)>,
+) -> PackSpec {
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    let content = service::write_content(&store.dir().join(format!("content-{name}")), &refs);
+    let id = store.publish(name, version, pack_type, min, max, hierarchies, &content);
+    PackSpec {
+        id,
+        name: name.into(),
+        version: version.into(),
+        pack_type,
+        min_site_version: min.into(),
+        max_site_version: max.map(Into::into),
+        hierarchies: hierarchies.to_vec(),
+        files,
+    }
+}
+
+fn connected() -> Connected {
+    let store = service::TestStore::new();
+    let (h1, h2) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let update = published(
+        &store,
+        "Update 2303",
+        "5.00.9132.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        vec![
+            ("setup.exe".into(), bytes(21, 300_000)),
+            ("payload/data 1/big.cab".into(), bytes(22, 1_500_000)),
+            ("empty.txt".into(), Vec::new()),
+        ],
+    );
+    let stale = published(
+        &store,
+        "Update 2203",
+        "5.00.9120.1000",
+        PackType::Update,
+        "5.00.9100.1000",
+        Some("5.00.9120.1000"),
+        &[],
+        vec![("old.bin".into(), bytes(23, 40_000))],
+    );
+    let targeted = published(
+        &store,
+        "Hotfix KB2",
+        "5.00.9128.1010",
+        PackType::Hotfix,
+        SITE_VERSION,
+        None,
+        &[h2],
+        vec![("fix.msp".into(), bytes(24, 20_000))],
+    );
+    // Two offline sites, one usage cab each, on one transfer drive.
+    let usb = store.dir().join("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let mut site1 = PathBuf::new();
+    for (i, h) in [h1, h2].into_iter().enumerate() {
+        let sdir = store.dir().join(format!("site{i}"));
+        std::fs::create_dir(&sdir).unwrap();
+        let db = sdir.join("site.db");
+        let mut site = Site::create(
+            &db,
+            &NewSite {
+                site_code: format!("PS{i}"),
+                site_version: SITE_VERSION.parse().unwrap(),
+                diagnostics_level: Default::default(),
+                hierarchy_id: Some(h),
+                site_name: None,
+                scp_mode: Default::default(),
+            },
+        )
+        .unwrap();
+        serviceconnection::site::sample::generate(&mut site, 30, i as u64).unwrap();
+        drop(site);
+        serviceconnection::usage::prepare(
+            &db,
+            &usb.join(format!("usage{i}.cab")),
+            false,
+            &mut progress::ignore,
+        )
+        .unwrap();
+        if i == 0 {
+            site1 = db;
+        }
+    }
+    let svc = service::TestService::start(&store, &[]);
+    let out = usb.join("UpdatePacks");
+    let mut o = ConnectOptions::new(&usb, &out, svc.url());
+    o.selection = Selection::All;
+    let report = connect(&o, &mut progress::ignore).unwrap();
+    assert!(report.is_success(), "{report:#?}");
+    drop(svc);
+    Connected {
+        store,
+        out,
+        site1,
+        h1,
+        h2,
+        update,
+        stale,
+        targeted,
+    }
+}
+
+/// Recursive copy of a folder (files and folders only).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (f, t) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&f, &t);
+        } else {
+            std::fs::copy(&f, &t).unwrap();
+        }
+    }
+}
+
+impl Connected {
+    /// A fresh site of hierarchy `h` trusting the service's key, with a copy of Connect's
+    /// output as its source.
+    fn site_env(&self, h: uuid::Uuid) -> Env {
+        let e = env_in(SITE_VERSION, h, false);
+        e.site()
+            .add_trusted_publisher(
+                &serviceconnection::signing::PublicKey::from_file(&self.store.public_key_path())
+                    .unwrap(),
+                "reference service",
+            )
+            .unwrap();
+        std::fs::remove_dir(&e.src).unwrap();
+        copy_tree(&self.out, &e.src);
+        e
+    }
+
+    /// The service's own signing key, to make authentic-but-hostile manifests.
+    fn service_key(&self) -> SecretKey {
+        let text = std::fs::read_to_string(
+            self.store
+                .path()
+                .join(serviceconnection::service::SECRET_KEY_FILE),
+        )
+        .unwrap();
+        SecretKey::parse(&text).unwrap()
+    }
+}
+
+#[test]
+fn connect_output_imports_into_the_site_that_prepared_it() {
+    let c = connected();
+    let site_dir = c.site1.parent().unwrap().to_path_buf();
+    // The very site that prepared the cab trusts the service's published key.
+    let pubkey =
+        serviceconnection::signing::PublicKey::from_file(&c.store.public_key_path()).unwrap();
+    Site::open(&c.site1)
+        .unwrap()
+        .add_trusted_publisher(&pubkey, "reference service")
+        .unwrap();
+    // Three imports at once from the same drive: each pack is imported once.
+    let all: Vec<Vec<ImportResult>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| {
+                sc.spawn(|| {
+                    import(&ImportOptions::new(&c.site1, &c.out), &mut progress::ignore).unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_each_imported_once(&all, &[c.update.clone(), c.stale.clone()]);
+    let r = &all[0];
+    // The other hierarchy's folder is skipped; its targeted hotfix is not here.
+    let skipped: Vec<_> = r
+        .iter()
+        .filter(|x| x.status == ImportStatus::Skipped)
+        .collect();
+    assert_eq!(skipped.len(), 1, "{r:#?}");
+    assert_eq!(skipped[0].hierarchy_id, Some(c.h2));
+    assert!(r.iter().all(|x| x.package_guid != Some(c.targeted.id)));
+    assert_eq!(r.len(), 3, "{r:#?}");
+    let site = Site::open(&c.site1).unwrap();
+    let up = site.get_update(&c.update.id).unwrap().unwrap();
+    assert_eq!(
+        (up.state, up.state_code),
+        (UpdateState::ReadyToInstall, 262146)
+    );
+    assert_eq!(
+        (up.name.as_str(), up.update_type.as_str()),
+        ("Update 2303", "Update")
+    );
+    let st = site.get_update(&c.stale.id).unwrap().unwrap();
+    assert_eq!(
+        (st.state, st.state_code),
+        (UpdateState::NotApplicable, 393214)
+    );
+    assert_eq!(up.publisher_key_id, Some(pubkey.key_id()));
+    for s in [&c.update, &c.stale] {
+        let dir = site_dir.join(CONTENT_LIBRARY).join(s.id.to_string());
+        for (p, b) in &s.files {
+            assert_eq!(&std::fs::read(dir.join(p)).unwrap(), b, "{p}");
+        }
+    }
+    // Re-import: nothing changes.
+    let r = import(&ImportOptions::new(&c.site1, &c.out), &mut progress::ignore).unwrap();
+    assert_eq!(status_of(&r, c.update.id), ImportStatus::AlreadyImported);
+    assert_eq!(status_of(&r, c.stale.id), ImportStatus::AlreadyImported);
+
+    // The second hierarchy's site gets its targeted hotfix too.
+    let e2 = c.site_env(c.h2);
+    let r = e2.run();
+    for s in [&c.update, &c.stale, &c.targeted] {
+        assert_eq!(status_of(&r, s.id), ImportStatus::Imported, "{r:#?}");
+        assert_placed(&e2, s);
+    }
+    assert_eq!(
+        r.iter()
+            .filter(|x| x.status == ImportStatus::Skipped)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn damaged_or_hostile_connect_output_is_refused_and_changes_nothing() {
+    let c = connected();
+    type Damage = fn(&Connected, &Path);
+    let cases: Vec<(&str, Damage, ErrorKind, &str)> = vec![
+        (
+            "tampered manifest",
+            |_, d| {
+                let m = std::fs::read_to_string(d.join(MANIFEST_FILE)).unwrap();
+                std::fs::write(
+                    d.join(MANIFEST_FILE),
+                    m.replace("Update 2303", "Update 2304"),
+                )
+                .unwrap();
+            },
+            ErrorKind::SignatureInvalid,
+            "signature",
+        ),
+        (
+            "tampered content",
+            |_, d| {
+                let f = d.join(CONTENT_DIR).join("payload/data 1/big.cab");
+                let mut b = std::fs::read(&f).unwrap();
+                b[1_000_000] ^= 0xff;
+                std::fs::write(&f, b).unwrap();
+            },
+            ErrorKind::IntegrityMismatch,
+            "SHA-256",
+        ),
+        (
+            "truncated file",
+            |_, d| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join(CONTENT_DIR).join("setup.exe"))
+                    .unwrap();
+                f.set_len(299_999).unwrap();
+            },
+            ErrorKind::IntegrityMismatch,
+            "truncated",
+        ),
+        (
+            "missing file",
+            |_, d| {
+                std::fs::remove_file(d.join(CONTENT_DIR).join("empty.txt")).unwrap();
+            },
+            ErrorKind::IntegrityMismatch,
+            "content/empty.txt is missing",
+        ),
+        (
+            "extra file",
+            |_, d| {
+                std::fs::write(d.join(CONTENT_DIR).join("payload/extra.dll"), b"MZ").unwrap();
+            },
+            ErrorKind::IntegrityMismatch,
+            "content/payload/extra.dll is not listed",
+        ),
+        (
+            "unfinished download",
+            |_, d| {
+                std::fs::write(d.join(CONTENT_DIR).join("setup.exe.sct-partial"), b"MZ").unwrap();
+            },
+            ErrorKind::IntegrityMismatch,
+            "run Connect again",
+        ),
+        (
+            "path traversal signed by the service key",
+            |c, d| {
+                let mut m =
+                    PackManifest::from_bytes(&std::fs::read(d.join(MANIFEST_FILE)).unwrap())
+                        .unwrap();
+                m.files[0].path = "../../../outside.exe".into();
+                let bytes = m.to_bytes();
+                std::fs::write(d.join(MANIFEST_FILE), &bytes).unwrap();
+                let sig = c.service_key().sign(&bytes, "file:manifest.json").unwrap();
+                std::fs::write(d.join("manifest.json.minisig"), sig).unwrap();
+            },
+            ErrorKind::UnsafePath,
+            "'..' component",
+        ),
+        (
+            "symbolic link",
+            |_, d| {
+                let f = d.join(CONTENT_DIR).join("setup.exe");
+                let aside = d.parent().unwrap().join("setup-elsewhere.exe");
+                std::fs::rename(&f, &aside).unwrap();
+                std::os::unix::fs::symlink(&aside, &f).unwrap();
+            },
+            ErrorKind::UnsafePath,
+            "symbolic link",
+        ),
+        (
+            "signed by another key",
+            |_, d| {
+                let other = SecretKey::generate().unwrap();
+                let bytes = std::fs::read(d.join(MANIFEST_FILE)).unwrap();
+                let sig = other.sign(&bytes, "file:manifest.json").unwrap();
+                std::fs::write(d.join("manifest.json.minisig"), sig).unwrap();
+            },
+            ErrorKind::SignatureInvalid,
+            "does not trust",
+        ),
+    ];
+    for (what, damage, kind, reason) in cases {
+        let e = c.site_env(c.h1);
+        // First the valid rest of the drive, so "unchanged" covers a non-empty site.
+        let pack = pack_dir(&e.src, c.h1, c.update.id);
+        let aside = e.src.join("aside");
+        std::fs::rename(&pack, &aside).unwrap();
+        assert_eq!(
+            status_of(&e.run(), c.stale.id),
+            ImportStatus::Imported,
+            "{what}"
+        );
+        std::fs::rename(&aside, &pack).unwrap();
+        damage(&c, &pack);
+        let res = assert_refused(&e, c.update.id, kind, reason);
+        assert!(
+            !e.library().join(c.update.id.to_string()).exists(),
+            "{what}"
+        );
+        eprintln!("{what}: refused as {kind}: {}", res.reason.unwrap());
+    }
+}
+
+#[test]
+fn connect_output_with_a_used_guid_but_different_content_is_a_conflict() {
+    let c = connected();
+    let e = c.site_env(c.h1);
+    assert_eq!(status_of(&e.run(), c.update.id), ImportStatus::Imported);
+    // The same GUID, re-published with different content and signed by the service's key.
+    let d = pack_dir(&e.src, c.h1, c.update.id);
+    let mut m = PackManifest::from_bytes(&std::fs::read(d.join(MANIFEST_FILE)).unwrap()).unwrap();
+    m.name = "Update 2303 (re-release)".into();
+    let bytes = m.to_bytes();
+    std::fs::write(d.join(MANIFEST_FILE), &bytes).unwrap();
+    std::fs::write(
+        d.join("manifest.json.minisig"),
+        c.service_key().sign(&bytes, "file:manifest.json").unwrap(),
+    )
+    .unwrap();
+    assert_refused(&e, c.update.id, ErrorKind::Conflict, "already imported");
+    assert_placed(&e, &c.update);
+    assert_eq!(
+        e.site().get_update(&c.update.id).unwrap().unwrap().name,
+        "Update 2303"
+    );
+}
+
+#[test]
+fn connect_output_import_killed_at_any_point_is_recovered_and_completed() {
+    let c = connected();
+    kill_at_every_stage(&|| (c.site_env(c.h1), vec![c.update.clone(), c.stale.clone()]));
 }

@@ -217,6 +217,12 @@ pub(crate) fn check_layout(root: &Path, pack_rel: &Path, manifest: &PackManifest
         expected.insert(rel);
     }
     let extra = |shown: String| {
+        if shown.ends_with(fsutil::PARTIAL_SUFFIX) {
+            return Error::new(
+                ErrorKind::IntegrityMismatch,
+                format!("{shown} is not listed in the manifest: an unfinished download (run Connect again to finish it)"),
+            );
+        }
         Error::new(
             ErrorKind::IntegrityMismatch,
             format!(
