@@ -130,7 +130,11 @@ pub fn generate_with_progress(
     progress: ProgressFn,
 ) -> Result<u64> {
     let mut rng = Rng(seed ^ 0x5C7_5A3B1E);
-    let tx = site.connection_mut().transaction()?;
+    // IMMEDIATE: take the write lock up front (waiting through the busy timeout) rather
+    // than upgrading a read snapshot that another writer may have made stale.
+    let tx = site
+        .connection_mut()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut stmt = tx.prepare(
             "INSERT INTO usage_data (level, category, metric, instance, value, site_code, site_name, server_name, collected_utc)

@@ -1,0 +1,227 @@
+//! Test helpers for site databases: create a site (optionally with generated sample data),
+//! add hand-picked rows, count rows straight from SQLite, and snapshot folders so a test
+//! can prove a failure changed nothing.
+//!
+//! Pull in with `#[path = "common/site.rs"] mod site;`.
+#![allow(dead_code)]
+
+use serviceconnection::site::{DiagnosticsLevel, NewSite, Site};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A fixed hierarchy ID for tests that need a known salt.
+pub const HIERARCHY: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
+pub const SITE_VERSION: &str = "5.00.9128.1000";
+
+/// Create `<dir>/site.db` (site code PS1, version 5.00.9128.1000) at `level`, with
+/// `rows` generated sample rows (seed 42). Returns the database path.
+pub fn create_site(dir: &Path, level: DiagnosticsLevel, rows: u64) -> PathBuf {
+    create_site_with(
+        dir,
+        "site.db",
+        level,
+        rows,
+        Some(HIERARCHY.parse().unwrap()),
+    )
+}
+
+/// Like [`create_site`] with a chosen file name and hierarchy ID (`None`: a fresh GUID).
+pub fn create_site_with(
+    dir: &Path,
+    name: &str,
+    level: DiagnosticsLevel,
+    rows: u64,
+    hierarchy_id: Option<uuid::Uuid>,
+) -> PathBuf {
+    let path = dir.join(name);
+    let mut site = Site::create(
+        &path,
+        &NewSite {
+            site_code: "PS1".into(),
+            site_version: SITE_VERSION.parse().unwrap(),
+            diagnostics_level: level,
+            hierarchy_id,
+            site_name: Some("Primary Site, Seattle".into()),
+            scp_mode: Default::default(),
+        },
+    )
+    .expect("create site");
+    if rows > 0 {
+        serviceconnection::site::sample::generate(&mut site, rows, 42).expect("sample data");
+    }
+    path
+}
+
+/// A usage row as stored (before hashing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRow {
+    pub id: i64,
+    pub level: i64,
+    pub category: String,
+    pub metric: String,
+    pub instance: String,
+    pub value: String,
+    pub site_code: String,
+    pub site_name: String,
+    pub server_name: String,
+    pub collected_utc: String,
+}
+
+/// Rows whose values need CSV quoting or are not ASCII, one per level.
+pub fn tricky_rows() -> Vec<(i64, [&'static str; 7])> {
+    vec![
+        (
+            1,
+            [
+                "Hierarchy, \"quoted\"",
+                "Comma,Metric",
+                "line1\nline2",
+                "a \"b\" c",
+                "PS,1",
+                "Zürich \"HQ\", Süd",
+                "srv,01.contoso.com",
+            ],
+        ),
+        (
+            2,
+            [
+                "Feature\r\nUsage",
+                "Ünïcödé ✓",
+                "東京",
+                "  padded  ",
+                "",
+                "",
+                "",
+            ],
+        ),
+        (
+            3,
+            [
+                "Full",
+                "\"",
+                ",",
+                "\r",
+                "X\"Y",
+                "São Paulo\nMatriz",
+                "=cmd|' /C calc'!A0",
+            ],
+        ),
+        (1, ["", "", "", "", "", "", ""]),
+    ]
+}
+
+/// Insert rows `(level, [category, metric, instance, value, site_code, site_name, server_name])`.
+pub fn insert_rows(db: &Path, rows: &[(i64, [&str; 7])]) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .unwrap();
+    for (level, v) in rows {
+        conn.execute(
+            "INSERT INTO usage_data (level, category, metric, instance, value, site_code, site_name, server_name, collected_utc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '2025-12-01T00:00:00Z')",
+            rusqlite::params![level, v[0], v[1], v[2], v[3], v[4], v[5], v[6]],
+        )
+        .unwrap();
+    }
+}
+
+/// Every usage row as stored, in id order.
+pub fn raw_rows(db: &Path) -> Vec<RawRow> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc FROM usage_data ORDER BY id")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(RawRow {
+                id: r.get(0)?,
+                level: r.get(1)?,
+                category: r.get(2)?,
+                metric: r.get(3)?,
+                instance: r.get(4)?,
+                value: r.get(5)?,
+                site_code: r.get(6)?,
+                site_name: r.get(7)?,
+                server_name: r.get(8)?,
+                collected_utc: r.get(9)?,
+            })
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// Rows at or below `level`, counted by SQLite directly.
+pub fn count_at_or_below(db: &Path, level: DiagnosticsLevel) -> u64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM usage_data WHERE level <= ?1",
+        [level.as_i64()],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap() as u64
+}
+
+/// `PRAGMA integrity_check` answer ("ok" when healthy).
+pub fn integrity_check(db: &Path) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Lowercase hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> String {
+    serviceconnection::hashing::sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// The salted hash identifying attributes leave the site as.
+pub fn salted(hierarchy: &str, value: &str) -> String {
+    if value.is_empty() {
+        String::new()
+    } else {
+        serviceconnection::hashing::sha256_hex(
+            format!("{}:{value}", hierarchy.to_ascii_lowercase()).as_bytes(),
+        )
+    }
+}
+
+/// Every file under `dir` (recursively) → SHA-256 of its bytes, keyed by relative path.
+/// SQLite's `-shm` index files are left out: readers may create them and they hold no data.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                out.insert(format!("{rel}/"), String::new());
+                walk(root, &p, out);
+            } else if !rel.ends_with("-shm") && !rel.ends_with("-wal") {
+                out.insert(rel, sha256_file(&p));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Run a stock tool; returns (success, stdout+stderr).
+pub fn tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not run (is it installed?): {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
