@@ -388,7 +388,9 @@ impl Http {
         what: &str,
         body: &[u8],
     ) -> Failure {
-        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED
+            || (status == StatusCode::UNAUTHORIZED && self.is_proxy_401(headers, body))
+        {
             return Failure::permanent(self.proxy_auth_error());
         }
         let detail = api_error_message(body)
@@ -418,6 +420,25 @@ impl Http {
                 None
             },
         }
+    }
+
+    /// Some proxies (tinyproxy 1.11 among them) refuse wrong credentials with a 401 of
+    /// their own instead of a 407. The service's 401 is always an `ApiError` JSON body, so
+    /// a 401 that is not one, through a proxy that announces itself in its challenge or
+    /// `Server` header, is the proxy's.
+    fn is_proxy_401(&self, headers: &HeaderMap, body: &[u8]) -> bool {
+        if self.proxy.is_none() || api_error_message(body).is_some() {
+            return false;
+        }
+        let mentions_proxy = |name: reqwest::header::HeaderName| {
+            headers.get_all(name).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|s| s.to_ascii_lowercase().contains("proxy"))
+            })
+        };
+        headers.contains_key(reqwest::header::PROXY_AUTHENTICATE)
+            || mentions_proxy(reqwest::header::WWW_AUTHENTICATE)
+            || mentions_proxy(reqwest::header::SERVER)
     }
 
     fn proxy_auth_error(&self) -> Error {
@@ -844,6 +865,18 @@ mod tests {
         );
         let f = h.status_failure(StatusCode::UNAUTHORIZED, &empty, "x", b"");
         assert!(f.error.message().contains("token"), "{}", f.error);
+        // tinyproxy's answer to wrong credentials: a 401 with its own challenge.
+        let mut tiny = HeaderMap::new();
+        tiny.insert(
+            reqwest::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"Tinyproxy\""),
+        );
+        let f = h.status_failure(StatusCode::UNAUTHORIZED, &tiny, "x", b"<html>");
+        assert_eq!(f.error.kind(), ErrorKind::ProxyAuth);
+        // The service's own 401 (an ApiError body) is not blamed on the proxy.
+        let api = br#"{"error":{"code":"unauthorized","message":"a bearer token is required"}}"#;
+        let f = h.status_failure(StatusCode::UNAUTHORIZED, &tiny, "x", api);
+        assert_eq!(f.error.kind(), ErrorKind::Service);
         let f = h.status_failure(StatusCode::REQUEST_TIMEOUT, &empty, "x", b"");
         assert!(f.transient);
     }

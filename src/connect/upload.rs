@@ -106,6 +106,23 @@ pub(crate) async fn upload_all(
             }
         }
     }
+    // One request without a body first: a proxy that refuses the credentials, an
+    // unreachable proxy or service, or a certificate problem shows up here with a clear
+    // message (a proxy answering 407 to a streamed upload often just resets it).
+    if planned.iter().any(|(_, m)| m.is_some()) {
+        if let Err(e) = preflight(ctx).await {
+            if e.kind() == ErrorKind::Cancelled {
+                return Err(e);
+            }
+            for (report, manifest) in planned.iter_mut() {
+                if manifest.take().is_some() {
+                    report.status = UploadStatus::Failed;
+                    report.kind = Some(e.kind());
+                    report.message = Some(format!("not uploaded: {}", e.message()));
+                }
+            }
+        }
+    }
     let jobs = planned
         .into_iter()
         .map(|(mut report, manifest)| async move {
@@ -131,6 +148,38 @@ pub(crate) async fn upload_all(
         .await
         .into_iter()
         .collect()
+}
+
+/// `GET /v1/health`. Fails only on what makes every upload pointless: the connection
+/// (service or proxy unreachable, proxy credentials refused, TLS); any HTTP answer from
+/// the service itself, even an error, lets the uploads go ahead.
+async fn preflight(ctx: &Arc<Ctx>) -> Result<()> {
+    let what = "checking the update service";
+    let url = ctx.http.url(&format!("{API_PREFIX}/health"))?;
+    let resp = match ctx
+        .http
+        .send_with_retry(what, |_| Ok(ctx.http.get(url.clone())))
+        .await
+    {
+        Ok(resp) => resp,
+        Err(e) if e.kind() == ErrorKind::Service => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let headers = resp.headers().clone();
+    let body = ctx
+        .http
+        .read_small(resp, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let f = ctx.http.status_failure(status, &headers, what, &body);
+    if f.error.kind() == ErrorKind::ProxyAuth {
+        return Err(f.error);
+    }
+    Ok(())
 }
 
 fn display_name(p: &Path) -> String {

@@ -1,0 +1,1086 @@
+//! Connect against the real reference service (`sct-service serve` on 127.0.0.1), with
+//! usage cabs made by the real Prepare, through the real tinyproxy, with real TLS, and a
+//! real process killed mid-download.
+
+#[path = "common/proxy.rs"]
+mod proxy;
+#[path = "common/service.rs"]
+mod service;
+
+use proxy::{Action, Flaky, TinyProxy};
+use service::{pseudo_random, write_content, TestService, TestStore};
+use serviceconnection::api::{PackType, Selection};
+use serviceconnection::connect::{
+    connect, ConnectOptions, ConnectReport, FileStatus, PackReport, PackStatus, ProxyOptions,
+    UploadStatus, REPORT_FILE,
+};
+use serviceconnection::pack::manifest::{CONTENT_DIR, MANIFEST_FILE, SIGNATURE_FILE};
+use serviceconnection::progress::{Phase, Progress};
+use serviceconnection::{ErrorKind, NewSite, Site};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SITE_VERSION: &str = "5.00.9128.1000";
+
+/// A usage cab made the real way: a site database with sample rows, then Prepare.
+fn usage_cab(dir: &Path, name: &str, site_version: &str) -> (PathBuf, uuid::Uuid) {
+    let db = dir.join(format!("{name}.db"));
+    let mut site = Site::create(
+        &db,
+        &NewSite {
+            site_code: "PS1".into(),
+            site_version: site_version.parse().unwrap(),
+            diagnostics_level: Default::default(),
+            hierarchy_id: None,
+            site_name: None,
+            scp_mode: Default::default(),
+        },
+    )
+    .unwrap();
+    serviceconnection::site::sample::generate(&mut site, 40, 7).unwrap();
+    let hierarchy = site.info().unwrap().hierarchy_id;
+    drop(site);
+    let cab = dir.join(format!("{name}.cab"));
+    serviceconnection::usage::prepare(&db, &cab, false, &mut serviceconnection::progress::ignore)
+        .unwrap();
+    (cab, hierarchy)
+}
+
+/// Options tuned for tests: quick backoff, few attempts.
+fn options(source: &Path, dest: &Path, url: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::new(source, dest, url);
+    o.retry_base_delay_ms = 20;
+    o.max_attempts = 3;
+    o.idle_timeout_secs = 20;
+    o
+}
+
+fn run(opts: &ConnectOptions) -> serviceconnection::Result<ConnectReport> {
+    connect(opts, &mut serviceconnection::progress::ignore)
+}
+
+/// Every path under `root`, relative, sorted.
+fn tree(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            if p.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn partials(root: &Path) -> Vec<String> {
+    tree(root)
+        .into_iter()
+        .filter(|p| p.ends_with(".sct-partial"))
+        .collect()
+}
+
+fn pack(r: &ConnectReport, id: uuid::Uuid) -> &PackReport {
+    r.packs
+        .iter()
+        .find(|p| p.package_guid == id)
+        .unwrap_or_else(|| panic!("pack {id} not in report: {r:#?}"))
+}
+
+/// A store holding the usual scene: an older and a newer update, a hotfix, and an update
+/// for an older site version that no longer applies.
+struct Scene {
+    store: TestStore,
+    update_old: uuid::Uuid,
+    update_new: uuid::Uuid,
+    hotfix: uuid::Uuid,
+    stale: uuid::Uuid,
+    new_files: Vec<(String, Vec<u8>)>,
+}
+
+fn scene() -> Scene {
+    let store = TestStore::new();
+    let new_files = vec![
+        ("setup.exe".to_string(), pseudo_random(300_000, 1)),
+        (
+            "payload/data 1/big.cab".to_string(),
+            pseudo_random(1_200_000, 2),
+        ),
+        ("empty.txt".to_string(), Vec::new()),
+    ];
+    let mk = |name: &str, files: &[(String, Vec<u8>)]| {
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, b)| (p.as_str(), b.as_slice()))
+            .collect();
+        write_content(&store.dir().join(name), &refs)
+    };
+    let c_old = mk("c_old", &[("a.bin".into(), pseudo_random(50_000, 3))]);
+    let c_new = mk("c_new", &new_files);
+    let c_hf = mk("c_hf", &[("fix.msp".into(), pseudo_random(20_000, 4))]);
+    let c_stale = mk("c_stale", &[("old.bin".into(), pseudo_random(10_000, 5))]);
+    let update_old = store.publish(
+        "Update 2207",
+        "5.00.9130.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        &c_old,
+    );
+    let update_new = store.publish(
+        "Update 2303",
+        "5.00.9132.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        &c_new,
+    );
+    let hotfix = store.publish(
+        "Hotfix KB1",
+        "5.00.9129.1001",
+        PackType::Hotfix,
+        SITE_VERSION,
+        None,
+        &[],
+        &c_hf,
+    );
+    let stale = store.publish(
+        "Update 2203",
+        "5.00.9120.1000",
+        PackType::Update,
+        "5.00.9100.1000",
+        Some("5.00.9120.1000"),
+        &[],
+        &c_stale,
+    );
+    Scene {
+        store,
+        update_old,
+        update_new,
+        hotfix,
+        stale,
+        new_files,
+    }
+}
+
+#[test]
+fn single_cab_latest_layout_report_and_progress_on_callers_thread() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site1", SITE_VERSION);
+    let dest = work.path().join("UpdatePacks");
+    let caller = std::thread::current().id();
+    let mut events: Vec<Progress> = Vec::new();
+    let mut foreign_thread = false;
+    let report = connect(&options(&cab, &dest, svc.url()), &mut |p: &Progress| {
+        foreign_thread |= std::thread::current().id() != caller;
+        events.push(p.clone());
+        true
+    })
+    .unwrap();
+    assert!(
+        !foreign_thread,
+        "the progress callback ran on another thread"
+    );
+    assert!(report.is_success(), "{report:#?}");
+
+    // One upload, one pack (Latest = the newest applicable update only).
+    assert_eq!(report.uploads.len(), 1);
+    let u = &report.uploads[0];
+    assert_eq!(u.status, UploadStatus::Uploaded);
+    assert_eq!(u.hierarchy_id, Some(h));
+    assert_eq!(u.site_version.as_deref(), Some(SITE_VERSION));
+    assert_eq!(u.offered, 1);
+    assert_eq!(report.packs.len(), 1);
+    let p = pack(&report, sc.update_new);
+    assert_eq!(p.status, PackStatus::Downloaded);
+    assert_eq!(p.hierarchy_id, h);
+    assert_eq!(p.name, "Update 2303");
+    assert_eq!(p.pack_type, "Update");
+    let total: u64 = sc.new_files.iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(p.size, total);
+    assert_eq!(report.bytes_transferred, total);
+
+    // Layout: <dest>/<hierarchy>/<guid>/{manifest.json, .minisig, content/...}, byte-identical.
+    let dir = dest.join(h.to_string()).join(sc.update_new.to_string());
+    assert_eq!(p.path, dir);
+    let served = std::fs::read(sc.store.pack_dir(&sc.update_new).join(MANIFEST_FILE)).unwrap();
+    assert_eq!(std::fs::read(dir.join(MANIFEST_FILE)).unwrap(), served);
+    assert!(std::fs::read_to_string(dir.join(SIGNATURE_FILE))
+        .unwrap()
+        .starts_with("untrusted comment:"));
+    for (path, bytes) in &sc.new_files {
+        assert_eq!(
+            &std::fs::read(dir.join(CONTENT_DIR).join(path)).unwrap(),
+            bytes,
+            "{path}"
+        );
+        let f = p.files.iter().find(|f| &f.path == path).unwrap();
+        assert_eq!(f.status, FileStatus::Downloaded);
+        assert_eq!(f.size, bytes.len() as u64);
+        assert_eq!(f.sha256, serviceconnection::hashing::sha256_hex(bytes));
+        assert_eq!(f.bytes_transferred, bytes.len() as u64);
+    }
+    assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
+    // Only this hierarchy's folder, the report and the run lock at the top.
+    let mut top: Vec<String> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    let mut want = [
+        ".sct-connect.lock".to_string(),
+        h.to_string(),
+        REPORT_FILE.to_string(),
+    ];
+    want.sort();
+    assert_eq!(top, want);
+
+    // The report on disk is the one returned.
+    let on_disk: ConnectReport =
+        serde_json::from_slice(&std::fs::read(dest.join(REPORT_FILE)).unwrap()).unwrap();
+    assert_eq!(on_disk.packs.len(), 1);
+    assert_eq!(on_disk.packs[0].files.len(), 3);
+    assert_eq!(on_disk.selection, Selection::Latest);
+    assert_eq!(on_disk.service_uri, svc.url());
+    assert_eq!(on_disk.uploads[0].cab, cab);
+
+    // Progress: uploads and downloads reported, overall done reaches the total.
+    assert!(events.iter().any(|e| e.phase == Phase::Upload));
+    assert!(events
+        .iter()
+        .any(|e| e.phase == Phase::Download && e.item_total == 1_200_000));
+    let last = events.last().unwrap();
+    assert_eq!((last.done, last.total), (total, total));
+    assert!(
+        events.iter().all(|e| e.done <= e.total || e.total == 0),
+        "{events:?}"
+    );
+
+    // The service really received the cab.
+    assert_eq!(sc.store.uploads().len(), 1);
+}
+
+#[test]
+fn each_selection_offers_the_right_packs() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
+    let cases = [
+        (Selection::Latest, vec![sc.update_new]),
+        (
+            Selection::SiteVersion,
+            vec![sc.hotfix, sc.update_old, sc.update_new],
+        ),
+        (Selection::Hotfix, vec![sc.hotfix]),
+        (
+            Selection::All,
+            vec![sc.stale, sc.hotfix, sc.update_old, sc.update_new],
+        ),
+    ];
+    for (sel, expected) in cases {
+        let dest = work.path().join(format!("dest-{}", sel.as_str()));
+        let mut o = options(&cab, &dest, svc.url());
+        o.selection = sel;
+        let r = run(&o).unwrap();
+        assert!(r.is_success(), "{sel:?}: {r:#?}");
+        let mut got: Vec<uuid::Uuid> = r.packs.iter().map(|p| p.package_guid).collect();
+        let mut want = expected.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{sel:?}");
+        assert_eq!(r.selection, sel);
+        assert_eq!(r.uploads[0].offered, expected.len());
+        for p in &r.packs {
+            assert!(p.path.join(MANIFEST_FILE).is_file(), "{sel:?} {}", p.name);
+        }
+    }
+}
+
+#[test]
+fn folder_of_cabs_with_targeted_pack_duplicate_and_bad_cab() {
+    let store = TestStore::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("usb");
+    std::fs::create_dir(&src).unwrap();
+    let (cab_a, ha) = usage_cab(&src, "a-site", SITE_VERSION);
+    let (_cab_b, hb) = usage_cab(&src, "b-site", SITE_VERSION);
+    let (_cab_c, hc) = usage_cab(&src, "c-site", SITE_VERSION);
+    // A second cab of hierarchy A under another name: skipped, A still proceeds.
+    std::fs::copy(&cab_a, src.join("z-copy-of-a.CAB")).unwrap();
+    // A ".cab" that is not a usage cab, and files that are not cabs at all.
+    std::fs::write(src.join("broken.cab"), b"MSCF but not really").unwrap();
+    std::fs::write(src.join("notes.txt"), b"ignored").unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "db") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let general = write_content(
+        &store.dir().join("g"),
+        &[("g.bin", &pseudo_random(40_000, 9))],
+    );
+    let targeted = write_content(
+        &store.dir().join("t"),
+        &[("t.bin", &pseudo_random(30_000, 10))],
+    );
+    let general_id = store.publish(
+        "General",
+        "5.00.9130.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        &general,
+    );
+    let targeted_id = store.publish(
+        "Early ring",
+        "5.00.9131.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[hb],
+        &targeted,
+    );
+    let svc = TestService::start(&store, &[]);
+    let dest = work.path().join("packs");
+    let r = run(&options(&src, &dest, svc.url())).unwrap();
+
+    assert_eq!(r.uploads.len(), 5, "{r:#?}");
+    let by_name = |n: &str| {
+        r.uploads
+            .iter()
+            .find(|u| u.cab.file_name().unwrap() == n)
+            .unwrap_or_else(|| panic!("{n} not in {r:#?}"))
+    };
+    for (n, h) in [("a-site.cab", ha), ("b-site.cab", hb), ("c-site.cab", hc)] {
+        let u = by_name(n);
+        assert_eq!(u.status, UploadStatus::Uploaded, "{u:?}");
+        assert_eq!(u.hierarchy_id, Some(h));
+    }
+    let dup = by_name("z-copy-of-a.CAB");
+    assert_eq!(dup.status, UploadStatus::Skipped);
+    assert_eq!(dup.hierarchy_id, Some(ha));
+    let msg = dup.message.as_deref().unwrap();
+    assert!(
+        msg.contains("second cab of hierarchy") && msg.contains("a-site.cab"),
+        "{msg}"
+    );
+    let bad = by_name("broken.cab");
+    assert_eq!(bad.status, UploadStatus::Skipped);
+    assert_eq!(bad.kind, Some(ErrorKind::InvalidCab));
+    assert!(
+        bad.message.as_deref().unwrap().contains("not a usage cab"),
+        "{bad:?}"
+    );
+    assert!(!r.is_success());
+    assert_eq!(
+        store.uploads().len(),
+        3,
+        "only the three valid cabs reach the service"
+    );
+
+    // The targeted pack went to hierarchy B only; the general one, Latest for A and C.
+    // Latest for B is its newest update: the targeted one.
+    let mut got: Vec<(uuid::Uuid, uuid::Uuid)> = r
+        .packs
+        .iter()
+        .map(|p| (p.hierarchy_id, p.package_guid))
+        .collect();
+    got.sort();
+    let mut want = vec![(ha, general_id), (hb, targeted_id), (hc, general_id)];
+    want.sort();
+    assert_eq!(got, want);
+    for (h, id) in want {
+        assert!(dest
+            .join(h.to_string())
+            .join(id.to_string())
+            .join(MANIFEST_FILE)
+            .is_file());
+    }
+    assert!(r.packs.iter().all(|p| p.status == PackStatus::Downloaded));
+}
+
+#[test]
+fn rerun_skips_complete_files_and_refetches_damaged_ones() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("packs");
+    let o = options(&cab, &dest, svc.url());
+    let first = run(&o).unwrap();
+    assert!(first.is_success());
+
+    let second = run(&o).unwrap();
+    let p = pack(&second, sc.update_new);
+    assert_eq!(p.status, PackStatus::AlreadyComplete, "{p:#?}");
+    assert!(p
+        .files
+        .iter()
+        .all(|f| f.status == FileStatus::AlreadyComplete && f.bytes_transferred == 0));
+    assert_eq!(second.bytes_transferred, 0);
+
+    // Damage one file (same size, one byte flipped) and delete another.
+    let content = dest
+        .join(h.to_string())
+        .join(sc.update_new.to_string())
+        .join(CONTENT_DIR);
+    let big = content.join("payload/data 1/big.cab");
+    let mut bytes = std::fs::read(&big).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&big, &bytes).unwrap();
+    std::fs::remove_file(content.join("setup.exe")).unwrap();
+    let third = run(&o).unwrap();
+    assert!(third.is_success(), "{third:#?}");
+    let p = pack(&third, sc.update_new);
+    assert_eq!(p.status, PackStatus::Downloaded);
+    let f = |n: &str| p.files.iter().find(|f| f.path == n).unwrap();
+    assert_eq!(f("empty.txt").status, FileStatus::AlreadyComplete);
+    assert_eq!(f("setup.exe").status, FileStatus::Downloaded);
+    assert_eq!(f("setup.exe").bytes_transferred, 300_000);
+    // The damaged file was never trusted: moved aside, re-fetched, now right.
+    assert_ne!(
+        f("payload/data 1/big.cab").status,
+        FileStatus::AlreadyComplete
+    );
+    assert_eq!(std::fs::read(&big).unwrap(), sc.new_files[1].1);
+    assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
+}
+
+/// Kill a real Connect process while it downloads, then resume: only the rest moves.
+#[test]
+fn resume_after_the_process_is_killed() {
+    const CHILD_ENV: &str = "SCT_CONNECT_TEST_CHILD_OPTIONS";
+    if let Ok(json) = std::env::var(CHILD_ENV) {
+        // Child mode: run Connect and exit; the parent kills us midway.
+        let o: ConnectOptions = serde_json::from_str(&json).unwrap();
+        let r = run(&o);
+        eprintln!("child finished unexpectedly: {r:?}");
+        std::process::exit(3);
+    }
+    let store = TestStore::new();
+    let size = 8 * 1024 * 1024;
+    let data = pseudo_random(size, 42);
+    let content = write_content(&store.dir().join("c"), &[("big/file.bin", &data)]);
+    let id = store.publish(
+        "Big",
+        "5.00.9132.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        &content,
+    );
+    let svc = TestService::start(&store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("packs");
+    let final_path = dest
+        .join(h.to_string())
+        .join(id.to_string())
+        .join(CONTENT_DIR)
+        .join("big/file.bin");
+    let partial = PathBuf::from(format!("{}.sct-partial", final_path.display()));
+
+    let opts_json = serde_json::json!({
+        "source": cab, "dest": dest, "service_uri": svc.url(),
+        "max_bytes_per_second": 1_500_000, "retry_base_delay_ms": 20,
+    });
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "resume_after_the_process_is_killed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, opts_json.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (polling the file, not sleeping blindly) until a good part has arrived.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if len > 2 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child exited before it was killed"
+        );
+        assert!(Instant::now() < deadline, "the download never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !final_path.exists(),
+        "nothing at the final name after a kill"
+    );
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept > 0 && kept < size as u64);
+    let pack_dir = dest.join(h.to_string()).join(id.to_string());
+    assert!(
+        !pack_dir.join(MANIFEST_FILE).exists(),
+        "no manifest for an incomplete pack"
+    );
+
+    let r = run(&options(&cab, &dest, svc.url())).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    let f = &pack(&r, id).files[0];
+    assert_eq!(f.status, FileStatus::Resumed);
+    assert_eq!(
+        f.bytes_transferred,
+        size as u64 - kept,
+        "only the rest is transferred"
+    );
+    assert_eq!(std::fs::read(&final_path).unwrap(), data, "byte-identical");
+    assert!(pack_dir.join(MANIFEST_FILE).is_file());
+    assert!(partials(&dest).is_empty());
+    assert!(
+        svc.log().contains("206"),
+        "the service served a partial answer:\n{}",
+        svc.log()
+    );
+}
+
+#[test]
+fn tampered_content_is_refetched_a_bounded_number_of_times_then_fails() {
+    let store = TestStore::new();
+    let good = pseudo_random(100_000, 1);
+    let other = pseudo_random(50_000, 2);
+    let content = write_content(
+        &store.dir().join("c"),
+        &[("bad.bin", &good), ("ok.bin", &other)],
+    );
+    let id = store.publish(
+        "Tampered",
+        "5.00.9132.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        &content,
+    );
+    // Same length, different bytes: the server serves them under the right size and ETag.
+    let stored = store.pack_dir(&id).join(CONTENT_DIR).join("bad.bin");
+    assert!(
+        stored.is_file(),
+        "store layout changed: {}",
+        stored.display()
+    );
+    let mut evil = good.clone();
+    evil[50_000] ^= 1;
+    std::fs::write(&stored, &evil).unwrap();
+    let svc = TestService::start(&store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("packs");
+    let r = run(&options(&cab, &dest, svc.url())).unwrap();
+    let p = pack(&r, id);
+    assert_eq!(p.status, PackStatus::Failed);
+    assert_eq!(p.kind, Some(ErrorKind::IntegrityMismatch));
+    let bad = p.files.iter().find(|f| f.path == "bad.bin").unwrap();
+    assert_eq!(bad.status, FileStatus::Failed);
+    assert_eq!(bad.kind, Some(ErrorKind::IntegrityMismatch));
+    assert!(
+        bad.message.as_deref().unwrap().contains("3 downloads"),
+        "{bad:?}"
+    );
+    assert_eq!(
+        bad.bytes_transferred,
+        3 * 100_000,
+        "fetched exactly three times"
+    );
+    let ok = p.files.iter().find(|f| f.path == "ok.bin").unwrap();
+    assert_eq!(ok.status, FileStatus::Downloaded);
+    let dir = dest.join(h.to_string()).join(id.to_string());
+    assert!(
+        !dir.join(CONTENT_DIR).join("bad.bin").exists(),
+        "no unverified file at a final name"
+    );
+    assert!(
+        !dir.join(MANIFEST_FILE).exists(),
+        "an incomplete pack has no manifest"
+    );
+    assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
+    assert!(!r.is_success());
+    let on_disk = std::fs::read_to_string(dest.join(REPORT_FILE)).unwrap();
+    assert!(on_disk.contains("IntegrityMismatch"));
+}
+
+#[test]
+fn transient_failures_are_retried_and_a_cut_download_resumes() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    // Injected faults on the big file: dropped connection, 503 with Retry-After, 429, then
+    // an answer cut after ~300 KB; after that the real service answers.
+    let flaky = Flaky::start(
+        svc.url(),
+        "/big.cab",
+        vec![
+            Action::Drop,
+            Action::Status(503, Some(1)),
+            Action::Status(429, Some(0)),
+            Action::Truncate(300_000),
+        ],
+        Action::Pass,
+    );
+    // Upload: one 502 first.
+    let flaky_upload = Flaky::start(
+        flaky.url(),
+        "/v1/usage",
+        vec![Action::Status(502, None)],
+        Action::Pass,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("packs");
+    let mut o = options(&cab, &dest, flaky_upload.url());
+    o.max_attempts = 5;
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    assert_eq!(
+        flaky_upload.count("POST /v1/usage"),
+        2,
+        "the upload was retried once"
+    );
+    let p = pack(&r, sc.update_new);
+    let f = p
+        .files
+        .iter()
+        .find(|f| f.path == "payload/data 1/big.cab")
+        .unwrap();
+    assert_eq!(f.status, FileStatus::Resumed, "{f:?}");
+    assert_eq!(flaky.count("/big.cab"), 5);
+    let ranged = flaky
+        .heads()
+        .iter()
+        .filter(|h| h.contains("/big.cab") && h.to_ascii_lowercase().contains("range: bytes="))
+        .count();
+    assert_eq!(ranged, 1, "the cut answer was continued with Range");
+    // Bytes moved: what the cut answer carried plus the rest — less than two copies.
+    assert!(
+        f.bytes_transferred >= 1_200_000 && f.bytes_transferred < 1_500_000,
+        "{f:?}"
+    );
+    let path = dest
+        .join(h.to_string())
+        .join(sc.update_new.to_string())
+        .join(CONTENT_DIR)
+        .join("payload/data 1/big.cab");
+    assert_eq!(std::fs::read(path).unwrap(), sc.new_files[1].1);
+}
+
+#[test]
+fn persistent_5xx_gives_up_after_max_attempts_and_4xx_fails_fast() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+
+    let flaky = Flaky::start(svc.url(), "/setup.exe", vec![], Action::Status(503, None));
+    let dest = work.path().join("a");
+    let r = run(&options(&cab, &dest, flaky.url())).unwrap();
+    let p = pack(&r, sc.update_new);
+    assert_eq!(p.status, PackStatus::Failed);
+    let f = p.files.iter().find(|f| f.path == "setup.exe").unwrap();
+    assert_eq!(f.status, FileStatus::Failed);
+    assert_eq!(f.kind, Some(ErrorKind::Service));
+    assert!(f.message.as_deref().unwrap().contains("503"), "{f:?}");
+    assert_eq!(flaky.count("/setup.exe"), 3, "max_attempts = 3");
+    let dir = dest.join(h.to_string()).join(sc.update_new.to_string());
+    assert!(!dir.join(CONTENT_DIR).join("setup.exe").exists());
+    assert!(!dir.join(MANIFEST_FILE).exists());
+    // The other files of the pack completed and are kept for the next run.
+    assert!(dir
+        .join(CONTENT_DIR)
+        .join("payload/data 1/big.cab")
+        .is_file());
+
+    let flaky = Flaky::start(svc.url(), "/setup.exe", vec![], Action::Status(403, None));
+    let dest = work.path().join("b");
+    let r = run(&options(&cab, &dest, flaky.url())).unwrap();
+    let f = pack(&r, sc.update_new)
+        .files
+        .iter()
+        .find(|f| f.path == "setup.exe")
+        .unwrap()
+        .clone();
+    assert_eq!(f.status, FileStatus::Failed);
+    assert!(f.message.as_deref().unwrap().contains("403"), "{f:?}");
+    assert_eq!(flaky.count("/setup.exe"), 1, "a 403 is not retried");
+}
+
+#[test]
+fn missing_signature_fails_the_pack_before_any_content() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let flaky = Flaky::start(svc.url(), ".minisig", vec![], Action::Status(404, None));
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("packs");
+    let r = run(&options(&cab, &dest, flaky.url())).unwrap();
+    let p = pack(&r, sc.update_new);
+    assert_eq!(p.status, PackStatus::Failed);
+    assert_eq!(p.kind, Some(ErrorKind::SignatureInvalid));
+    assert!(
+        p.message.as_deref().unwrap().contains("no signature"),
+        "{p:?}"
+    );
+    assert_eq!(
+        flaky.count(".minisig"),
+        1,
+        "a missing signature is not retried"
+    );
+    assert_eq!(
+        flaky.count("/content/"),
+        0,
+        "no content fetched for an unsigned pack"
+    );
+    assert!(!dest
+        .join(h.to_string())
+        .join(sc.update_new.to_string())
+        .join(MANIFEST_FILE)
+        .exists());
+}
+
+#[test]
+fn unreachable_service_still_writes_the_report() {
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let url = format!("http://127.0.0.1:{}", proxy::free_port());
+    let dest = work.path().join("packs");
+    let mut o = options(&cab, &dest, &url);
+    o.max_attempts = 2;
+    let r = run(&o).unwrap();
+    assert_eq!(r.uploads.len(), 1);
+    let u = &r.uploads[0];
+    assert_eq!(u.status, UploadStatus::Failed);
+    assert_eq!(u.hierarchy_id, Some(h));
+    assert_eq!(u.kind, Some(ErrorKind::Network));
+    let msg = u.message.as_deref().unwrap();
+    assert!(
+        msg.contains("connection refused") && msg.contains(&url),
+        "{msg}"
+    );
+    assert!(r.packs.is_empty());
+    let on_disk: ConnectReport =
+        serde_json::from_slice(&std::fs::read(dest.join(REPORT_FILE)).unwrap()).unwrap();
+    assert_eq!(on_disk.uploads[0].status, UploadStatus::Failed);
+}
+
+const PROXY_USER: &str = "meg";
+const PROXY_PASSWORD: &str = "Pr0xy-S3cret-xyz";
+
+fn assert_no_secret(dest: &Path, text: &str) {
+    assert!(!text.contains(PROXY_PASSWORD), "password leaked: {text}");
+    if let Ok(report) = std::fs::read_to_string(dest.join(REPORT_FILE)) {
+        assert!(!report.contains(PROXY_PASSWORD), "password in the report");
+    }
+}
+
+#[test]
+fn through_tinyproxy_without_and_with_basic_auth() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+
+    let open = TinyProxy::start(None);
+    let dest = work.path().join("open");
+    let mut o = options(&cab, &dest, svc.url());
+    o.proxy = Some(ProxyOptions {
+        uri: open.addr(),
+        username: None,
+        password: None,
+    });
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    assert!(
+        open.log().contains("/v1/usage"),
+        "the upload went through the proxy:\n{}",
+        open.log()
+    );
+    assert!(
+        open.log().contains("/content/"),
+        "downloads went through the proxy"
+    );
+
+    let guarded = TinyProxy::start(Some((PROXY_USER, PROXY_PASSWORD)));
+    let dest = work.path().join("auth");
+    let mut o = options(&cab, &dest, svc.url());
+    o.proxy = Some(ProxyOptions {
+        uri: format!("http://{}", guarded.addr()),
+        username: Some(PROXY_USER.into()),
+        password: Some(PROXY_PASSWORD.into()),
+    });
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    assert!(dest
+        .join(h.to_string())
+        .join(sc.update_new.to_string())
+        .join(MANIFEST_FILE)
+        .is_file());
+    assert_no_secret(&dest, &format!("{r:?} {o:?}"));
+}
+
+#[test]
+fn wrong_proxy_password_is_a_proxy_auth_error() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
+    let guarded = TinyProxy::start(Some((PROXY_USER, "the-right-one")));
+    let dest = work.path().join("packs");
+    let mut o = options(&cab, &dest, svc.url());
+    o.proxy = Some(ProxyOptions {
+        uri: guarded.addr(),
+        username: Some(PROXY_USER.into()),
+        password: Some(PROXY_PASSWORD.into()),
+    });
+    let e = run(&o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ProxyAuth, "{e}");
+    assert!(
+        e.message().contains("refused the credentials for user meg"),
+        "{e}"
+    );
+    assert_no_secret(&dest, &format!("{e} {e:?}"));
+    // The report says the same and nothing was downloaded.
+    let report: ConnectReport =
+        serde_json::from_slice(&std::fs::read(dest.join(REPORT_FILE)).unwrap()).unwrap();
+    assert_eq!(report.uploads[0].kind, Some(ErrorKind::ProxyAuth));
+    assert!(report.packs.is_empty());
+    assert_eq!(sc.store.uploads().len(), 0);
+}
+
+#[test]
+fn wrong_proxy_port_is_a_proxy_connect_error() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
+    let port = proxy::free_port();
+    let dest = work.path().join("packs");
+    let mut o = options(&cab, &dest, svc.url());
+    o.max_attempts = 2;
+    o.proxy = Some(ProxyOptions {
+        uri: format!("127.0.0.1:{port}"),
+        username: Some(PROXY_USER.into()),
+        password: Some(PROXY_PASSWORD.into()),
+    });
+    let e = run(&o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ProxyConnect, "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("cannot reach proxy 127.0.0.1:{port}")),
+        "{e}"
+    );
+    assert!(
+        !e.message().contains(svc.url()),
+        "the service is not blamed: {e}"
+    );
+    assert_no_secret(&dest, &format!("{e} {e:?}"));
+}
+
+#[test]
+fn tls_needs_the_private_ca_and_works_with_it() {
+    let sc = scene();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = proxy::make_tls_files(certs.path());
+    let svc = TestService::start_args(
+        sc.store.path(),
+        [
+            OsStr::new("--tls-cert"),
+            cert.as_os_str(),
+            OsStr::new("--tls-key"),
+            key.as_os_str(),
+        ],
+    );
+    assert!(svc.url().starts_with("https://"), "{}", svc.url());
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+
+    let dest = work.path().join("no-ca");
+    let e = run(&options(&cab, &dest, svc.url())).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+    assert!(e.message().contains("certificate"), "{e}");
+    assert!(sc.store.uploads().is_empty());
+
+    let dest = work.path().join("with-ca");
+    let mut o = options(&cab, &dest, svc.url());
+    o.ca_cert = Some(ca);
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    assert!(dest
+        .join(h.to_string())
+        .join(sc.update_new.to_string())
+        .join(MANIFEST_FILE)
+        .is_file());
+
+    // A file that is not a certificate is refused up front, before anything is created.
+    let dest = work.path().join("bad-ca");
+    let mut o = options(&cab, &dest, svc.url());
+    o.ca_cert = Some(cab.clone());
+    assert_eq!(run(&o).unwrap_err().kind(), ErrorKind::Tls);
+    assert!(!dest.exists());
+}
+
+#[test]
+fn bearer_token_is_sent_and_never_reported() {
+    let sc = scene();
+    let token = "tok-7f3a-never-shown";
+    let token_file = sc.store.token_file(token);
+    let svc = TestService::start_args(
+        sc.store.path(),
+        [OsStr::new("--token-file"), token_file.as_os_str()],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("without");
+    let r = run(&options(&cab, &dest, svc.url())).unwrap();
+    assert_eq!(r.uploads[0].status, UploadStatus::Failed);
+    assert!(
+        r.uploads[0].message.as_deref().unwrap().contains("token"),
+        "{r:#?}"
+    );
+
+    let dest = work.path().join("with");
+    let mut o = options(&cab, &dest, svc.url());
+    o.token = Some(token.into());
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    let report = std::fs::read_to_string(dest.join(REPORT_FILE)).unwrap();
+    assert!(!report.contains(token));
+    assert!(!format!("{o:?} {r:?}").contains(token));
+}
+
+#[test]
+fn cancelling_from_the_callback_leaves_nothing_at_a_final_name_and_resumes() {
+    let store = TestStore::new();
+    let data = pseudo_random(4 * 1024 * 1024, 11);
+    let content = write_content(
+        &store.dir().join("c"),
+        &[("a.bin", &data), ("b.bin", &data[..3_000_000])],
+    );
+    let id = store.publish(
+        "Big",
+        "5.00.9132.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        &content,
+    );
+    let svc = TestService::start(&store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("packs");
+    let mut o = options(&cab, &dest, svc.url());
+    o.max_bytes_per_second = Some(4_000_000);
+    let mut calls_after_cancel = 0;
+    let mut cancelled = false;
+    let e = connect(&o, &mut |p: &Progress| {
+        if cancelled {
+            calls_after_cancel += 1;
+        }
+        if p.phase == Phase::Download && p.done > 500_000 {
+            cancelled = true;
+            return false;
+        }
+        true
+    })
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled);
+    assert_eq!(
+        calls_after_cancel, 0,
+        "the callback is not called after it cancelled"
+    );
+    let dir = dest.join(h.to_string()).join(id.to_string());
+    assert!(!dir.join(CONTENT_DIR).join("a.bin").exists());
+    assert!(!dir.join(CONTENT_DIR).join("b.bin").exists());
+    assert!(!dir.join(MANIFEST_FILE).exists());
+    assert!(
+        !partials(&dest).is_empty(),
+        "received bytes are kept for the next run"
+    );
+
+    let r = run(&options(&cab, &dest, svc.url())).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    assert_eq!(
+        std::fs::read(dir.join(CONTENT_DIR).join("a.bin")).unwrap(),
+        data
+    );
+    assert!(r.bytes_transferred < (data.len() + 3_000_000) as u64);
+}
+
+#[test]
+fn bad_options_fail_before_anything_is_written() {
+    let work = tempfile::tempdir().unwrap();
+    let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
+    let url = "http://127.0.0.1:9";
+
+    let dest = work.path().join("missing-parent").join("packs");
+    let e = run(&options(&cab, &dest, url)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(!work.path().join("missing-parent").exists());
+
+    let dest = work.path().join("packs");
+    let e = run(&options(&work.path().join("nope.cab"), &dest, url)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(!dest.exists());
+
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = run(&options(&empty, &dest, url)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.message().contains("no .cab file"), "{e}");
+    assert!(!dest.exists());
+
+    let mut o = options(&cab, &dest, url);
+    o.parallelism = 0;
+    assert_eq!(run(&o).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    let o = options(&cab, &dest, "ftp://x");
+    assert_eq!(run(&o).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    let mut o = options(&cab, &dest, url);
+    o.proxy = Some(ProxyOptions {
+        uri: "proxy:notaport".into(),
+        username: None,
+        password: None,
+    });
+    assert_eq!(run(&o).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert!(!dest.exists());
+
+    let file_dest = work.path().join("file");
+    std::fs::write(&file_dest, b"x").unwrap();
+    let e = run(&options(&cab, &file_dest, url)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    assert_eq!(std::fs::read(&file_dest).unwrap(), b"x");
+}
+
+#[test]
+fn a_second_concurrent_run_on_the_same_destination_is_refused() {
+    use fs4::fs_std::FileExt;
+    let work = tempfile::tempdir().unwrap();
+    let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("packs");
+    std::fs::create_dir(&dest).unwrap();
+    let lock = std::fs::File::create(dest.join(".sct-connect.lock")).unwrap();
+    assert!(FileExt::try_lock_exclusive(&lock).unwrap());
+    let e = run(&options(&cab, &dest, "http://127.0.0.1:9")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(!dest.join(REPORT_FILE).exists());
+}
