@@ -1269,3 +1269,105 @@ fn serve_refuses_a_missing_store_and_an_empty_token_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
 }
+
+// ---------- real Prepare output, memory ----------
+
+#[test]
+fn upload_of_a_cab_written_by_prepare() {
+    use serviceconnection::{NewSite, Site};
+    let store = TestStore::new();
+    selection_fixture(&store, Uuid::new_v4());
+    let svc = TestService::start(&store, &[]);
+    let h = Uuid::new_v4();
+    let db = store.dir().join("site.db");
+    let mut site = Site::create(
+        &db,
+        &NewSite {
+            site_code: "PS1".into(),
+            site_version: V_SITE.parse().unwrap(),
+            diagnostics_level: Default::default(),
+            hierarchy_id: Some(h),
+            site_name: None,
+            scp_mode: Default::default(),
+        },
+    )
+    .unwrap();
+    serviceconnection::site::sample::generate(&mut site, 2_000, 11).unwrap();
+    drop(site);
+    let cab = store.dir().join("UsageData.cab");
+    serviceconnection::usage::prepare(&db, &cab, false, &mut serviceconnection::progress::ignore)
+        .unwrap();
+    let r = upload_cab(&svc, Some("SiteVersion"), &cab);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let a: UploadResponse = r.json();
+    assert_eq!(a.hierarchy_id, h);
+    let got: Vec<&str> = a.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(got, ["hf2207", "u2211"]);
+    let stored = store.uploads();
+    assert_eq!(
+        std::fs::read(store.path().join(&stored[0].path)).unwrap(),
+        std::fs::read(&cab).unwrap()
+    );
+
+    // The same cab with one byte of compressed data flipped is refused, and not stored.
+    let mut bad = std::fs::read(&cab).unwrap();
+    let at = bad.len() - 100;
+    bad[at] ^= 0xff;
+    let r = upload(&svc, None, bad);
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    let code = r.error_code();
+    assert!(
+        ["cab_corrupt", "hash_mismatch", "manifest_invalid"].contains(&code.as_str()),
+        "{code}"
+    );
+    assert_eq!(store.uploads().len(), 1);
+}
+
+/// Peak resident memory of a process, from /proc (Linux).
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[test]
+fn memory_stays_flat_for_large_downloads_and_uploads() {
+    const BIG: usize = 64 * 1024 * 1024;
+    let store = TestStore::new();
+    let content = write_content(
+        &store.dir().join("c"),
+        &[("big.bin", &pseudo_random(BIG, 5))],
+    );
+    let id = store.publish(
+        "Big",
+        "5.00.9100.1000",
+        PackType::Update,
+        "5.00.9000.1000",
+        None,
+        &[],
+        &content,
+    );
+    let want = sha256(&std::fs::read(content.join("big.bin")).unwrap());
+    std::fs::remove_dir_all(&content).unwrap();
+    let svc = TestService::start(&store, &["--max-upload-bytes", "200000000"]);
+    let url = format!("{}/v1/packages/{id}/content/big.bin", svc.url());
+    rt().block_on(async {
+        use sha2::Digest;
+        let mut r = client().get(&url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let mut h = sha2::Sha256::new();
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            h.update(&chunk);
+        }
+        assert_eq!(hex::encode(h.finalize()), want);
+    });
+    // An upload as large (not a cab, so refused only after it was all received).
+    let r = upload(&svc, None, pseudo_random(BIG, 6));
+    assert_eq!((r.status, r.error_code().as_str()), (422, "not_a_cab"));
+    let peak = peak_rss_bytes(svc.pid());
+    assert!(
+        peak < (BIG as u64) / 2,
+        "the server's peak memory ({peak} bytes) grew with the {BIG}-byte transfers"
+    );
+}
