@@ -767,6 +767,24 @@ fn cancellation_leaves_the_site_unchanged() {
 }
 
 #[test]
+fn unrecorded_folder_in_the_library_is_never_adopted_or_removed() {
+    let e = env();
+    let spec = PackSpec::update("P", "5.00.9132.1000", "5.00.9106.1000");
+    e.add(&spec);
+    let squatter = e.library().join(spec.id.to_string());
+    std::fs::create_dir_all(&squatter).unwrap();
+    std::fs::write(squatter.join("setup.exe"), b"not from this site").unwrap();
+    assert_refused(&e, spec.id, ErrorKind::Conflict, "has no record of it");
+    assert_eq!(
+        std::fs::read(squatter.join("setup.exe")).unwrap(),
+        b"not from this site"
+    );
+    std::fs::remove_dir_all(&squatter).unwrap();
+    assert_eq!(status_of(&e.run(), spec.id), ImportStatus::Imported);
+    assert_placed(&e, &spec);
+}
+
+#[test]
 fn deleted_content_folder_is_reported_and_repaired_by_reimport() {
     let (e, spec) = Env::with_one_imported();
     let before = snapshot(&e);
@@ -913,6 +931,7 @@ fn child_results(mut child: Child) -> Vec<ImportResult> {
     serde_json::from_str(line.split_once("SCT_CHILD_RESULTS ").unwrap().1).unwrap()
 }
 
+#[cfg(unix)]
 #[test]
 fn concurrent_imports_from_several_processes_import_each_pack_once() {
     let e = env();
@@ -936,6 +955,7 @@ fn concurrent_imports_from_several_processes_import_each_pack_once() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn second_import_waits_for_the_lock_then_refuses_busy_with_a_clear_message() {
     let e = env();
@@ -970,6 +990,7 @@ const STAGES: &[&str] = &[
     "committed",
 ];
 
+#[cfg(unix)]
 #[test]
 fn import_killed_at_any_point_leaves_the_site_unchanged_or_complete_and_a_rerun_completes() {
     kill_at_every_stage(&|| {
@@ -1328,6 +1349,7 @@ fn connect_output_imports_into_the_site_that_prepared_it() {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn damaged_or_hostile_connect_output_is_refused_and_changes_nothing() {
     let c = connected();
@@ -1477,6 +1499,7 @@ fn connect_output_with_a_used_guid_but_different_content_is_a_conflict() {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn connect_output_import_killed_at_any_point_is_recovered_and_completed() {
     let c = connected();

@@ -421,7 +421,21 @@ pub fn import(opts: &ImportOptions, progress: ProgressFn) -> Result<Vec<ImportRe
                     }
                     repair = true;
                 }
-                None => {}
+                None => {
+                    // Never adopt (nor, on recovery, remove) a folder this site did not place.
+                    let fin = place::final_dir(&library, &guid);
+                    if fin.symlink_metadata().is_ok() {
+                        r.refuse(&Error::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "{} already exists but this site has no record of it; move it away and import again",
+                                fin.display()
+                            ),
+                        ));
+                        results.push(r);
+                        continue;
+                    }
+                }
             }
             if let Err(e) = verify::check_layout(source, &rel, m) {
                 r.refuse(&e);
