@@ -1,0 +1,54 @@
+//! Import: verify the update packs of this site's hierarchy and record them in the site.
+
+use super::panic::boundary;
+use super::progress::{sct_progress_cb, ProgressBridge};
+use super::status::sct_status;
+use super::strings::{arg_str, check_out, parse_options, to_json, write_out};
+use crate::import::ImportOptions;
+use std::os::raw::{c_char, c_void};
+
+/// Import: for every pack under `<source>/<this site's hierarchy-id>/`, verify its
+/// signature against the site's trusted keys and every file's size and SHA-256, then
+/// record it in the site's Updates and Servicing list and copy its content beside the
+/// site database, all or nothing per pack. Other hierarchies' folders are reported as
+/// skipped; re-importing is reported as already imported. Progress reports phases
+/// 5 (Verify) and 6 (Import).
+///
+/// `options_json` (the library's `ImportOptions`):
+/// `{"site_db": "<site database>", "source": "<update pack folder written by Connect>",
+///   "insecure_skip_signature_check": false (optional; DANGEROUS, accepts unsigned or
+///   untrusted packs)}`
+///
+/// On success `*out_json` receives an array with one object per pack (or skipped folder):
+/// `{"hierarchy_id": "<guid>"|null, "package_guid": "<guid>"|null, "name": "..."|null,
+///   "version": "..."|null, "type": "Update"|"Hotfix"|null,
+///   "status": "Imported"|"AlreadyImported"|"Skipped"|"Refused",
+///   "state": "ReadyToInstall"|"NotApplicable"|...|null, "state_code": <n>|null,
+///   "reason": "..."|null, "error_kind": "<status name, e.g. SignatureInvalid>"|null,
+///   "source_path": "<folder>", "content_path": "<folder>"|null}`
+/// A refused pack is a result with `SCT_OK` (the site is unchanged for it); a failure
+/// status means the run could not start (site or source missing, busy, cancelled).
+///
+/// # Safety
+/// `options_json` is NULL or NUL-terminated; `out_json` is NULL or writable;
+/// `progress_cb`, if not NULL, is callable with `user_data`.
+#[no_mangle]
+pub unsafe extern "C" fn sct_import(
+    options_json: *const c_char,
+    progress_cb: sct_progress_cb,
+    user_data: *mut c_void,
+    out_json: *mut *mut c_char,
+) -> sct_status {
+    boundary("sct_import", || {
+        // SAFETY: forwarded from the caller.
+        let opts = unsafe { arg_str(options_json, "options_json") }?;
+        check_out(out_json, "out_json")?;
+        let opts: ImportOptions = parse_options(opts, "import")?;
+        let mut bridge = ProgressBridge::new(progress_cb, user_data);
+        let results = crate::import::import(&opts, &mut |p| bridge.report(p))?;
+        let json = to_json(&results)?;
+        // SAFETY: checked above.
+        unsafe { write_out(out_json, json) };
+        Ok(())
+    })
+}
