@@ -1371,3 +1371,98 @@ fn memory_stays_flat_for_large_downloads_and_uploads() {
         "the server's peak memory ({peak} bytes) grew with the {BIG}-byte transfers"
     );
 }
+
+#[test]
+fn sigterm_lets_a_download_in_flight_finish() {
+    let store = TestStore::new();
+    // Larger than the loopback socket buffers can hold, so most is sent after the signal.
+    let big = pseudo_random(32 * 1024 * 1024, 9);
+    let content = write_content(&store.dir().join("c"), &[("big.bin", &big)]);
+    let id = store.publish(
+        "Big",
+        "5.00.9100.1000",
+        PackType::Update,
+        "5.00.9000.1000",
+        None,
+        &[],
+        &content,
+    );
+    let svc = TestService::start(&store, &[]);
+    let addr = svc.url().strip_prefix("http://").unwrap().to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "GET /v1/packages/{id}/content/big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = s.read(&mut got).unwrap();
+    got.truncate(n);
+    // SAFETY: kill(2) on the child we started.
+    unsafe {
+        libc::kill(svc.pid() as libc::pid_t, libc::SIGTERM);
+    }
+    s.read_to_end(&mut got).unwrap();
+    let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        got[split..] == big[..],
+        "the download in flight was cut short"
+    );
+    let status = svc.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn concurrent_publishes_are_serialised_and_duplicates_caught() {
+    let store = std::sync::Arc::new(TestStore::new());
+    let distinct = write_content(&store.dir().join("same"), &[("same.txt", b"same content")]);
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let store = store.clone();
+            let same = distinct.clone();
+            std::thread::spawn(move || {
+                if i < 3 {
+                    // Three different packs.
+                    let c = write_content(
+                        &store.dir().join(format!("c{i}")),
+                        &[("f.bin", &pseudo_random(200_000, i))],
+                    );
+                    store
+                        .publish_output(
+                            &format!("P{i}"),
+                            "5.00.9100.1000",
+                            PackType::Update,
+                            "5.00.9000.1000",
+                            None,
+                            &[],
+                            &c,
+                        )
+                        .status
+                        .success()
+                } else {
+                    // Three publishes of the same thing: exactly one may win.
+                    store
+                        .publish_output(
+                            "Same",
+                            "5.00.9100.1000",
+                            PackType::Update,
+                            "5.00.9000.1000",
+                            None,
+                            &[],
+                            &same,
+                        )
+                        .status
+                        .success()
+                }
+            })
+        })
+        .collect();
+    let ok: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(&ok[..3], &[true, true, true]);
+    assert_eq!(ok[3..].iter().filter(|b| **b).count(), 1, "{ok:?}");
+    let list = store.list();
+    assert_eq!(list.len(), 4);
+    assert_eq!(dir_entries(&store.path().join("packs")).len(), 4);
+    assert!(dir_entries(&store.path().join("staging")).is_empty());
+}
