@@ -460,17 +460,57 @@ fn rerun_skips_complete_files_and_refetches_damaged_ones() {
     assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
 }
 
+const CHILD_ENV: &str = "SCT_CONNECT_TEST_CHILD_OPTIONS";
+const CHILD_RESULT: &str = "CHILD-RESULT ";
+
+/// When this test binary was started by [`spawn_child`], run Connect with the options in
+/// the environment, print the outcome as one JSON line and exit; otherwise return.
+fn child_mode() {
+    let Ok(json) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let o: ConnectOptions = serde_json::from_str(&json).unwrap();
+    let out = match run(&o) {
+        Ok(r) => serde_json::json!({ "report": r }),
+        Err(e) => serde_json::json!({ "kind": e.kind(), "message": e.message() }),
+    };
+    println!("{CHILD_RESULT}{out}");
+    std::process::exit(0);
+}
+
+/// Run Connect in a separate process: this test binary again, filtered to `test`, which
+/// calls [`child_mode`] first.
+fn spawn_child(
+    test: &str,
+    opts: serde_json::Value,
+    cmd: impl FnOnce(&mut std::process::Command),
+) -> std::process::Child {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, opts.to_string())
+        .stdout(std::process::Stdio::piped());
+    cmd(&mut c);
+    c.spawn().unwrap()
+}
+
+fn child_result(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once(CHILD_RESULT).map(|(_, json)| json))
+        .unwrap_or_else(|| {
+            panic!(
+                "no result from the child: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).unwrap()
+}
+
 /// Kill a real Connect process while it downloads, then resume: only the rest moves.
 #[test]
 fn resume_after_the_process_is_killed() {
-    const CHILD_ENV: &str = "SCT_CONNECT_TEST_CHILD_OPTIONS";
-    if let Ok(json) = std::env::var(CHILD_ENV) {
-        // Child mode: run Connect and exit; the parent kills us midway.
-        let o: ConnectOptions = serde_json::from_str(&json).unwrap();
-        let r = run(&o);
-        eprintln!("child finished unexpectedly: {r:?}");
-        std::process::exit(3);
-    }
+    child_mode();
     let store = TestStore::new();
     let size = 8 * 1024 * 1024;
     let data = pseudo_random(size, 42);
@@ -499,17 +539,7 @@ fn resume_after_the_process_is_killed() {
         "source": cab, "dest": dest, "service_uri": svc.url(),
         "max_bytes_per_second": 1_500_000, "retry_base_delay_ms": 20,
     });
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "resume_after_the_process_is_killed",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, opts_json.to_string())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child("resume_after_the_process_is_killed", opts_json, |_| {});
     // Wait (polling the file, not sleeping blindly) until a good part has arrived.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -1083,4 +1113,114 @@ fn a_second_concurrent_run_on_the_same_destination_is_refused() {
     let e = run(&options(&cab, &dest, "http://127.0.0.1:9")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
     assert!(!dest.join(REPORT_FILE).exists());
+}
+
+/// A full disk (here: the file-size limit of the process, which fails writes the same
+/// way) is permanent: the file fails at once with a clear message, no retry.
+#[test]
+fn disk_full_fails_fast_with_a_clear_message() {
+    child_mode();
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let front = Flaky::start(svc.url(), "/content/", vec![], Action::Pass);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("packs");
+    let opts = serde_json::json!({
+        "source": cab, "dest": dest, "service_uri": front.url(),
+        "retry_base_delay_ms": 20, "parallelism": 1,
+    });
+    let child = spawn_child("disk_full_fails_fast_with_a_clear_message", opts, |c| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 500_000,
+                    rlim_max: 500_000,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let result = child_result(&out);
+    let report: ConnectReport = serde_json::from_value(result["report"].clone())
+        .unwrap_or_else(|e| panic!("{e}: {result}"));
+    let p = pack(&report, sc.update_new);
+    assert_eq!(p.status, PackStatus::Failed);
+    let big = p
+        .files
+        .iter()
+        .find(|f| f.path == "payload/data 1/big.cab")
+        .unwrap();
+    assert_eq!(big.status, FileStatus::Failed);
+    assert_eq!(big.kind, Some(ErrorKind::DiskFull), "{big:?}");
+    assert!(
+        big.message.as_deref().unwrap().contains("no space left"),
+        "{big:?}"
+    );
+    assert_eq!(front.count("/big.cab"), 1, "a full disk is not retried");
+    let dir = dest.join(h.to_string()).join(sc.update_new.to_string());
+    assert!(!dir
+        .join(CONTENT_DIR)
+        .join("payload/data 1/big.cab")
+        .exists());
+    assert!(!dir.join(MANIFEST_FILE).exists());
+    // Files that fit were verified and kept.
+    assert_eq!(
+        std::fs::read(dir.join(CONTENT_DIR).join("setup.exe")).unwrap(),
+        sc.new_files[0].1
+    );
+}
+
+/// A transfer that goes silent is abandoned after the inactivity timeout and resumed;
+/// a slow one that keeps moving is never cut off, however long it takes in total.
+#[test]
+fn stalled_transfer_times_out_and_resumes_but_slow_ones_finish() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let flaky = Flaky::start(
+        svc.url(),
+        "/big.cab",
+        vec![Action::Stall(400_000)],
+        Action::Pass,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("stall");
+    let mut o = options(&cab, &dest, flaky.url());
+    o.idle_timeout_secs = 1;
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    let f = pack(&r, sc.update_new)
+        .files
+        .iter()
+        .find(|f| f.path == "payload/data 1/big.cab")
+        .unwrap()
+        .clone();
+    assert_eq!(f.status, FileStatus::Resumed, "{f:?}");
+    assert_eq!(f.bytes_transferred, 1_200_000, "nothing fetched twice");
+    assert_eq!(flaky.count("/big.cab"), 2);
+    let file = dest
+        .join(h.to_string())
+        .join(sc.update_new.to_string())
+        .join(CONTENT_DIR)
+        .join("payload/data 1/big.cab");
+    assert_eq!(std::fs::read(&file).unwrap(), sc.new_files[1].1);
+
+    // 1.5 MB at 500 kB/s takes about three times the 1 s inactivity timeout.
+    let flaky = Flaky::start(svc.url(), "/big.cab", vec![], Action::Pass);
+    let dest = work.path().join("slow");
+    let mut o = options(&cab, &dest, flaky.url());
+    o.idle_timeout_secs = 1;
+    o.max_bytes_per_second = Some(500_000);
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    assert_eq!(flaky.count("/big.cab"), 1, "one uninterrupted request");
+    assert_eq!(r.bytes_transferred, 1_500_000);
 }

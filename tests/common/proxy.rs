@@ -117,6 +117,9 @@ pub enum Action {
     Status(u16, Option<u32>),
     /// Forward, but pass only this many bytes of the answer (headers included), then close.
     Truncate(usize),
+    /// Forward this many bytes of the answer, then go silent with the connection still
+    /// open (until the client gives up or a minute passes).
+    Stall(usize),
 }
 
 /// A TCP front before the real service. Every request gets `Connection: close`, so each
@@ -220,12 +223,20 @@ fn serve(mut client: TcpStream, backend: &str, heads: &Mutex<Vec<String>>, plan:
             let _ = client.write_all(resp.as_bytes());
             let _ = client.shutdown(Shutdown::Both);
         }
-        Action::Pass => forward(client, backend, &head, &rest, usize::MAX),
-        Action::Truncate(n) => forward(client, backend, &head, &rest, n),
+        Action::Pass => forward(client, backend, &head, &rest, usize::MAX, false),
+        Action::Truncate(n) => forward(client, backend, &head, &rest, n, false),
+        Action::Stall(n) => forward(client, backend, &head, &rest, n, true),
     }
 }
 
-fn forward(mut client: TcpStream, backend: &str, head: &str, rest: &[u8], limit: usize) {
+fn forward(
+    mut client: TcpStream,
+    backend: &str,
+    head: &str,
+    rest: &[u8],
+    limit: usize,
+    stall: bool,
+) {
     let Ok(mut up) = TcpStream::connect(backend) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
@@ -257,6 +268,12 @@ fn forward(mut client: TcpStream, backend: &str, head: &str, rest: &[u8], limit:
             break;
         }
         passed += n;
+    }
+    if stall {
+        // Silent but open: wait for the client to hang up.
+        let _ = client.set_read_timeout(Some(Duration::from_secs(60)));
+        let mut sink = [0u8; 1024];
+        while matches!(client.read(&mut sink), Ok(n) if n > 0) {}
     }
     let _ = client.shutdown(Shutdown::Both);
     let _ = up.shutdown(Shutdown::Both);
