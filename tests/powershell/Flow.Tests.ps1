@@ -113,6 +113,18 @@ Describe 'Step by step: Prepare, Connect, Import' {
         @(Get-UpdatePack -SiteDatabase $A.Db -Name 'Hotfix*') | Should -HaveCount 1
     }
 
+    It 'Import takes UpdatePack objects, pack folders or hierarchy folders, importing each folder once' {
+        $fromObjects = @($Downloaded | Import-UpdatePack -SiteDatabase $A.Db -Verbose 4>&1)
+        $verbose = @($fromObjects | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] })
+        @($verbose | Where-Object Message -like 'Importing the update packs in*') | Should -HaveCount 1
+        $results = @($fromObjects | Where-Object { $_ -isnot [System.Management.Automation.VerboseRecord] })
+        $results | Should -HaveCount 2
+        ($results | Group-Object PackageGuid | Where-Object Count -ne 1) | Should -BeNullOrEmpty
+        $packFolder = Join-Path $Packs "$($A.HierarchyId)/$UpdateGuid"
+        @(Import-UpdatePack -SiteDatabase $A.Db -Path $packFolder) | Should -HaveCount 2
+        @(Import-UpdatePack -SiteDatabase $A.Db -Path (Join-Path $Packs $A.HierarchyId)) | Should -HaveCount 2
+    }
+
     It 'Import again is a no-op reported as AlreadyImported' {
         $library = Join-Path $A.Dir 'EasySetupPayload'
         $before = Get-TreeHash $library
@@ -263,6 +275,43 @@ Describe 'Refusals and failures' {
         $cred = [pscredential]::new('meg', (ConvertTo-SecureString 'x' -AsPlainText -Force))
         { Invoke-ServiceConnection -UsageDataSource (Join-Path $SrcUsb 'UsageData.cab') -UpdatePackDestination (Join-Path $TestDrive 'p') -ServiceUri $Uri -ProxyCredential $cred -ErrorAction Stop } |
             Should -Throw -ErrorId 'ServiceConnection.InvalidArgument*'
+    }
+}
+
+Describe 'A service that requires a bearer token' {
+    BeforeAll {
+        $script:TokenValue = 'tok-' + [guid]::NewGuid().ToString('N')
+        $tokenFile = Join-Path $TestDrive 'token.txt'
+        Set-Content -LiteralPath $tokenFile -Value $TokenValue
+        $script:TokenService = Start-TestService -Store $Store -ExtraArguments @('--token-file', $tokenFile)
+        $script:TokenSite = New-TrustedSite -Name 'token'
+        $script:TokenUsb = (New-Item -ItemType Directory -Path (Join-Path $TestDrive 'usb-token')).FullName
+        $script:TokenCab = Export-UsageData -SiteDatabase $TokenSite.Db -Destination (Join-Path $TokenUsb 'UsageData.cab')
+    }
+
+    AfterAll {
+        Stop-TestService $TokenService
+    }
+
+    It 'is refused without -ServiceToken' {
+        $err = $null
+        $TokenCab | Invoke-ServiceConnection -UpdatePackDestination (Join-Path $TokenUsb 'none') -ServiceUri $TokenService.Uri -ErrorAction SilentlyContinue -ErrorVariable err |
+            Should -BeNullOrEmpty
+        $err | Should -HaveCount 1
+        $err[0].FullyQualifiedErrorId | Should -Be 'ServiceConnection.Service,Invoke-ServiceConnection'
+        $err[0].CategoryInfo.Category | Should -Be 'ProtocolError'
+        $err[0].Exception.Message | Should -Match '401'
+    }
+
+    It 'downloads with -ServiceToken, never writing the token' {
+        $secure = ConvertTo-SecureString $TokenValue -AsPlainText -Force
+        $dest = Join-Path $TokenUsb 'ok'
+        $out = @($TokenCab | Invoke-ServiceConnection -UpdatePackDestination $dest -ServiceUri $TokenService.Uri -ServiceToken $secure -Verbose 4>&1)
+        $packs = @($out | Where-Object { $_.PSObject.TypeNames -contains 'ServiceConnection.UpdatePack' })
+        $packs | Should -HaveCount 1
+        $packs[0].Status | Should -Be 'Downloaded'
+        ($out | Out-String) | Should -Not -Match ([regex]::Escape($TokenValue))
+        (Get-Content -Raw (Join-Path $dest 'connect-report.json')) | Should -Not -Match ([regex]::Escape($TokenValue))
     }
 }
 

@@ -95,6 +95,14 @@ function Initialize-NativeLibrary {
             [System.DllNotFoundException]::new($message), 'ServiceConnection.NativeLibraryLoadFailed',
             [System.Management.Automation.ErrorCategory]::ResourceUnavailable, $path)
     }
+    # The P/Invoke declarations in Native.cs follow this version of include/serviceconnection.h.
+    $expectedAbi = 1
+    if ($abi -ne $expectedAbi) {
+        $message = "The ServiceConnection native library at $path has ABI version $abi; this module needs ABI version $expectedAbi. Use the library built from the same source as the module (powershell/build.sh)."
+        throw [System.Management.Automation.ErrorRecord]::new(
+            [System.InvalidOperationException]::new($message), 'ServiceConnection.NativeLibraryMismatch',
+            [System.Management.Automation.ErrorCategory]::InvalidResult, $path)
+    }
     @{
         Path           = $path
         Version        = $version
