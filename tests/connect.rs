@@ -702,6 +702,13 @@ fn transient_failures_are_retried_and_a_cut_download_resumes() {
         .filter(|h| h.contains("/big.cab") && h.to_ascii_lowercase().contains("range: bytes="))
         .count();
     assert_eq!(ranged, 1, "the cut answer was continued with Range");
+    let sha = serviceconnection::hashing::sha256_hex(&sc.new_files[1].1);
+    assert!(
+        flaky.heads().iter().any(|h| h
+            .to_ascii_lowercase()
+            .contains(&format!("if-range: \"{sha}\""))),
+        "the continuation is conditional on the file's SHA-256"
+    );
     // Bytes moved: what the cut answer carried plus the rest — less than two copies.
     assert!(
         f.bytes_transferred >= 1_200_000 && f.bytes_transferred < 1_500_000,
@@ -1223,4 +1230,86 @@ fn stalled_transfer_times_out_and_resumes_but_slow_ones_finish() {
     assert!(r.is_success(), "{r:#?}");
     assert_eq!(flaky.count("/big.cab"), 1, "one uninterrupted request");
     assert_eq!(r.bytes_transferred, 1_500_000);
+}
+
+/// Partial files left by an earlier run: continued when the service honours the range,
+/// restarted when it answers 200 or 416, discarded when too long, and refetched when
+/// the bytes on disk turn out not to match.
+#[test]
+fn partial_files_are_continued_restarted_or_discarded() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let good = &sc.new_files[1].1;
+    let big = |dest: &Path| {
+        dest.join(h.to_string())
+            .join(sc.update_new.to_string())
+            .join(CONTENT_DIR)
+            .join("payload/data 1/big.cab")
+    };
+    let seed_partial = |dest: &Path, bytes: &[u8]| {
+        let p = PathBuf::from(format!("{}.sct-partial", big(dest).display()));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    let mut garbage = good[..100_000].to_vec();
+    garbage[10] ^= 0xff;
+    let mut too_long = good.clone();
+    too_long.extend_from_slice(b"extra");
+    // (name, partial, injected action, status, bytes transferred)
+    let cases: Vec<(&str, Vec<u8>, Action, FileStatus, u64)> = vec![
+        (
+            "continued",
+            good[..100_000].to_vec(),
+            Action::Pass,
+            FileStatus::Resumed,
+            1_100_000,
+        ),
+        (
+            "range ignored",
+            good[..100_000].to_vec(),
+            Action::StripRange,
+            FileStatus::Downloaded,
+            1_200_000,
+        ),
+        (
+            "416",
+            good[..100_000].to_vec(),
+            Action::Status(416, None),
+            FileStatus::Downloaded,
+            1_200_000,
+        ),
+        (
+            "damaged prefix",
+            garbage,
+            Action::Pass,
+            FileStatus::Downloaded,
+            1_100_000 + 1_200_000,
+        ),
+        (
+            "too long",
+            too_long,
+            Action::Pass,
+            FileStatus::Downloaded,
+            1_200_000,
+        ),
+    ];
+    for (name, partial, action, status, transferred) in cases {
+        let flaky = Flaky::start(svc.url(), "/big.cab", vec![action], Action::Pass);
+        let dest = work.path().join(name.replace(' ', "-"));
+        seed_partial(&dest, &partial);
+        let r = run(&options(&cab, &dest, flaky.url())).unwrap();
+        assert!(r.is_success(), "{name}: {r:#?}");
+        let f = pack(&r, sc.update_new)
+            .files
+            .iter()
+            .find(|f| f.path == "payload/data 1/big.cab")
+            .unwrap()
+            .clone();
+        assert_eq!(f.status, status, "{name}");
+        assert_eq!(f.bytes_transferred, transferred, "{name}");
+        assert_eq!(&std::fs::read(big(&dest)).unwrap(), good, "{name}");
+        assert!(partials(&dest).is_empty(), "{name}");
+    }
 }

@@ -120,6 +120,8 @@ pub enum Action {
     /// Forward this many bytes of the answer, then go silent with the connection still
     /// open (until the client gives up or a minute passes).
     Stall(usize),
+    /// Forward without the `Range` and `If-Range` headers (a server that ignores ranges).
+    StripRange,
 }
 
 /// A TCP front before the real service. Every request gets `Connection: close`, so each
@@ -226,6 +228,16 @@ fn serve(mut client: TcpStream, backend: &str, heads: &Mutex<Vec<String>>, plan:
         Action::Pass => forward(client, backend, &head, &rest, usize::MAX, false),
         Action::Truncate(n) => forward(client, backend, &head, &rest, n, false),
         Action::Stall(n) => forward(client, backend, &head, &rest, n, true),
+        Action::StripRange => {
+            let stripped: String = head
+                .split_inclusive("\r\n")
+                .filter(|l| {
+                    let l = l.to_ascii_lowercase();
+                    !l.starts_with("range:") && !l.starts_with("if-range:")
+                })
+                .collect();
+            forward(client, backend, &stripped, &rest, usize::MAX, false)
+        }
     }
 }
 
