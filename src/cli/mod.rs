@@ -38,7 +38,8 @@ impl From<Error> for Failure {
             EXIT_FAILED
         };
         Failure {
-            message: e.message().to_string(),
+            // Name the switch as this command line spells it.
+            message: e.message().replace("(use force ", "(use -force "),
             code,
         }
     }
