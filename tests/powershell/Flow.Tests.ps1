@@ -315,6 +315,40 @@ Describe 'A service that requires a bearer token' {
     }
 }
 
+Describe 'A TLS service behind a private certificate authority' {
+    BeforeAll {
+        $script:Tls = New-TestTlsFiles -Path (Join-Path $TestDrive 'tls')
+        $script:TlsService = Start-TestService -Store $Store -ExtraArguments @('--tls-cert', $Tls.Cert, '--tls-key', $Tls.Key)
+        $script:TlsSite = New-TrustedSite -Name 'tls-site'
+        $script:TlsUsb = (New-Item -ItemType Directory -Path (Join-Path $TestDrive 'usb-tls')).FullName
+        $script:TlsCab = Export-UsageData -SiteDatabase $TlsSite.Db -Destination (Join-Path $TlsUsb 'UsageData.cab')
+    }
+
+    AfterAll {
+        Stop-TestService $TlsService
+    }
+
+    It 'serves https' {
+        $TlsService.Uri | Should -BeLike 'https://127.0.0.1:*'
+    }
+
+    It 'refuses the unknown certificate without -CertificateAuthority' {
+        $err = $null
+        $TlsCab | Invoke-ServiceConnection -UpdatePackDestination (Join-Path $TlsUsb 'noca') -ServiceUri $TlsService.Uri -ErrorAction SilentlyContinue -ErrorVariable err |
+            Should -BeNullOrEmpty
+        $err | Should -HaveCount 1
+        $err[0].FullyQualifiedErrorId | Should -Be 'ServiceConnection.Tls,Invoke-ServiceConnection'
+        $err[0].CategoryInfo.Category | Should -Be 'SecurityError'
+    }
+
+    It 'connects with -CertificateAuthority and imports what it downloads' {
+        $results = @($TlsCab | Invoke-ServiceConnection -UpdatePackDestination (Join-Path $TlsUsb 'ok') -ServiceUri $TlsService.Uri -CertificateAuthority $Tls.CaCert |
+                Import-UpdatePack -SiteDatabase $TlsSite.Db)
+        $results | Should -HaveCount 1
+        $results[0].Status | Should -Be 'Imported'
+    }
+}
+
 Describe 'Through an authenticating proxy (tinyproxy)' {
     BeforeAll {
         $script:Tinyproxy = Get-Command tinyproxy -CommandType Application -ErrorAction SilentlyContinue | Select-Object -First 1

@@ -11,6 +11,16 @@ BeforeDiscovery {
 BeforeAll {
     . (Join-Path $PSScriptRoot 'TestHelpers.ps1')
     Import-TestModule
+
+    function Copy-ModuleWithoutLib {
+        # The module's files, without a lib/ folder a local build may have placed there.
+        param([string]$Destination)
+        $source = Split-Path $ModuleManifest
+        $null = New-Item -ItemType Directory -Path $Destination -Force
+        Get-ChildItem -LiteralPath $source | Where-Object Name -ne 'lib' | Copy-Item -Destination $Destination -Recurse
+        Test-Path (Join-Path $Destination 'lib') | Should -BeFalse
+        $Destination
+    }
 }
 
 Describe 'Module manifest' {
@@ -67,9 +77,7 @@ Describe 'Loading the native library' {
     It 'loads from lib/(platform)/ under the module when SCT_NATIVE_LIBRARY is not set' {
         $native = & (Get-Module ServiceConnection) { $script:Native }
         $rid = & (Get-Module ServiceConnection) { Get-NativeLibraryRid }
-        $copy = Join-Path $TestDrive 'lib-copy/ServiceConnection'
-        Copy-Item -Recurse (Split-Path $ModuleManifest) $copy
-        Remove-Item -Recurse -Force (Join-Path $copy 'lib') -ErrorAction SilentlyContinue
+        $copy = Copy-ModuleWithoutLib -Destination (Join-Path $TestDrive 'lib-copy/ServiceConnection')
         $libDir = New-Item -ItemType Directory -Path (Join-Path $copy "lib/$($rid.Rid)")
         Copy-Item $native.Path (Join-Path $libDir $rid.FileName)
         $saved = $env:SCT_NATIVE_LIBRARY
@@ -83,9 +91,7 @@ Describe 'Loading the native library' {
     }
 
     It 'fails with a clear error naming every path it tried when the library is missing' {
-        $copy = Join-Path $TestDrive 'nolib/ServiceConnection'
-        Copy-Item -Recurse (Split-Path $ModuleManifest) $copy
-        Remove-Item -Recurse -Force (Join-Path $copy 'lib') -ErrorAction SilentlyContinue
+        $copy = Copy-ModuleWithoutLib -Destination (Join-Path $TestDrive 'nolib/ServiceConnection')
         $missing = Join-Path $TestDrive 'does-not-exist/libserviceconnection.so'
         $saved = $env:SCT_NATIVE_LIBRARY
         try {

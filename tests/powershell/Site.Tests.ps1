@@ -47,6 +47,16 @@ Describe 'New-ServiceConnectionSite and Get-ServiceConnectionSite' {
         finally { Pop-Location }
     }
 
+    It 'handles paths with spaces and non-ASCII characters' {
+        $odd = New-Item -ItemType Directory -Path (Join-Path $dir 'Sité données ü 測試')
+        $db = Join-Path $odd 'site é.db'
+        $site = New-ServiceConnectionSite -Path $db -SiteCode UNI -SiteVersion $Version -SampleData 50 -Seed 5
+        $site.Path | Should -Be $db
+        $csv = Export-UsageData -SiteDatabase $db -Destination (Join-Path $odd 'revue é.csv')
+        $csv.Path | Should -Be (Join-Path $odd 'revue é.csv')
+        Test-Path -LiteralPath $csv.Path | Should -BeTrue
+    }
+
     It 'fills the site with sample data and counts rows per level' {
         $site = New-ServiceConnectionSite -Path (Join-Path $dir 'site.db') -SiteCode PS1 -SiteVersion $Version -SampleData 600 -Seed 7
         ($site.UsageRows | Measure-Object -Sum).Sum | Should -Be 600

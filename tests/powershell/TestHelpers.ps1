@@ -109,3 +109,49 @@ function Get-FreeTcpPort {
     $listener.Start()
     try { $listener.LocalEndpoint.Port } finally { $listener.Stop() }
 }
+
+function New-TestTlsFiles {
+    # A private CA and a server certificate for 127.0.0.1 signed by it, as PEM files, made
+    # with .NET alone. Returns @{ CaCert; Cert; Key }.
+    param([Parameter(Mandatory)][string]$Path)
+    $null = New-Item -ItemType Directory -Path $Path -Force
+    $sha256 = [System.Security.Cryptography.HashAlgorithmName]::SHA256
+    $pkcs1 = [System.Security.Cryptography.RSASignaturePadding]::Pkcs1
+    $notBefore = [DateTimeOffset]::UtcNow.AddDays(-1)
+    $notAfter = [DateTimeOffset]::UtcNow.AddDays(30)
+
+    $caKey = [System.Security.Cryptography.RSA]::Create(2048)
+    $caReq = [System.Security.Cryptography.X509Certificates.CertificateRequest]::new('CN=ServiceConnection Test CA', $caKey, $sha256, $pkcs1)
+    $caReq.CertificateExtensions.Add([System.Security.Cryptography.X509Certificates.X509BasicConstraintsExtension]::new($true, $false, 0, $true))
+    $caReq.CertificateExtensions.Add([System.Security.Cryptography.X509Certificates.X509KeyUsageExtension]::new(
+            [System.Security.Cryptography.X509Certificates.X509KeyUsageFlags]'KeyCertSign, CrlSign', $true))
+    $caReq.CertificateExtensions.Add([System.Security.Cryptography.X509Certificates.X509SubjectKeyIdentifierExtension]::new($caReq.PublicKey, $false))
+    $ca = $caReq.CreateSelfSigned($notBefore, $notAfter)
+
+    $key = [System.Security.Cryptography.RSA]::Create(2048)
+    $req = [System.Security.Cryptography.X509Certificates.CertificateRequest]::new('CN=127.0.0.1', $key, $sha256, $pkcs1)
+    $req.CertificateExtensions.Add([System.Security.Cryptography.X509Certificates.X509BasicConstraintsExtension]::new($false, $false, 0, $true))
+    $req.CertificateExtensions.Add([System.Security.Cryptography.X509Certificates.X509KeyUsageExtension]::new(
+            [System.Security.Cryptography.X509Certificates.X509KeyUsageFlags]'DigitalSignature, KeyEncipherment', $true))
+    $eku = [System.Security.Cryptography.OidCollection]::new()
+    $null = $eku.Add([System.Security.Cryptography.Oid]::new('1.3.6.1.5.5.7.3.1'))
+    $req.CertificateExtensions.Add([System.Security.Cryptography.X509Certificates.X509EnhancedKeyUsageExtension]::new($eku, $false))
+    $san = [System.Security.Cryptography.X509Certificates.SubjectAlternativeNameBuilder]::new()
+    $san.AddIpAddress([System.Net.IPAddress]::Loopback)
+    $san.AddDnsName('localhost')
+    $req.CertificateExtensions.Add($san.Build())
+    $serial = [byte[]]::new(16)
+    [System.Security.Cryptography.RandomNumberGenerator]::Fill($serial)
+    $serial[0] = $serial[0] -band 0x7F
+    $leaf = $req.Create($ca, $notBefore, $notAfter, $serial)
+
+    $files = @{
+        CaCert = Join-Path $Path 'ca.pem'
+        Cert   = Join-Path $Path 'server.pem'
+        Key    = Join-Path $Path 'server.key'
+    }
+    Set-Content -LiteralPath $files.CaCert -Value $ca.ExportCertificatePem()
+    Set-Content -LiteralPath $files.Cert -Value $leaf.ExportCertificatePem()
+    Set-Content -LiteralPath $files.Key -Value $key.ExportPkcs8PrivateKeyPem()
+    $files
+}
