@@ -708,3 +708,55 @@ fn connect_and_import_are_wired_and_report_failures_in_one_line() {
         .unwrap()
         .is_array());
 }
+
+#[test]
+fn interrupt_cancels_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 300_000);
+    let usb = dir.path().join("usb");
+    std::fs::create_dir(&usb).unwrap();
+    std::fs::write(usb.join("old.cab"), b"old").unwrap();
+    let before = site::snapshot(&usb);
+    for (mode, opt, file) in [
+        ("-prepare", "-usagedatadest", "u.cab"),
+        ("-export", "-dest", "u.csv"),
+        ("-prepare", "-usagedatadest", "old.cab"),
+    ] {
+        let child = Command::new(EXE)
+            .args([
+                mode,
+                "-force",
+                "-sitedb",
+                db.to_str().unwrap(),
+                opt,
+                usb.join(file).to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the run is writing (its temporary file exists), then press Ctrl+C.
+        let started = std::time::Instant::now();
+        loop {
+            let writing = std::fs::read_dir(&usb).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".sct-partial")
+            });
+            if writing {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "{mode} never started writing"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let o = child.wait_with_output().unwrap();
+        assert_fails(&o, 1, "cancelled");
+        assert_eq!(site::snapshot(&usb), before, "{mode} {file} left something");
+    }
+}

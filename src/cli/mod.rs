@@ -54,6 +54,7 @@ fn usage(message: impl Into<String>) -> Failure {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    install_interrupt_handler();
     let mut args = Vec::new();
     for a in std::env::args_os().skip(1) {
         match a.into_string() {
@@ -476,6 +477,9 @@ fn progress_bar(json: bool, verb: &'static str) -> impl FnMut(&Progress) -> bool
     let show = !json && std::io::stderr().is_terminal();
     let mut last = u64::MAX;
     move |p: &Progress| {
+        if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         if show && p.total > 0 {
             let pct = p.done.saturating_mul(100) / p.total;
             if pct != last {
@@ -493,5 +497,26 @@ static PROGRESS_SHOWN: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 fn clear_progress() {
     if PROGRESS_SHOWN.swap(false, std::sync::atomic::Ordering::Relaxed) {
         eprint!("\r\x1b[K");
+    }
+}
+
+/// Set by Ctrl+C / SIGTERM: the running operation is cancelled through its progress
+/// callback, so it removes its temporary output and the site stays as it was.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(unix)]
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // Async-signal-safe only: an atomic store, or `_exit` on a second signal.
+    if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn install_interrupt_handler() {
+    #[cfg(unix)]
+    unsafe {
+        let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
     }
 }
