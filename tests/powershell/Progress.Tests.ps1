@@ -58,15 +58,16 @@ Describe 'Progress and cancellation' {
             $dir = New-Item -ItemType Directory -Path (Join-Path $TestDrive 'stop')
             $db = Join-Path $dir 'stopped.db'
             $null = $ps.AddCommand('New-ServiceConnectionSite').AddParameters(@{
-                    Path = $db; SiteCode = 'STP'; SiteVersion = '5.00.9128.1000'; SampleData = 50000000; Seed = 1
+                    Path = $db; SiteCode = 'STP'; SiteVersion = '5.00.9128.1000'; SampleData = 5000000; Seed = 1
                 })
             $handle = $ps.BeginInvoke()
             $deadline = [DateTime]::UtcNow.AddSeconds(60)
             while ($ps.Streams.Progress.Count -eq 0 -and -not $handle.IsCompleted -and [DateTime]::UtcNow -lt $deadline) {
                 Start-Sleep -Milliseconds 20
             }
-            $handle.IsCompleted | Should -BeFalse -Because 'fifty million rows take longer than the wait for the first progress record'
-            $ps.Stop()
+            $handle.IsCompleted | Should -BeFalse -Because 'five million rows take longer than the wait for the first progress record'
+            $stopping = $ps.BeginStop($null, $null)
+            $stopping.AsyncWaitHandle.WaitOne([TimeSpan]::FromSeconds(60)) | Should -BeTrue -Because 'the callback cancels the native call when the pipeline stops'
             $ps.InvocationStateInfo.State | Should -Be 'Stopped'
             Test-Path $db | Should -BeFalse
             @(Get-ChildItem -LiteralPath $dir -Force) | Should -HaveCount 0
