@@ -96,7 +96,9 @@ pub unsafe extern "C" fn sct_generate_sample_data(
         check_out(out_rows, "out_rows")?;
         let mut bridge = ProgressBridge::new(progress_cb, user_data);
         let mut site = Site::open(&path)?;
-        let n = pending_generate(&mut site, rows, seed, &mut |p| bridge.report(p))?;
+        let n = crate::site::sample::generate_with_progress(&mut site, rows, seed, &mut |p| {
+            bridge.report(p)
+        })?;
         // SAFETY: checked above.
         unsafe { write_out(out_rows, n) };
         Ok(())
@@ -130,17 +132,4 @@ pub unsafe extern "C" fn sct_list_updates(
         unsafe { write_out(out_json, json) };
         Ok(())
     })
-}
-
-/// Placeholder until the sample-data generator lands (issue 2).
-fn pending_generate(
-    site: &mut Site,
-    rows: u64,
-    seed: u64,
-    progress: crate::progress::ProgressFn,
-) -> crate::Result<u64> {
-    let _ = (site, rows, seed, progress);
-    Err(crate::Error::internal(
-        "sample data generation is not available in this build yet",
-    ))
 }

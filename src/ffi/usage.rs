@@ -6,7 +6,7 @@ use super::progress::{sct_progress_cb, ProgressBridge};
 use super::status::sct_status;
 use super::strings::{arg_path, check_out, lossless_c_string, to_json, write_out};
 use crate::error::{Error, ErrorKind};
-use crate::usage::UsageDataFile;
+use crate::usage::{UsageDataFile, UsageRecord};
 use std::os::raw::{c_char, c_int, c_void};
 use std::path::Path;
 
@@ -145,7 +145,7 @@ pub unsafe extern "C" fn sct_usage_rows(
         };
         check_out(out_count, "out_count")?;
         let mut line = Vec::with_capacity(512);
-        let n = pending_rows(&site_db, &mut |rec: &UsageRecord| {
+        let n = crate::usage::for_each_usage_row(&site_db, &mut |rec: &UsageRecord| {
             line.clear();
             serde_json::to_writer(&mut line, rec).map_err(|e| {
                 Error::new(
@@ -161,18 +161,4 @@ pub unsafe extern "C" fn sct_usage_rows(
         unsafe { write_out(out_count, n) };
         Ok(())
     })
-}
-
-/// Placeholder until the usage-row reader lands (issue 2).
-type UsageRecord = serde_json::Value;
-
-/// Placeholder until the usage-row reader lands (issue 2).
-fn pending_rows(
-    site_db: &Path,
-    f: &mut dyn FnMut(&UsageRecord) -> crate::Result<bool>,
-) -> crate::Result<u64> {
-    let _ = (site_db, f);
-    Err(Error::internal(
-        "reading usage rows is not available in this build yet",
-    ))
 }

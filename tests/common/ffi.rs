@@ -1,0 +1,143 @@
+//! Shared by the C ABI callers' tests (tests/ffi_c.rs, tests/ffi_python.rs): the built
+//! cdylib, and a reference service with one published pack for the full flow.
+//! Include with `#[path = "common/ffi.rs"] mod ffi;` after `#[path = "common/service.rs"] mod service;`.
+#![allow(dead_code)]
+
+use super::service::{write_content, TestService, TestStore};
+use serviceconnection::api::PackType;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/<profile>/` of the running test binary (`target/<profile>/deps/<test>-<hash>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The folder holding `libserviceconnection.so`, built with this test's profile. `cargo
+/// test` normally builds it already (the lib target has both crate types); building
+/// again is a cheap no-op then, and makes the tests correct when run on their own.
+pub fn cdylib_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = profile_dir();
+        let profile = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let target_root = dir.parent().unwrap();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.arg("build")
+            .arg("--lib")
+            .arg("--manifest-path")
+            .arg(root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_root);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let out = cmd.output().expect("run cargo build --lib");
+        assert!(
+            out.status.success(),
+            "cargo build --lib failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lib = dir.join("libserviceconnection.so");
+        assert!(lib.is_file(), "{} was not built", lib.display());
+        dir
+    })
+}
+
+/// Path of the shared library itself.
+pub fn cdylib() -> PathBuf {
+    cdylib_dir().join("libserviceconnection.so")
+}
+
+/// Whether `tool` runs here (`tool --version`).
+pub fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The reference service with one published Update (5.00.9132.1000, applies from
+/// 5.00.9128.1000) offered to every hierarchy, plus a second publisher's key that sites
+/// may trust without it helping.
+pub struct FlowService {
+    pub store: TestStore,
+    pub foreign: TestStore,
+    pub service: TestService,
+    pub pack: uuid::Uuid,
+}
+
+impl FlowService {
+    pub fn start() -> FlowService {
+        let store = TestStore::new();
+        let content = write_content(
+            &store.dir().join("content"),
+            &[
+                (
+                    "setup/update.bin",
+                    &super::service::pseudo_random(300_000, 9),
+                ),
+                ("readme.txt", b"Configuration Manager 2207 update pack\n"),
+            ],
+        );
+        let pack = store.publish(
+            "Configuration Manager 2207",
+            "5.00.9132.1000",
+            PackType::Update,
+            "5.00.9128.1000",
+            None,
+            &[],
+            &content,
+        );
+        let service = TestService::start(&store, &[]);
+        FlowService {
+            store,
+            foreign: TestStore::new(),
+            service,
+            pack,
+        }
+    }
+}
+
+/// Environment every caller program reads (see tests/c/ffi_test.c).
+pub fn basic_env(cmd: &mut Command, scratch: &Path, publisher_pub: &Path) {
+    cmd.env("SCT_TEST_DIR", scratch)
+        .env("SCT_EXPECT_VERSION", env!("CARGO_PKG_VERSION"))
+        .env("SCT_PUBLISHER_PUB", publisher_pub)
+        .env_remove("SCT_FFI_TEST_PANIC");
+}
+
+/// Add what the full flow needs.
+pub fn flow_env(cmd: &mut Command, flow: &FlowService) {
+    cmd.env("SCT_SERVICE_URL", flow.service.url())
+        .env("SCT_EXPECT_PACK", flow.pack.to_string())
+        .env("SCT_FOREIGN_PUB", flow.foreign.public_key_path());
+}
+
+/// Assert a caller program passed: exit 0 and its closing `ALL OK` line.
+pub fn assert_passed(what: &str, out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    eprintln!("{what}:\n{stdout}");
+}
