@@ -875,8 +875,83 @@ fn child_import_process() {
     ) else {
         return;
     };
+    let before = peak_rss_kib();
     let r = import(&ImportOptions::new(db, src), &mut progress::ignore).expect("child import");
+    println!("SCT_CHILD_PEAK_KIB {before} {}", peak_rss_kib());
     println!("SCT_CHILD_RESULTS {}", serde_json::to_string(&r).unwrap());
+}
+
+/// This process's peak resident set (`VmHWM`), in KiB; 0 where /proc is missing.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn memory_stays_flat_while_importing_a_large_pack() {
+    use sha2::Digest;
+    use std::io::Write;
+    let e = env();
+    let id = uuid::Uuid::new_v4();
+    let dir = pack_dir(&e.src, e.hierarchy, id);
+    std::fs::create_dir_all(dir.join(CONTENT_DIR)).unwrap();
+    // 64 MiB written and hashed in 1 MiB pieces, never whole in memory.
+    let mut f = std::fs::File::create(dir.join(CONTENT_DIR).join("big.bin")).unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut chunk = bytes(1000, 1024 * 1024);
+    for i in 0..64u64 {
+        chunk[..8].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&chunk).unwrap();
+        h.update(&chunk);
+        size += chunk.len() as u64;
+    }
+    drop(f);
+    let mut spec =
+        PackSpec::update("Big", "5.00.9132.1000", "5.00.9106.1000").with_files(Vec::new());
+    spec.id = id;
+    let mut m = spec.manifest(&e.publisher);
+    m.files.push(serviceconnection::pack::PackFile {
+        path: "big.bin".into(),
+        size,
+        sha256: hex::encode(h.finalize()),
+    });
+    write_signed_manifest(&dir, &m.to_bytes(), &e.publisher);
+    let lines = finish_child(spawn_child(&e, None));
+    let r: Vec<ImportResult> = serde_json::from_str(
+        lines
+            .iter()
+            .find_map(|l| l.split_once("SCT_CHILD_RESULTS ").map(|x| x.1))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status_of(&r, id), ImportStatus::Imported, "{r:#?}");
+    // (libtest may print its "test ... " prefix on the same line.)
+    let line = lines
+        .iter()
+        .find_map(|l| l.split_once("SCT_CHILD_PEAK_KIB ").map(|x| x.1))
+        .unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let grew_kib = v[1].saturating_sub(v[0]);
+    assert!(v[0] > 0, "no VmHWM reading");
+    assert!(
+        grew_kib < 24 * 1024,
+        "peak memory grew by {grew_kib} KiB while importing 64 MiB"
+    );
+    eprintln!("peak memory grew by {grew_kib} KiB while importing 64 MiB");
+    let placed = std::fs::metadata(e.library().join(id.to_string()).join("big.bin")).unwrap();
+    assert_eq!(placed.len(), size);
 }
 
 fn spawn_child(e: &Env, pause_at: Option<&str>) -> Child {
@@ -924,11 +999,35 @@ fn read_until(child: &mut Child, marker: &str) -> String {
     panic!("child exited ({status}) before printing {marker:?}; stderr:\n{err}");
 }
 
-fn child_results(mut child: Child) -> Vec<ImportResult> {
-    let line = read_until(&mut child, "SCT_CHILD_RESULTS ");
+/// Wait for a child that runs to the end; its stdout lines (it must have succeeded).
+fn finish_child(mut child: Child) -> Vec<String> {
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
-    serde_json::from_str(line.split_once("SCT_CHILD_RESULTS ").unwrap().1).unwrap()
+    assert!(status.success(), "child failed ({status}); stderr:\n{err}");
+    out.lines().map(str::to_string).collect()
+}
+
+fn child_results(child: Child) -> Vec<ImportResult> {
+    let lines = finish_child(child);
+    let line = lines
+        .iter()
+        .find_map(|l| l.split_once("SCT_CHILD_RESULTS ").map(|x| x.1))
+        .expect("the child printed its results");
+    serde_json::from_str(line).unwrap()
 }
 
 #[cfg(unix)]
