@@ -181,6 +181,32 @@ Describe 'The one-line pipeline' {
     }
 }
 
+Describe 'Usage data sources' {
+    BeforeAll {
+        $script:Multi = New-TrustedSite -Name 'sources'
+        $script:MultiUsb = (New-Item -ItemType Directory -Path (Join-Path $TestDrive 'usb-sources')).FullName
+        $script:MultiCab = Export-UsageData -SiteDatabase $Multi.Db -Destination (Join-Path $MultiUsb 'UsageData.cab')
+    }
+
+    It 'takes a folder of usage cabs' {
+        $packs = @(Invoke-ServiceConnection -UsageDataSource $MultiUsb -UpdatePackDestination (Join-Path $TestDrive 'sources-folder') -ServiceUri $Uri)
+        $packs | Should -HaveCount 1
+        $packs[0].HierarchyId | Should -Be $Multi.HierarchyId
+    }
+
+    It 'uploads a hierarchy once when two cabs of it come down the pipeline, with a warning' {
+        $second = Join-Path $TestDrive 'second-copy.cab'
+        Copy-Item $MultiCab.Path $second
+        $warnings = $null
+        $packs = @($MultiCab.Path, $second | Invoke-ServiceConnection -UpdatePackDestination (Join-Path $TestDrive 'sources-twice') -ServiceUri $Uri -WarningVariable warnings -WarningAction SilentlyContinue)
+        $packs | Should -HaveCount 1
+        $warnings | Should -HaveCount 1
+        # The warning names the administrator's file, not the module's private staging copy.
+        [string]$warnings[0] | Should -Match ([regex]::Escape($second))
+        [string]$warnings[0] | Should -Not -Match 'sct-usage-|\b00[12]-'
+    }
+}
+
 Describe 'Refusals and failures' {
     BeforeAll {
         $script:Src = New-TrustedSite -Name 'source'

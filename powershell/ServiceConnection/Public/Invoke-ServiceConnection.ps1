@@ -216,7 +216,10 @@ function Invoke-ServiceConnection {
         foreach ($upload in @($report.Uploads)) {
             $cab = if ($originalOf.ContainsKey([string]$upload.Cab)) { $originalOf[[string]$upload.Cab] } else { [string]$upload.Cab }
             $message = [string]$upload.Message
-            foreach ($k in $originalOf.Keys) { $message = $message.Replace($k, $originalOf[$k]) }
+            # Name the administrator's files, not the private staging copies.
+            foreach ($k in $originalOf.Keys) {
+                $message = $message.Replace($k, $originalOf[$k]).Replace([System.IO.Path]::GetFileName($k), $originalOf[$k])
+            }
             switch ($upload.Status) {
                 'Uploaded' { Write-Verbose "Uploaded $cab (hierarchy $($upload.HierarchyId), site version $($upload.SiteVersion)): $($upload.Offered) pack(s) offered" }
                 'Skipped' { Write-Warning "Skipped $cab`: $message" }
