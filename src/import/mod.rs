@@ -13,7 +13,7 @@
 //!
 //! # Per pack
 //!
-//! See [`verify`]: manifest read size-limited and without following links; its minisign
+//! See `verify.rs`: manifest read size-limited and without following links; its minisign
 //! signature verified against the site's trusted keys before it is parsed; its id equal
 //! to the folder name; its publisher key equal to the signing key; its hierarchy list
 //! empty or naming this hierarchy; a recorded pack with the same GUID must have the same
@@ -24,7 +24,7 @@
 //!
 //! # Crash-safety protocol
 //!
-//! 1. **Lock.** An exclusive lock on `<site db>.sct-import.lock` ([`lock`]) serialises
+//! 1. **Lock.** An exclusive lock on `<site db>.sct-import.lock` (`lock.rs`) serialises
 //!    imports into one site: a second import waits (up to [`ImportOptions::lock_wait_ms`],
 //!    default [`DEFAULT_LOCK_WAIT`]) and is then refused with `Busy`. The kernel releases
 //!    the lock of a killed process.
