@@ -1466,3 +1466,49 @@ fn concurrent_publishes_are_serialised_and_duplicates_caught() {
     assert_eq!(dir_entries(&store.path().join("packs")).len(), 4);
     assert!(dir_entries(&store.path().join("staging")).is_empty());
 }
+
+#[test]
+fn the_signing_key_is_needed_to_publish_but_not_to_serve() {
+    let (store, id, _) = store_with_pack();
+    let out = Command::new(service::bin())
+        .args(["list", "--store"])
+        .arg(store.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains(&id.to_string()) && text.contains("all hierarchies"),
+        "{text}"
+    );
+
+    // Keep the key offline: the service still serves what was published.
+    let offline = store.dir().join("publisher.key.offline");
+    std::fs::rename(store.path().join("publisher.key"), &offline).unwrap();
+    let svc = TestService::start(&store, &[]);
+    assert_eq!(
+        get(&format!("{}/v1/packages/{id}/manifest.json", svc.url())).status,
+        200
+    );
+    let c = write_content(&store.dir().join("c2"), &[("x.txt", b"x")]);
+    let out = store.publish_output(
+        "New",
+        "5.00.9200.1000",
+        PackType::Update,
+        "5.00.9000.1000",
+        None,
+        &[],
+        &c,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signing key"));
+    assert_eq!(store.list().len(), 1);
+    // Nor does keygen replace the key while publisher.pub (what sites trust) is there.
+    let out = Command::new(service::bin())
+        .args(["keygen", "--store"])
+        .arg(store.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!store.path().join("publisher.key").exists());
+}

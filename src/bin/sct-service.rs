@@ -35,52 +35,68 @@ struct Cli {
 enum Command {
     /// Create the store and its Ed25519 (minisign) signing key; prints the public key.
     Keygen {
+        /// Store folder (created; must not already hold a key).
         #[arg(long)]
         store: PathBuf,
     },
     /// Add CONTENT_DIR as a new signed update pack; prints its GUID.
     Publish {
+        /// Store folder made by `keygen`.
         #[arg(long)]
         store: PathBuf,
+        /// Display name, e.g. "Configuration Manager 2211".
         #[arg(long)]
         name: String,
+        /// Full four-part version of the pack, e.g. 5.00.9096.1000.
         #[arg(long)]
         version: SiteVersion,
         #[arg(long = "type", value_name = "Update|Hotfix")]
         pack_type: PackType,
-        #[arg(long)]
+        /// Lowest site version the pack applies to.
+        #[arg(long, value_name = "V")]
         min_site_version: SiteVersion,
-        #[arg(long)]
+        /// Highest site version the pack applies to (default: no upper bound).
+        #[arg(long, value_name = "V")]
         max_site_version: Option<SiteVersion>,
         /// Offer the pack only to this hierarchy (repeatable); default: every hierarchy.
         #[arg(long = "hierarchy", value_name = "GUID")]
         hierarchies: Vec<uuid::Uuid>,
-        #[arg(long, default_value = DEFAULT_PUBLISHER_NAME)]
+        /// Publisher name written into the manifest.
+        #[arg(long, value_name = "N", default_value = DEFAULT_PUBLISHER_NAME)]
         publisher_name: String,
+        /// Folder of regular files (no symbolic links) that becomes the pack's content/.
         content_dir: PathBuf,
     },
     /// Serve the HTTP API until SIGINT/SIGTERM.
     Serve {
+        /// Store folder made by `keygen`.
         #[arg(long)]
         store: PathBuf,
+        /// Address to listen on; port 0 picks a free port (printed on the first line).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        #[arg(long, requires = "tls_key")]
+        /// PEM certificate chain: serve HTTPS (with --tls-key).
+        #[arg(long, value_name = "F", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
-        #[arg(long, requires = "tls_cert")]
+        /// PEM private key of --tls-cert.
+        #[arg(long, value_name = "F", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
         /// File whose first line is the bearer token clients must send.
-        #[arg(long)]
+        #[arg(long, value_name = "F")]
         token_file: Option<PathBuf>,
-        #[arg(long, default_value_t = service::DEFAULT_MAX_UPLOAD_BYTES)]
+        /// Largest usage cab accepted (bytes).
+        #[arg(long, value_name = "N", default_value_t = service::DEFAULT_MAX_UPLOAD_BYTES)]
         max_upload_bytes: u64,
     },
     /// List the published packs (or, with --uploads, the received usage cabs).
     List {
+        /// Store folder made by `keygen`.
         #[arg(long)]
         store: PathBuf,
+        /// One JSON document on stdout instead of text.
         #[arg(long)]
         json: bool,
+        /// List received usage cabs instead of packs.
         #[arg(long)]
         uploads: bool,
     },

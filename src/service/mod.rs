@@ -57,7 +57,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// A store folder that `keygen` already set up (key and catalog present).
+    /// A store folder that `keygen` already set up (its catalog present). The secret key
+    /// is needed only to publish, so a serving machine may run without it.
     pub fn open(root: &Path) -> Result<Store> {
         let store = Store {
             root: root.to_path_buf(),
@@ -72,7 +73,7 @@ impl Store {
                 ),
             ));
         }
-        for f in [store.catalog_path(), store.secret_key_path()] {
+        for f in [store.catalog_path()] {
             if !f.is_file() {
                 return Err(Error::new(
                     ErrorKind::NotFound,

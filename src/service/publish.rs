@@ -36,14 +36,17 @@ pub const PAUSE_AT_ENV: &str = "SCT_TEST_PAUSE_PUBLISH_AT";
 /// `publisher.pub`. Refuses a store that already has a key. Returns the public key.
 pub fn keygen(root: &Path) -> Result<crate::signing::PublicKey> {
     let store = Store::at(root);
-    if store.secret_key_path().symlink_metadata().is_ok() {
-        return Err(Error::new(
-            ErrorKind::AlreadyExists,
-            format!(
-                "{} already exists; refusing to replace the signing key that sites trust",
-                store.secret_key_path().display()
-            ),
-        ));
+    // publisher.pub alone counts too: its key may be kept offline, and sites trust it.
+    for existing in [store.secret_key_path(), store.public_key_path()] {
+        if existing.symlink_metadata().is_ok() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{} already exists; refusing to replace the signing key that sites trust",
+                    existing.display()
+                ),
+            ));
+        }
     }
     mkdirs(root)?;
     if !store.catalog_path().exists() {
@@ -58,7 +61,7 @@ pub fn keygen(root: &Path) -> Result<crate::signing::PublicKey> {
         .map_err(|e| Error::io(format!("writing {}", store.secret_key_path().display()), &e))?;
     set_mode(f.temp_path(), 0o600)?;
     f.commit()?;
-    let mut p = AtomicFile::create(&store.public_key_path(), true)?;
+    let mut p = AtomicFile::create(&store.public_key_path(), false)?;
     p.write_all(key.public_key().to_file_text().as_bytes())
         .map_err(|e| Error::io(format!("writing {}", store.public_key_path().display()), &e))?;
     set_mode(p.temp_path(), 0o644)?;
