@@ -264,6 +264,18 @@ Describe 'Refusals and failures' {
         Test-Path $missing | Should -BeFalse
     }
 
+    It 'reports a missing update-pack folder as ObjectNotFound and changes nothing' {
+        $site = New-TrustedSite -Name 'nopacks' -HierarchyId $Src.HierarchyId
+        $before = Get-TreeHash $site.Dir
+        $missing = Join-Path $TestDrive 'no-such-usb/UpdatePacks'
+        $err = $null
+        Import-UpdatePack -SiteDatabase $site.Db -Path $missing -ErrorAction SilentlyContinue -ErrorVariable err | Should -BeNullOrEmpty
+        $err | Should -HaveCount 1
+        $err[0].FullyQualifiedErrorId | Should -Be 'ServiceConnection.NotFound,Import-UpdatePack'
+        $err[0].TargetObject | Should -Be $missing
+        Get-TreeHash $site.Dir | Should -Be $before
+    }
+
     It 'needs a service URI' {
         $saved = $env:SCT_SERVICE_URI
         try {
