@@ -316,6 +316,46 @@ Describe 'Refusals and failures' {
     }
 }
 
+Describe 'A pack whose content the service serves damaged' {
+    BeforeAll {
+        # A store of its own: one good pack and one whose content file is altered after
+        # publishing, so the download fails verification.
+        $script:BadStore = Join-Path $TestDrive 'bad-store'
+        $null = Invoke-ServiceTool -Arguments @('keygen', '--store', $BadStore)
+        $script:GoodGuid = Publish-TestPack -Store $BadStore -Name 'Good hotfix' -Version '5.00.9128.1020' -Type Hotfix `
+            -MinSiteVersion '5.00.9128.1000' -Content (New-TestContent -Path (Join-Path $TestDrive 'bad-store-good') -Files 1)
+        $script:BadGuid = Publish-TestPack -Store $BadStore -Name 'Damaged update' -Version '5.00.9140.1000' `
+            -Content (New-TestContent -Path (Join-Path $TestDrive 'bad-store-bad') -Files 2)
+        $victim = Get-ChildItem (Join-Path $BadStore "packs/$BadGuid/content") -Recurse -File | Where-Object Name -like 'payload*' | Select-Object -First 1
+        $bytes = [System.IO.File]::ReadAllBytes($victim.FullName)
+        $bytes[0] = $bytes[0] -bxor 0x55
+        [System.IO.File]::WriteAllBytes($victim.FullName, $bytes)
+        $script:BadService = Start-TestService -Store $BadStore
+    }
+
+    AfterAll {
+        Stop-TestService $BadService
+    }
+
+    It 'writes the failed pack as an error record and still returns every pack' {
+        $site = New-TrustedSite -Name 'damaged'
+        $usb = (New-Item -ItemType Directory -Path (Join-Path $TestDrive 'usb-damaged')).FullName
+        $cab = Export-UsageData -SiteDatabase $site.Db -Destination (Join-Path $usb 'UsageData.cab')
+        $err = $null
+        $packs = @($cab | Invoke-ServiceConnection -UpdatePackDestination (Join-Path $usb 'UpdatePacks') -ServiceUri $BadService.Uri -Download All -ErrorAction SilentlyContinue -ErrorVariable err)
+        $packs | Should -HaveCount 2
+        ($packs | Where-Object PackageGuid -eq $GoodGuid).Status | Should -Be 'Downloaded'
+        $bad = $packs | Where-Object PackageGuid -eq $BadGuid
+        $bad.Status | Should -Be 'Failed'
+        $err | Should -HaveCount 1
+        $err[0].FullyQualifiedErrorId | Should -Be 'ServiceConnection.IntegrityMismatch,Invoke-ServiceConnection'
+        $err[0].CategoryInfo.Category | Should -Be 'SecurityError'
+        $err[0].TargetObject.PackageGuid | Should -Be $BadGuid
+        # Nothing unverified is left where Import would trust it.
+        Test-Path (Join-Path $bad.Path 'manifest.json') | Should -BeFalse
+    }
+}
+
 Describe 'A service that requires a bearer token' {
     BeforeAll {
         $script:TokenValue = 'tok-' + [guid]::NewGuid().ToString('N')
@@ -472,7 +512,7 @@ Describe 'Through an authenticating proxy (tinyproxy)' {
     It 'downloads through the proxy with the right credentials, never writing the password' {
         $cred = [pscredential]::new('meg', (ConvertTo-SecureString $ProxySecret -AsPlainText -Force))
         $dest = Join-Path $ProxyUsb 'right'
-        $out = @($ProxyCab | Invoke-ServiceConnection -UpdatePackDestination $dest -ServiceUri $Uri -Proxy "127.0.0.1:$ProxyPort" -ProxyCredential $cred -Verbose 4>&1)
+        $out = @($ProxyCab | Invoke-ServiceConnection -UpdatePackDestination $dest -ServiceUri $Uri -Proxy "127.0.0.1:$ProxyPort" -ProxyCredential $cred -Verbose -Debug 4>&1 5>&1)
         $packs = @($out | Where-Object { $_.PSObject.TypeNames -contains 'ServiceConnection.UpdatePack' })
         $packs | Should -HaveCount 1
         $packs[0].Status | Should -Be 'Downloaded'
