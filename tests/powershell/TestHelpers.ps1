@@ -150,8 +150,10 @@ function New-TestTlsFiles {
         Cert   = Join-Path $Path 'server.pem'
         Key    = Join-Path $Path 'server.key'
     }
-    Set-Content -LiteralPath $files.CaCert -Value $ca.ExportCertificatePem()
-    Set-Content -LiteralPath $files.Cert -Value $leaf.ExportCertificatePem()
-    Set-Content -LiteralPath $files.Key -Value $key.ExportPkcs8PrivateKeyPem()
+    # PEM by hand (ExportCertificatePem needs .NET 7; PowerShell 7.2 runs on .NET 6).
+    $pem = { param($label, [byte[]]$der) "-----BEGIN $label-----`n" + [Convert]::ToBase64String($der, 'InsertLineBreaks').Replace("`r", '') + "`n-----END $label-----`n" }
+    Set-Content -LiteralPath $files.CaCert -Value (& $pem 'CERTIFICATE' $ca.RawData) -NoNewline
+    Set-Content -LiteralPath $files.Cert -Value (& $pem 'CERTIFICATE' $leaf.RawData) -NoNewline
+    Set-Content -LiteralPath $files.Key -Value (& $pem 'PRIVATE KEY' $key.ExportPkcs8PrivateKey()) -NoNewline
     $files
 }
