@@ -67,6 +67,7 @@ function New-ServiceConnectionErrorRecord {
     An ErrorRecord with error ID ServiceConnection.<Kind>, the category mapped from the kind,
     and the target object.
     #>
+    [Diagnostics.CodeAnalysis.SuppressMessageAttribute('PSUseShouldProcessForStateChangingFunctions', '', Justification = 'Creates an in-memory object; changes no state.')]
     [CmdletBinding()]
     [OutputType([System.Management.Automation.ErrorRecord])]
     param(

@@ -79,6 +79,7 @@ function New-ProgressBridge {
     A progress bridge for one native call: Write-Progress at most every 250 ms, honouring
     $ProgressPreference, and cancellation when the pipeline stops (Ctrl+C).
     #>
+    [Diagnostics.CodeAnalysis.SuppressMessageAttribute('PSUseShouldProcessForStateChangingFunctions', '', Justification = 'Creates an in-memory object; changes no state.')]
     [CmdletBinding()]
     param(
         [Parameter(Mandatory)][System.Management.Automation.PSCmdlet]$Cmdlet,
