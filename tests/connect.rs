@@ -1313,3 +1313,59 @@ fn partial_files_are_continued_restarted_or_discarded() {
         assert!(partials(&dest).is_empty(), "{name}");
     }
 }
+
+/// An https:// service through the proxy (a CONNECT tunnel): works, and a refusal of the
+/// credentials is named as such although the proxy refuses the tunnel with a 401.
+#[test]
+fn https_through_tinyproxy_tunnel() {
+    let sc = scene();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = proxy::make_tls_files(certs.path());
+    let svc = TestService::start_args(
+        sc.store.path(),
+        [
+            OsStr::new("--tls-cert"),
+            cert.as_os_str(),
+            OsStr::new("--tls-key"),
+            key.as_os_str(),
+        ],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
+    let guarded = TinyProxy::start(Some((PROXY_USER, PROXY_PASSWORD)));
+    let dest = work.path().join("ok");
+    let mut o = options(&cab, &dest, svc.url());
+    o.ca_cert = Some(ca.clone());
+    o.proxy = Some(ProxyOptions {
+        uri: guarded.addr(),
+        username: Some(PROXY_USER.into()),
+        password: Some(PROXY_PASSWORD.into()),
+    });
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    assert!(
+        guarded.log().contains("CONNECT"),
+        "tunnelled:\n{}",
+        guarded.log()
+    );
+
+    let dest = work.path().join("wrong");
+    o.dest = dest.clone();
+    o.proxy.as_mut().unwrap().password = Some("wrong-password".into());
+    let e = run(&o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ProxyAuth, "{e}");
+    assert!(
+        e.message().contains("refused the credentials for user meg"),
+        "{e}"
+    );
+    assert!(!format!("{e:?}").contains("wrong-password"));
+    let report = std::fs::read_to_string(dest.join(REPORT_FILE)).unwrap();
+    assert!(!report.contains("wrong-password"));
+
+    o.dest = work.path().join("port");
+    o.max_attempts = 1;
+    o.proxy.as_mut().unwrap().uri = format!("127.0.0.1:{}", proxy::free_port());
+    let e = run(&o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ProxyConnect, "{e}");
+    assert!(e.message().contains("cannot reach proxy 127.0.0.1:"), "{e}");
+}

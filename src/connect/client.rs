@@ -203,6 +203,8 @@ pub(crate) struct Http {
     client: reqwest::Client,
     base: reqwest::Url,
     proxy: Option<(ProxyAddr, Option<String>)>,
+    /// `Basic ...` for the proxy, kept only to diagnose a refused tunnel. Never shown.
+    proxy_basic: Option<String>,
     pub idle_timeout: Duration,
     pub max_attempts: u32,
     retry_base: Duration,
@@ -266,6 +268,15 @@ impl Http {
         Ok(Http {
             client,
             base,
+            proxy_basic: opts.proxy.as_ref().and_then(|p| {
+                let user = p.username.as_deref().filter(|u| !u.is_empty())?;
+                let pair = format!("{user}:{}", p.password.as_deref().unwrap_or(""));
+                use base64::Engine;
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
+            }),
             proxy: proxy
                 .map(|(addr, _)| (addr, opts.proxy.as_ref().and_then(|p| p.username.clone()))),
             idle_timeout,
@@ -337,7 +348,88 @@ impl Http {
     ) -> std::result::Result<Response, Failure> {
         activity.touch();
         let res = self.idle(activity, req.send()).await?;
-        res.map_err(|e| self.classify(&e, what))
+        match res {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let mut f = self.classify(&e, what);
+                if self.proxy.is_some() && error_chain(&e).contains("unsuccessful") {
+                    if let Some(better) = self.diagnose_tunnel(what).await {
+                        f = better;
+                    }
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// The HTTP client only says a proxy tunnel (CONNECT, for an https:// service) was
+    /// "unsuccessful". Ask the proxy once more by hand to learn why, so the message names
+    /// the real cause: credentials refused (407, or a proxy's own 401), tunnel forbidden,
+    /// or the proxy unable to reach the service.
+    async fn diagnose_tunnel(&self, what: &str) -> Option<Failure> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, _) = self.proxy.as_ref()?;
+        let host = self.base.host_str()?;
+        let target = format!("{host}:{}", self.base.port_or_known_default()?);
+        let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+        if let Some(basic) = &self.proxy_basic {
+            req.push_str(&format!("Proxy-Authorization: {basic}\r\n"));
+        }
+        req.push_str("\r\n");
+        let probe = async {
+            let host = addr.host.trim_start_matches('[').trim_end_matches(']');
+            let mut s = tokio::net::TcpStream::connect((host, addr.port))
+                .await
+                .ok()?;
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 2048];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Some(buf)
+        };
+        let buf = tokio::time::timeout(Duration::from_secs(10), probe)
+            .await
+            .ok()??;
+        let head = String::from_utf8_lossy(&buf);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next()?;
+        let code: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
+        let status = StatusCode::from_u16(code).ok()?;
+        let mut headers = HeaderMap::new();
+        for l in lines.take_while(|l| !l.is_empty()) {
+            if let Some((k, v)) = l.split_once(':') {
+                if let (Ok(k), Ok(v)) = (
+                    reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()),
+                    HeaderValue::from_str(v.trim()),
+                ) {
+                    headers.append(k, v);
+                }
+            }
+        }
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED
+            || (status == StatusCode::UNAUTHORIZED && self.is_proxy_401(&headers, b""))
+        {
+            return Some(Failure::permanent(self.proxy_auth_error()));
+        }
+        let error = |m: String| Error::new(ErrorKind::Network, format!("{what}: {m}"));
+        let proxy = addr.display();
+        Some(if status.is_server_error() {
+            Failure::transient(error(format!(
+                "the proxy {proxy} could not connect to {target} (it answered {status})"
+            )))
+        } else if status.is_success() {
+            return None;
+        } else {
+            Failure::permanent(error(format!(
+                "the proxy {proxy} refused to open a tunnel to {target} (it answered {status}); ask its administrator to allow it"
+            )))
+        })
     }
 
     /// Run `fut` unless it shows no activity for the inactivity timeout, or the run is
@@ -492,7 +584,7 @@ impl Http {
                 return Failure::transient(Error::new(
                     ErrorKind::Network,
                     format!(
-                        "{what}: the proxy {} could not connect to {}",
+                        "{what}: the proxy {} did not open a tunnel to {}",
                         addr.display(),
                         self.base_display()
                     ),
