@@ -1512,3 +1512,47 @@ fn the_signing_key_is_needed_to_publish_but_not_to_serve() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!store.path().join("publisher.key").exists());
 }
+
+#[test]
+fn a_stalled_client_is_disconnected_after_the_idle_timeout() {
+    let store = TestStore::new();
+    let big = pseudo_random(32 * 1024 * 1024, 13);
+    let content = write_content(&store.dir().join("c"), &[("big.bin", &big)]);
+    let id = store.publish(
+        "Big",
+        "5.00.9100.1000",
+        PackType::Update,
+        "5.00.9000.1000",
+        None,
+        &[],
+        &content,
+    );
+    let svc = TestService::start(&store, &["--idle-timeout", "1"]);
+    let addr = svc.url().strip_prefix("http://").unwrap().to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "GET /v1/packages/{id}/content/big.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    // Stop reading until the server has given up on us (it logs that), then drain.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !svc.log().contains("closing a connection idle") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never closed: {}",
+            svc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        got.len() < big.len(),
+        "the stalled download should have been cut"
+    );
+    // Everyone else is still served.
+    let r = get(&format!("{}/v1/packages/{id}/content/big.bin", svc.url()));
+    assert!(r.status == 200 && r.body == big);
+}

@@ -87,6 +87,9 @@ enum Command {
         /// Largest usage cab accepted (bytes).
         #[arg(long, value_name = "N", default_value_t = service::DEFAULT_MAX_UPLOAD_BYTES)]
         max_upload_bytes: u64,
+        /// Close a connection after this many seconds without a byte moving either way.
+        #[arg(long, value_name = "SECS", default_value_t = service::server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+        idle_timeout: u64,
     },
     /// List the published packs (or, with --uploads, the received usage cabs).
     List {
@@ -155,6 +158,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             tls_key,
             token_file,
             max_upload_bytes,
+            idle_timeout,
         } => {
             let token = token_file
                 .as_deref()
@@ -167,6 +171,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                     tls_cert,
                     tls_key,
                     max_upload_bytes,
+                    idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
                 },
                 token,
             )?;

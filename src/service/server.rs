@@ -11,9 +11,13 @@ use hyper_util::service::TowerToHyperService;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 /// How long requests in flight may take to finish after a shutdown signal.
@@ -31,7 +35,13 @@ pub struct ServeOptions {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_upload_bytes: u64,
+    /// A connection that moves no byte either way for this long is closed (a stalled or
+    /// malicious slow client must not hold a task and an open file forever).
+    pub idle_timeout: Duration,
 }
+
+/// Default `--idle-timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Serve until SIGINT/SIGTERM. `token` (never logged) enables bearer authentication.
 /// The first line on stdout is `sct-service listening on http(s)://ADDR`, flushed.
@@ -55,13 +65,14 @@ pub fn serve(opts: &ServeOptions, token: Option<String>) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the runtime", &e))?;
-    rt.block_on(run(opts.listen, tls, state))
+    rt.block_on(run(opts.listen, tls, state, opts.idle_timeout))
 }
 
 async fn run(
     listen: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
+    idle: Duration,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -101,10 +112,10 @@ async fn run(
                 let tls = tls.clone();
                 conns.spawn(async move {
                     match tls {
-                        None => serve_connection(tcp, app, stop).await,
+                        None => serve_connection(tcp, app, stop, idle).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => serve_connection(stream, app, stop).await,
+                                Ok(Ok(stream)) => serve_connection(stream, app, stop, idle).await,
                                 Ok(Err(e)) => eprintln!("sct-service: TLS handshake failed: {e}"),
                                 Err(_) => eprintln!("sct-service: TLS handshake timed out"),
                             }
@@ -129,10 +140,21 @@ async fn run(
     Ok(())
 }
 
-async fn serve_connection<I>(io: I, app: axum::Router, mut stop: watch::Receiver<bool>)
-where
+async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    idle: Duration,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let started = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = Watched {
+        inner: io,
+        started,
+        last: last.clone(),
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -140,13 +162,87 @@ where
         .header_read_timeout(HEADER_TIMEOUT);
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
     tokio::pin!(conn);
-    tokio::select! {
-        // Errors here are clients going away or speaking garbage: nothing to do.
-        _ = conn.as_mut() => {}
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            // Errors here are clients going away or speaking garbage: nothing to do.
+            _ = conn.as_mut() => return,
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            _ = tick.tick() => {
+                let quiet = started.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    eprintln!("sct-service: closing a connection idle for {}s", quiet.as_secs());
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// An I/O stream that records when bytes last moved (milliseconds since `started`).
+struct Watched<I> {
+    inner: I,
+    started: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<I> Watched<I> {
+    fn touch(&self) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
