@@ -1369,3 +1369,48 @@ fn https_through_tinyproxy_tunnel() {
     assert_eq!(e.kind(), ErrorKind::ProxyConnect, "{e}");
     assert!(e.message().contains("cannot reach proxy 127.0.0.1:"), "{e}");
 }
+
+/// What the service sends for a pack's manifest and signature is checked before any
+/// content is fetched: the manifest's SHA-256 against the offer, the signature's form.
+#[test]
+fn wrong_manifest_or_malformed_signature_fails_the_pack() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
+    // Another pack's (valid, signed) manifest in place of this one's.
+    let other = std::fs::read(sc.store.pack_dir(&sc.update_old).join(MANIFEST_FILE)).unwrap();
+    let cases = [
+        (
+            "manifest.json",
+            Action::Respond(200, other),
+            ErrorKind::IntegrityMismatch,
+            "SHA-256",
+        ),
+        (
+            ".minisig",
+            Action::Respond(200, b"not a signature".to_vec()),
+            ErrorKind::SignatureInvalid,
+            "malformed",
+        ),
+    ];
+    for (matching, action, kind, words) in cases {
+        let flaky = Flaky::start(svc.url(), matching, vec![], action);
+        let dest = work.path().join(matching);
+        let r = run(&options(&cab, &dest, flaky.url())).unwrap();
+        let p = pack(&r, sc.update_new);
+        assert_eq!(p.status, PackStatus::Failed, "{matching}");
+        assert_eq!(p.kind, Some(kind), "{matching}: {p:?}");
+        assert!(
+            p.message.as_deref().unwrap().contains(words),
+            "{matching}: {p:?}"
+        );
+        assert!(p.files.is_empty());
+        assert_eq!(
+            flaky.count("/content/"),
+            0,
+            "{matching}: no content fetched"
+        );
+        assert!(!p.path.join(MANIFEST_FILE).exists());
+    }
+}

@@ -319,7 +319,10 @@ pub fn connect(opts: &ConnectOptions, progress: ProgressFn) -> Result<ConnectRep
             let _ = tx.send(Msg::Done(result));
         })
         .map_err(|e| Error::internal(format!("cannot start the Connect worker: {e}")))?;
+    // Should the callback panic, unwinding drops this and stops the worker's transfers.
+    let stop_on_unwind = CancelOnDrop(cancel.clone());
     let result = pump(&rx, progress, &cancel);
+    drop(stop_on_unwind);
     let joined = worker.join();
     drop(lock);
     match (result, joined) {
@@ -416,6 +419,14 @@ fn lock_dest(dest: &Path) -> Result<std::fs::File> {
             ),
         )),
         Err(e) => Err(Error::io(format!("locking {}", path.display()), &e)),
+    }
+}
+
+struct CancelOnDrop(CancellationToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 

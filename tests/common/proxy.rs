@@ -122,6 +122,8 @@ pub enum Action {
     Stall(usize),
     /// Forward without the `Range` and `If-Range` headers (a server that ignores ranges).
     StripRange,
+    /// Answer this status and body instead of the service.
+    Respond(u16, Vec<u8>),
 }
 
 /// A TCP front before the real service. Every request gets `Connection: close`, so each
@@ -223,6 +225,15 @@ fn serve(mut client: TcpStream, backend: &str, heads: &Mutex<Vec<String>>, plan:
             }
             resp.push_str("\r\n");
             let _ = client.write_all(resp.as_bytes());
+            let _ = client.shutdown(Shutdown::Both);
+        }
+        Action::Respond(code, body) => {
+            let resp = format!(
+                "HTTP/1.1 {code} Injected\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = client.write_all(resp.as_bytes());
+            let _ = client.write_all(&body);
             let _ = client.shutdown(Shutdown::Both);
         }
         Action::Pass => forward(client, backend, &head, &rest, usize::MAX, false),
