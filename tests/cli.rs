@@ -639,13 +639,21 @@ fn unwritable_destination_folder_is_reported_and_nothing_changes() {
     if !is_root {
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
     }
+    // The unprivileged user may not be able to reach the build folder: give it its own
+    // link (or copy) of the binary outside the snapshot.
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = bin_dir.path().join("serviceconnectiontool");
+    if std::fs::hard_link(EXE, &exe).is_err() {
+        std::fs::copy(EXE, &exe).unwrap();
+    }
     let before = site::snapshot(base.path());
     for (mode, opt, file) in [
         ("-prepare", "-usagedatadest", "u.cab"),
         ("-export", "-dest", "u.csv"),
     ] {
         let dest = ro.join(file);
-        let mut c = Command::new(EXE);
+        let mut c = Command::new(&exe);
         c.args([
             mode,
             "-sitedb",
