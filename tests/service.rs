@@ -1556,3 +1556,42 @@ fn a_stalled_client_is_disconnected_after_the_idle_timeout() {
     let r = get(&format!("{}/v1/packages/{id}/content/big.bin", svc.url()));
     assert!(r.status == 200 && r.body == big);
 }
+
+#[test]
+fn a_foreign_or_newer_catalog_is_refused_untouched() {
+    let store = TestStore::new();
+    let catalog = store.path().join("catalog.sqlite");
+    let list_err = || {
+        let out = Command::new(service::bin())
+            .args(["list", "--store"])
+            .arg(store.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    {
+        let c = rusqlite::Connection::open(&catalog).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let before = std::fs::read(&catalog).unwrap();
+    let err = list_err();
+    assert!(err.contains("newer sct-service"), "{err}");
+    assert_eq!(std::fs::read(&catalog).unwrap(), before);
+    // A site database (or any other SQLite file) is not a catalog.
+    std::fs::remove_file(&catalog).unwrap();
+    serviceconnection::Site::create(
+        &catalog,
+        &serviceconnection::NewSite {
+            site_code: "PS1".into(),
+            site_version: V_SITE.parse().unwrap(),
+            diagnostics_level: Default::default(),
+            hierarchy_id: None,
+            site_name: None,
+            scp_mode: Default::default(),
+        },
+    )
+    .unwrap();
+    let err = list_err();
+    assert!(err.contains("not an sct-service catalog"), "{err}");
+}
