@@ -178,9 +178,14 @@ mod tests {
         let pk = PublicKey::parse(&sk.public_key().to_file_text()).unwrap();
         assert_eq!(pk.key_id(), sk.public_key().key_id());
         let sig = sk.sign(b"hello", "file:manifest.json").unwrap();
-        assert_eq!(verify(b"hello", &sig, &[pk.clone()]).unwrap(), pk.key_id());
         assert_eq!(
-            verify(b"hellO", &sig, &[pk.clone()]).unwrap_err().kind(),
+            verify(b"hello", &sig, std::slice::from_ref(&pk)).unwrap(),
+            pk.key_id()
+        );
+        assert_eq!(
+            verify(b"hellO", &sig, std::slice::from_ref(&pk))
+                .unwrap_err()
+                .kind(),
             ErrorKind::SignatureInvalid
         );
         let other = SecretKey::generate().unwrap();
