@@ -304,9 +304,14 @@ fn publish_refuses_duplicates_and_bad_content_leaving_nothing() {
     std::fs::create_dir(&empty).unwrap();
     let with_link = write_content(&store.dir().join("linked"), &[("a.txt", b"a")]);
     std::os::unix::fs::symlink("/etc/passwd", with_link.join("passwd")).unwrap();
+    let case_clash = write_content(
+        &store.dir().join("case"),
+        &[("Setup.exe", b"1"), ("setup.EXE", b"2")],
+    );
     let cases: Vec<(&Path, &str, Option<&str>, &str)> = vec![
         (&empty, "5.00.9100.1000", None, "holds no files"),
         (&with_link, "5.00.9100.1000", None, "symbolic link"),
+        (&case_clash, "5.00.9100.1000", None, "more than case"),
         (
             Path::new("/nonexistent/content"),
             "5.00.9100.1000",
