@@ -411,6 +411,28 @@ fn folder_of_cabs_with_targeted_pack_duplicate_and_bad_cab() {
             .is_file());
     }
     assert!(r.packs.iter().all(|p| p.status == PackStatus::Downloaded));
+    // The general pack crossed the network once; the second hierarchy got a verified copy.
+    assert_eq!(r.bytes_transferred, 40_000 + 30_000);
+    let copies: Vec<&PackReport> = r
+        .packs
+        .iter()
+        .filter(|p| p.package_guid == general_id && p.files[0].bytes_transferred == 0)
+        .collect();
+    assert_eq!(copies.len(), 1, "{r:#?}");
+    assert!(copies[0].files[0]
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("copied from"));
+    let g = pseudo_random(40_000, 9);
+    for h in [ha, hc] {
+        let f = dest
+            .join(h.to_string())
+            .join(general_id.to_string())
+            .join(CONTENT_DIR)
+            .join("g.bin");
+        assert_eq!(std::fs::read(f).unwrap(), g);
+    }
 }
 
 #[test]

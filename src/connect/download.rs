@@ -39,12 +39,20 @@ pub(crate) const MAX_FETCHES: u32 = 3;
 const PROGRESS_RESETS_ATTEMPTS: u64 = 1024 * 1024;
 const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
 
+/// `<dest>/<hierarchy>/<guid>`.
+pub(crate) fn pack_dir(dest: &Path, hierarchy: uuid::Uuid, id: uuid::Uuid) -> PathBuf {
+    dest.join(hierarchy.to_string()).join(id.to_string())
+}
+
 /// Download one pack into `<dest>/<hierarchy>/<guid>`. `Err` only when cancelled; every
-/// other failure is in the returned report.
+/// other failure is in the returned report. `local`: the same pack's folder for another
+/// hierarchy, already downloaded in this run; files there that verify are copied instead
+/// of fetched again.
 pub(crate) async fn run_pack(
     ctx: Arc<Ctx>,
     hierarchy: uuid::Uuid,
     offer: OfferedPack,
+    local: Option<PathBuf>,
 ) -> Result<PackReport> {
     let rel_dir = PathBuf::from(hierarchy.to_string()).join(offer.id.to_string());
     let dir = ctx.dest.join(&rel_dir);
@@ -113,6 +121,7 @@ pub(crate) async fn run_pack(
             pack_dir: dir.clone(),
             rel: rel_dir.clone(),
             file: file.clone(),
+            local: local.clone(),
         };
         tasks.push(tokio::spawn(async move {
             let permit = ctx.slots.acquire().await;
@@ -296,6 +305,8 @@ struct FileJob {
     /// `<hierarchy>/<guid>` below the destination.
     rel: PathBuf,
     file: PackFile,
+    /// Another hierarchy's folder of the same pack, to copy a verified file from.
+    local: Option<PathBuf>,
 }
 
 /// Download one file; `Err` only when cancelled.
@@ -368,6 +379,8 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
             if m.len() == size {
                 let (_, hasher) = hash_prefix(ctx, &final_path, &job.item, size).await?;
                 if hex::encode(hasher.finalize()) == expected {
+                    // A stale partial beside a verified file is of no use.
+                    let _ = tokio::fs::remove_file(&partial_path).await;
                     ctx.events.add_done(size);
                     ctx.events.emit(Phase::Download, &job.item, size, size);
                     return Ok(FileStatus::AlreadyComplete);
@@ -386,6 +399,24 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("checking {}", final_path.display()), &e)),
+    }
+
+    // 1b. The same file, verified, in another hierarchy's copy of this pack?
+    if let Some(src_dir) = &job.local {
+        let src = src_dir.join(CONTENT_DIR).join(&rel);
+        if copy_verified(ctx, &src, &partial_path, size, &expected).await? {
+            crate::fsutil::sync_dir(crate::fsutil::parent_dir(&partial_path));
+            tokio::fs::rename(&partial_path, &final_path)
+                .await
+                .map_err(|e| {
+                    Error::io(format!("moving into place {}", final_path.display()), &e)
+                })?;
+            crate::fsutil::sync_dir(crate::fsutil::parent_dir(&final_path));
+            ctx.events.add_done(size);
+            ctx.events.emit(Phase::Download, &job.item, size, size);
+            report.message = Some(format!("copied from {}", src.display()));
+            return Ok(FileStatus::Downloaded);
+        }
     }
 
     // 2. Open (or create) the partial file and hash what it holds.
@@ -699,6 +730,61 @@ async fn hash_prefix(ctx: &Arc<Ctx>, path: &Path, item: &str, total: u64) -> Res
     })
     .await
     .map_err(|e| Error::internal(format!("hashing panicked: {e}")))?
+}
+
+/// Copy `src` to `partial` while hashing; true when it had the expected size and hash
+/// (the copy is then flushed to disk), false (and nothing left behind) otherwise.
+async fn copy_verified(
+    ctx: &Arc<Ctx>,
+    src: &Path,
+    partial: &Path,
+    size: u64,
+    expected: &str,
+) -> Result<bool> {
+    let (ctx, src, partial, expected) = (
+        ctx.clone(),
+        src.to_path_buf(),
+        partial.to_path_buf(),
+        expected.to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        match std::fs::symlink_metadata(&src) {
+            Ok(m) if m.is_file() && m.len() == size => {}
+            _ => return Ok(false),
+        }
+        let Ok(mut from) = std::fs::File::open(&src) else {
+            return Ok(false);
+        };
+        let what = || format!("writing {}", partial.display());
+        let mut to = std::fs::File::create(&partial).map_err(|e| Error::io(what(), &e))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n_total = 0u64;
+        loop {
+            if ctx.http.cancel.is_cancelled() {
+                return Err(Error::cancelled());
+            }
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            hasher.update(&buf[..n]);
+            to.write_all(&buf[..n]).map_err(|e| Error::io(what(), &e))?;
+            n_total += n as u64;
+        }
+        if n_total != size || hex::encode(hasher.finalize()) != expected {
+            drop(to);
+            let _ = std::fs::remove_file(&partial);
+            return Ok(false);
+        }
+        to.sync_all().map_err(|e| Error::io(what(), &e))?;
+        Ok(true)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("copying panicked: {e}")))?
 }
 
 /// `bytes START-END/TOTAL` (TOTAL may be `*`).

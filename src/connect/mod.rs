@@ -527,23 +527,49 @@ fn is_run_wide(kind: ErrorKind) -> bool {
 async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
     let started = crate::site::now_rfc3339();
     let uploads = upload::upload_all(&ctx, cabs).await?;
-    let mut packs = Vec::new();
-    let mut jobs = Vec::new();
+    // A pack offered to several hierarchies is downloaded once; the other hierarchies'
+    // folders are filled by copying the verified files (each copy verified again).
+    let mut first_dir: std::collections::HashMap<uuid::Uuid, PathBuf> = Default::default();
+    let mut primaries = Vec::new();
+    let mut copies = Vec::new();
     for (u, answer) in &uploads {
         let (Some(answer), Some(h)) = (answer, u.hierarchy_id) else {
             continue;
         };
         let mut seen = std::collections::HashSet::new();
         for offer in &answer.packages {
-            if seen.insert(offer.id) {
-                ctx.events.add_total(offer.size);
-                jobs.push(download::run_pack(ctx.clone(), h, offer.clone()));
+            if !seen.insert(offer.id) {
+                continue;
+            }
+            ctx.events.add_total(offer.size);
+            let index = primaries.len() + copies.len();
+            match first_dir.get(&offer.id) {
+                None => {
+                    first_dir.insert(offer.id, download::pack_dir(&ctx.dest, h, offer.id));
+                    primaries.push((
+                        index,
+                        download::run_pack(ctx.clone(), h, offer.clone(), None),
+                    ));
+                }
+                Some(dir) => copies.push((
+                    index,
+                    download::run_pack(ctx.clone(), h, offer.clone(), Some(dir.clone())),
+                )),
             }
         }
     }
-    for r in futures_util::future::join_all(jobs).await {
-        packs.push(r?);
+    let mut packs: Vec<(usize, PackReport)> = Vec::new();
+    for group in [primaries, copies] {
+        let (indexes, jobs): (Vec<usize>, Vec<_>) = group.into_iter().unzip();
+        for (i, r) in indexes
+            .into_iter()
+            .zip(futures_util::future::join_all(jobs).await)
+        {
+            packs.push((i, r?));
+        }
     }
+    packs.sort_by_key(|(i, _)| *i);
+    let packs: Vec<PackReport> = packs.into_iter().map(|(_, p)| p).collect();
     if ctx.http.cancel.is_cancelled() {
         return Err(Error::cancelled());
     }
