@@ -12,6 +12,8 @@ pub mod connect;
 pub mod error;
 pub mod ffi;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hashing;
 pub mod import;
 pub mod pack;

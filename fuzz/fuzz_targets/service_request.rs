@@ -1,0 +1,7 @@
+//! Fuzz target; the logic lives in `serviceconnection::fuzzing::fuzz_service_request` so that
+//! `tests/fuzz_replay.rs` replays this target's corpus with the normal test suite.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = serviceconnection::fuzzing::fuzz_service_request(data);
+});
