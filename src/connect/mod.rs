@@ -16,6 +16,9 @@
 //!   and continues them with `Range: bytes=N-` + `If-Range: "<sha256>"`, and skips files
 //!   already complete (`AlreadyComplete`, nothing transferred).
 //!
+//! - A pack offered to several hierarchies crosses the network once; the other
+//!   hierarchies' folders get copies of the verified files, verified again while copied.
+//!
 //! The progress callback always runs on the caller's thread: the downloads run on a tokio
 //! runtime owned by a worker thread and send their progress over a channel.
 
@@ -606,4 +609,57 @@ async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let mut o = ConnectOptions::new("usb", "packs", "https://updates.contoso.com");
+        o.token = Some("tok-SECRET-1".into());
+        o.proxy = Some(ProxyOptions {
+            uri: "proxy:8080".into(),
+            username: Some("meg".into()),
+            password: Some("pw-SECRET-2".into()),
+        });
+        let shown = format!("{o:?} {o:#?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(
+            shown.contains("meg") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn options_from_json_take_defaults() {
+        let o: ConnectOptions = serde_json::from_str(
+            r#"{"source":"a.cab","dest":"packs","service_uri":"http://127.0.0.1:1"}"#,
+        )
+        .unwrap();
+        assert_eq!(o.parallelism, 4);
+        assert_eq!(o.max_attempts, 5);
+        assert_eq!(o.idle_timeout_secs, 60);
+        assert_eq!(o.selection, Selection::Latest);
+        assert!(o.max_bytes_per_second.is_none());
+    }
+
+    #[test]
+    fn bad_numbers_are_refused_before_anything_happens() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("packs");
+        for f in [
+            |o: &mut ConnectOptions| o.parallelism = 0,
+            |o: &mut ConnectOptions| o.parallelism = 65,
+            |o: &mut ConnectOptions| o.max_attempts = 0,
+            |o: &mut ConnectOptions| o.idle_timeout_secs = 0,
+        ] {
+            let mut o = ConnectOptions::new(d.path(), &dest, "http://127.0.0.1:1");
+            f(&mut o);
+            let e = connect(&o, &mut crate::progress::ignore).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        }
+        assert!(!dest.exists());
+    }
 }
