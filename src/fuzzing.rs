@@ -230,9 +230,7 @@ pub fn fuzz_service_request(data: &[u8]) -> Option<u16> {
     use axum::http::{header, Method, Request};
     use tower::ServiceExt;
 
-    let Some((&ctl, rest)) = data.split_first() else {
-        return None;
-    };
+    let (&ctl, rest) = data.split_first()?;
     let mut fields = rest.splitn(5, |&b| b == 0);
     let path = String::from_utf8_lossy(fields.next().unwrap_or_default());
     let range = fields.next().unwrap_or_default();

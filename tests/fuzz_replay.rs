@@ -99,7 +99,8 @@ fn signed_seed_verifies_with_the_fuzz_key() {
         serviceconnection::signing::PublicKey::parse(serviceconnection::fuzzing::FUZZ_TRUSTED_KEY)
             .unwrap();
     let sig = std::str::from_utf8(&data[i + 1..]).unwrap();
-    serviceconnection::signing::verify(&data[..i], sig, &[key.clone()]).expect("seed verifies");
+    serviceconnection::signing::verify(&data[..i], sig, std::slice::from_ref(&key))
+        .expect("seed verifies");
     let mut altered = data[..i].to_vec();
     altered[10] ^= 1;
     let e = serviceconnection::signing::verify(&altered, sig, &[key]).unwrap_err();
