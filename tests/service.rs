@@ -616,6 +616,12 @@ fn path_traversal_and_unknown_files_are_refused() {
             "bad_path",
         ),
         (
+            format!("/v1/packages/{id}/content/readme.txt%00.bin"),
+            400,
+            "bad_path",
+        ),
+        (format!("/v1/packages/{id}/content/%FF%FE"), 400, "bad_path"),
+        (
             format!("/v1/packages/{id}/content/extra.txt"),
             404,
             "not_found",
