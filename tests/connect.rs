@@ -473,11 +473,20 @@ fn rerun_skips_complete_files_and_refetches_damaged_ones() {
     assert_eq!(f("empty.txt").status, FileStatus::AlreadyComplete);
     assert_eq!(f("setup.exe").status, FileStatus::Downloaded);
     assert_eq!(f("setup.exe").bytes_transferred, 300_000);
-    // The damaged file was never trusted: moved aside, re-fetched, now right.
-    assert_ne!(
-        f("payload/data 1/big.cab").status,
-        FileStatus::AlreadyComplete
-    );
+    // The damaged file was never trusted: dropped, fetched again in full, now right.
+    assert_eq!(f("payload/data 1/big.cab").status, FileStatus::Downloaded);
+    assert_eq!(f("payload/data 1/big.cab").bytes_transferred, 1_200_000);
+    // A shorter copy (cut short) is continued from its bytes instead.
+    std::fs::write(&big, &sc.new_files[1].1[..700_000]).unwrap();
+    let fourth = run(&o).unwrap();
+    let p = pack(&fourth, sc.update_new);
+    let big_report = p
+        .files
+        .iter()
+        .find(|f| f.path == "payload/data 1/big.cab")
+        .unwrap();
+    assert_eq!(big_report.status, FileStatus::Resumed);
+    assert_eq!(big_report.bytes_transferred, 500_000);
     assert_eq!(std::fs::read(&big).unwrap(), sc.new_files[1].1);
     assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
 }

@@ -386,10 +386,18 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
                     return Ok(FileStatus::AlreadyComplete);
                 }
             }
-            // Not what the manifest says: never trusted, moved aside and fetched again.
-            tokio::fs::rename(&final_path, &partial_path)
-                .await
-                .map_err(|e| Error::io(format!("moving aside {}", final_path.display()), &e))?;
+            // Not what the manifest says: never trusted. A shorter file may be a copy cut
+            // short, so it becomes the partial file (its bytes are checked in the end);
+            // one of the right size is known to be wrong and is dropped.
+            if m.len() < size {
+                tokio::fs::rename(&final_path, &partial_path)
+                    .await
+                    .map_err(|e| Error::io(format!("moving aside {}", final_path.display()), &e))?;
+            } else {
+                tokio::fs::remove_file(&final_path)
+                    .await
+                    .map_err(|e| Error::io(format!("removing {}", final_path.display()), &e))?;
+            }
         }
         Ok(_) => {
             return Err(Error::new(
