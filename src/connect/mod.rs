@@ -15,12 +15,17 @@
 //! - A cancelled or killed run may leave `.sct-partial` files; a re-run hashes their bytes
 //!   and continues them with `Range: bytes=N-` + `If-Range: "<sha256>"`, and skips files
 //!   already complete (`AlreadyComplete`, nothing transferred).
-//!
 //! - A pack offered to several hierarchies crosses the network once; the other
 //!   hierarchies' folders get copies of the verified files, verified again while copied.
 //!
+//! - A folder holding `.sct-connect.lock` is being written by a Connect run; a second
+//!   run on the same destination at the same time is refused (`Busy`).
+//!
 //! The progress callback always runs on the caller's thread: the downloads run on a tokio
 //! runtime owned by a worker thread and send their progress over a channel.
+//!
+//! Without a proxy option Connect connects directly: `HTTP_PROXY`/`HTTPS_PROXY` in the
+//! environment are deliberately not used, so what happens is what the options say.
 
 mod client;
 mod download;
