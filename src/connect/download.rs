@@ -81,8 +81,9 @@ pub(crate) async fn run_pack(
         Ok(m) => m,
         Err(e) => return fail(report, e),
     };
-    ctx.events.sub_total(offer.size);
+    // Add before subtracting, so the overall total never dips below what is done.
     ctx.events.add_total(manifest.total_size());
+    ctx.events.sub_total(offer.size);
     report.size = manifest.total_size();
 
     // The folder: no link anywhere below the destination, and no manifest while the
