@@ -1,0 +1,1149 @@
+//! The benchmark suite: every ServiceConnection step against the stock tool doing the same
+//! work on the same bytes, on this machine, in the same run.
+//!
+//! Both sides run as child processes of this program so their peak resident memory is
+//! measured the same way (`wait4`'s `ru_maxrss`); our side is this very executable re-run
+//! in child mode (`SCT_BENCH_CHILD=1 <exe> <step> <args>`), which calls the library the
+//! way the CLI and the C ABI do. Runs alternate the two sides (ours first on even runs,
+//! theirs first on odd ones) so neither always gets the warmer cache. All data lives in
+//! one folder under `target/bench/` that is removed at the end.
+//!
+//! Used by `benches/compare.rs` (`cargo bench --bench compare -- --scale medium`) and by
+//! `tests/bench_smoke.rs` (scale `tiny`).
+#![allow(dead_code)]
+
+use serviceconnection::api::Selection;
+use serviceconnection::connect::ConnectOptions;
+use serviceconnection::import::ImportOptions;
+use serviceconnection::site::sample;
+use serviceconnection::{DiagnosticsLevel, NewSite, Site};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+/// Environment variable that puts the executable into child mode.
+pub const CHILD_ENV: &str = "SCT_BENCH_CHILD";
+
+/// The comparisons, in table order (the smoke test checks each one is printed).
+pub const COMPARISONS: [&str; 7] = [
+    "Prepare",
+    "Read back",
+    "Export",
+    "Connect 1 file",
+    "Connect many files",
+    "Import 1 file",
+    "Import many files",
+];
+
+const SITE_VERSION: &str = "5.00.9128.1000";
+const PACK_VERSION: &str = "5.00.9132.1000";
+
+/// How much data and how many runs.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    pub name: &'static str,
+    /// Usage rows in the Prepare/Export site.
+    pub rows: u64,
+    /// Bytes of the update pack (one file, or split into `files` files).
+    pub pack_bytes: u64,
+    pub files: usize,
+    /// Timed runs per side.
+    pub runs: usize,
+}
+
+impl Scale {
+    pub fn named(name: &str) -> Option<Scale> {
+        let s = |name, rows, mib: u64, files, runs| Scale {
+            name,
+            rows,
+            pack_bytes: mib << 20,
+            files,
+            runs,
+        };
+        Some(match name {
+            "tiny" => s("tiny", 20_000, 8, 40, 1),
+            "small" => s("small", 200_000, 100, 100, 3),
+            "medium" => s("medium", 2_000_000, 1024, 1000, 3),
+            "large" => s("large", 2_000_000, 1024, 1000, 5),
+            _ => return None,
+        })
+    }
+
+    /// The same shape with data divided by `d` (for the memory ramp).
+    fn divided(&self, d: u64) -> Scale {
+        Scale {
+            name: self.name,
+            rows: (self.rows / d).max(100),
+            pack_bytes: (self.pack_bytes / d).max(64 * 1024),
+            files: self.files,
+            runs: 1,
+        }
+    }
+}
+
+/// `cargo bench` entry point: child mode, or the whole suite at `--scale` (default medium).
+pub fn main() {
+    if child_main() {
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut scale = "medium".to_string();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--scale" if i + 1 < args.len() => {
+                scale = args[i + 1].clone();
+                i += 1;
+            }
+            s if s.starts_with("--scale=") => scale = s["--scale=".len()..].to_string(),
+            _ => {} // `cargo bench` adds `--bench`
+        }
+        i += 1;
+    }
+    let Some(scale) = Scale::named(&scale) else {
+        eprintln!("unknown scale {scale:?} (tiny, small, medium, large)");
+        std::process::exit(2);
+    };
+    run(&scale);
+}
+
+// ---------------------------------------------------------------------------------------
+// Child mode: our side of each comparison, as its own process.
+
+/// If this process was started as a benchmark child, do the step and return true.
+pub fn child_main() -> bool {
+    let Some(mode) = std::env::var_os(CHILD_ENV) else {
+        return false;
+    };
+    if mode == "launch" {
+        launch();
+        return true;
+    }
+    let a: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let step = a[0].to_str().unwrap_or_default().to_string();
+    let mut quiet = serviceconnection::progress::ignore;
+    let res: serviceconnection::Result<()> = match step.as_str() {
+        "prepare" => serviceconnection::usage::prepare(&a[1], &a[2], true, &mut quiet).map(|_| ()),
+        "export" => {
+            serviceconnection::usage::export_csv(&a[1], &a[2], true, &mut quiet).map(|_| ())
+        }
+        "readback" => serviceconnection::usage::read_usage_cab_file(&a[1]).map(|_| ()),
+        "connect" => {
+            let mut o = ConnectOptions::new(&a[1], &a[2], a[3].to_str().unwrap());
+            o.selection = Selection::Latest;
+            serviceconnection::connect::connect(&o, &mut quiet).and_then(|r| {
+                if r.is_success() {
+                    Ok(())
+                } else {
+                    Err(serviceconnection::Error::internal(format!(
+                        "connect failed: {r:?}"
+                    )))
+                }
+            })
+        }
+        "import" => {
+            serviceconnection::import::import(&ImportOptions::new(&a[1], &a[2]), &mut quiet)
+                .and_then(|r| {
+                    let imported = r
+                        .iter()
+                        .filter(|x| x.status == serviceconnection::import::ImportStatus::Imported)
+                        .count();
+                    if imported == 1 {
+                        Ok(())
+                    } else {
+                        Err(serviceconnection::Error::internal(format!("import: {r:?}")))
+                    }
+                })
+        }
+        other => Err(serviceconnection::Error::internal(format!(
+            "unknown step {other}"
+        ))),
+    };
+    if let Err(e) = res {
+        eprintln!("{step}: {e}");
+        std::process::exit(1);
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------------
+// Measuring processes.
+
+/// One process, or a pipeline of processes (stdout of each into stdin of the next).
+enum Job {
+    One(Command),
+    Pipe(Vec<Command>, Option<PathBuf>),
+}
+
+/// Time and peak resident memory of one side of one run.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    secs: f64,
+    rss_kib: u64,
+}
+
+/// Environment variable naming the file where the launcher writes the child's peak RSS.
+const RUSAGE_ENV: &str = "SCT_BENCH_RUSAGE";
+
+/// Launcher mode: run the command in our arguments with inherited stdio, write its
+/// `ru_maxrss` (KiB) to the `SCT_BENCH_RUSAGE` file and exit with its status.
+///
+/// Why a launcher: Linux carries a process's resident high-water mark across `fork` and
+/// `exec`, so a child spawned straight from this (large) harness would report at least the
+/// harness's own size. Spawned from this freshly started, small process instead, every
+/// child (ours and theirs alike) starts from the same small baseline.
+fn launch() {
+    let mut args = std::env::args_os().skip(1);
+    let program = args.next().expect("launch: program");
+    let out = std::env::var_os(RUSAGE_ENV).expect("launch: SCT_BENCH_RUSAGE");
+    let mut c = Command::new(program);
+    c.args(args).env_remove(RUSAGE_ENV);
+    if c.get_program() == std::env::current_exe().unwrap().as_os_str() {
+        c.env(CHILD_ENV, "1");
+    } else {
+        c.env_remove(CHILD_ENV);
+    }
+    let child = c.spawn().expect("launch: spawn");
+    let (code, kib) = wait4(&child);
+    std::fs::write(out, kib.to_string()).unwrap();
+    std::process::exit(code);
+}
+
+/// Wrap `c` so it runs under the launcher; returns the command and its rusage file.
+fn launched(c: &Command, n: usize) -> (Command, PathBuf) {
+    let file = std::env::temp_dir().join(format!("sct-bench-rusage-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let mut l = Command::new(std::env::current_exe().unwrap());
+    l.env(CHILD_ENV, "launch").env(RUSAGE_ENV, &file);
+    l.arg(c.get_program()).args(c.get_args());
+    if let Some(d) = c.get_current_dir() {
+        l.current_dir(d);
+    }
+    (l, file)
+}
+
+fn read_rusage(file: &Path) -> u64 {
+    let v = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let _ = std::fs::remove_file(file);
+    v
+}
+
+/// Wait for `child` with `wait4`, returning its exit status and `ru_maxrss` (KiB).
+fn wait4(child: &Child) -> (i32, u64) {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value; wait4 writes it for the reaped child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waiting for our own child with valid out-pointers.
+        let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+        if r >= 0 {
+            break;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            panic!("wait4: {}", std::io::Error::last_os_error());
+        }
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, ru.ru_maxrss as u64)
+}
+
+/// Run the jobs one after the other; time is the total, memory the largest job's peak
+/// (a pipeline's peak is the sum of its processes' peaks).
+fn measure(jobs: Vec<Job>, errlog: &Path) -> Sample {
+    let err = || Stdio::from(std::fs::File::create(errlog).unwrap());
+    let start = Instant::now();
+    let mut rss = 0u64;
+    for job in jobs {
+        match job {
+            Job::One(c) => {
+                let (mut l, file) = launched(&c, 0);
+                let child = l
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(err())
+                    .spawn()
+                    .expect("spawn");
+                let (code, _) = wait4(&child);
+                check(code, &c, errlog);
+                rss = rss.max(read_rusage(&file));
+            }
+            Job::Pipe(cmds, out) => {
+                let n = cmds.len();
+                let mut children: Vec<(Child, Command, PathBuf)> = Vec::new();
+                let mut prev: Option<std::process::ChildStdout> = None;
+                for (i, orig) in cmds.into_iter().enumerate() {
+                    let (mut c, file) = launched(&orig, i);
+                    c.stdin(match prev.take() {
+                        Some(p) => Stdio::from(p),
+                        None => Stdio::null(),
+                    });
+                    if i + 1 < n {
+                        c.stdout(Stdio::piped());
+                    } else if let Some(o) = &out {
+                        c.stdout(std::fs::File::create(o).unwrap());
+                    }
+                    c.stderr(err());
+                    let mut ch = c.spawn().expect("spawn");
+                    prev = ch.stdout.take();
+                    children.push((ch, orig, file));
+                }
+                let mut sum = 0;
+                for (ch, c, file) in &children {
+                    let (code, _) = wait4(ch);
+                    check(code, c, errlog);
+                    sum += read_rusage(file);
+                }
+                rss = rss.max(sum);
+            }
+        }
+    }
+    Sample {
+        secs: start.elapsed().as_secs_f64(),
+        rss_kib: rss,
+    }
+}
+
+fn check(code: i32, c: &Command, errlog: &Path) {
+    if code != 0 {
+        panic!(
+            "{:?} failed with status {code}: {}",
+            c,
+            std::fs::read_to_string(errlog).unwrap_or_default()
+        );
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The suite.
+
+/// One comparison's result.
+struct Row {
+    name: &'static str,
+    data: String,
+    ours: f64,
+    theirs: f64,
+    target: f64,
+    theirs_tool: &'static str,
+    ours_rss: u64,
+    theirs_rss: u64,
+}
+
+/// One step of ours or theirs: a fresh set of jobs per run, plus an untimed preparation.
+struct Side<'a> {
+    prep: Box<dyn Fn() + 'a>,
+    jobs: Box<dyn Fn() -> Vec<Job> + 'a>,
+    after: Box<dyn Fn() + 'a>,
+}
+
+fn side<'a>(
+    prep: impl Fn() + 'a,
+    jobs: impl Fn() -> Vec<Job> + 'a,
+    after: impl Fn() + 'a,
+) -> Side<'a> {
+    Side {
+        prep: Box::new(prep),
+        jobs: Box::new(jobs),
+        after: Box::new(after),
+    }
+}
+
+fn compare(
+    runs: usize,
+    ours: &Side<'_>,
+    theirs: &Side<'_>,
+    errlog: &Path,
+) -> (Vec<Sample>, Vec<Sample>) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let one = |s: &Side<'_>| {
+        (s.prep)();
+        let m = measure((s.jobs)(), errlog);
+        (s.after)();
+        m
+    };
+    for i in 0..runs {
+        if i % 2 == 0 {
+            a.push(one(ours));
+            b.push(one(theirs));
+        } else {
+            b.push(one(theirs));
+            a.push(one(ours));
+        }
+    }
+    (a, b)
+}
+
+/// Our side: this executable in child mode.
+fn ours(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Job {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.env(CHILD_ENV, "1");
+    for a in args {
+        c.arg(a);
+    }
+    Job::One(c)
+}
+
+fn cmd(program: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
+    let mut c = Command::new(program);
+    for a in args {
+        c.arg(a);
+    }
+    c
+}
+
+/// Removes the benchmark folder however the run ends.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rm(p: &Path) {
+    if p.is_dir() {
+        std::fs::remove_dir_all(p).unwrap();
+    } else if p.exists() {
+        std::fs::remove_file(p).unwrap();
+    }
+}
+
+/// Make sure the stock tools are there, installing them with apt-get if not.
+fn ensure_tools() {
+    let tools = [
+        ("gcab", "gcab"),
+        ("cabextract", "cabextract"),
+        ("sqlite3", "sqlite3"),
+        ("curl", "curl"),
+        ("sha256sum", "coreutils"),
+    ];
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(t, _)| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| !s.success())
+                .unwrap_or(true)
+        })
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!("installing stock tools: {}", missing.join(" "));
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut c = if root {
+        Command::new("apt-get")
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("apt-get");
+        c
+    };
+    let ok = c
+        .args(["install", "-y", "-q"])
+        .args(&missing)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "could not install {}", missing.join(" "));
+}
+
+/// CPU, cores, memory, kernel.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    let sha_ni = cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && l.contains(" sha_ni"));
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!(
+        "{model} ({}), {cores} cores, {:.1} GiB memory, Linux {kernel}",
+        if sha_ni { "SHA-NI" } else { "no SHA-NI" },
+        mem_kib as f64 / (1 << 20) as f64
+    )
+}
+
+fn tool_version(t: &str) -> String {
+    Command::new(t)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).to_string()
+                + &String::from_utf8_lossy(&o.stderr);
+            s.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Deterministic, incompressible bytes (xorshift), written in 1 MiB pieces.
+fn write_pseudo_random(w: &mut impl Write, mut len: u64, seed: &mut u64) {
+    let mut buf = vec![0u8; 1 << 20];
+    while len > 0 {
+        let n = len.min(buf.len() as u64) as usize;
+        for ch in buf[..n].chunks_mut(8) {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            let b = seed.to_le_bytes();
+            ch.copy_from_slice(&b[..ch.len()]);
+        }
+        w.write_all(&buf[..n]).unwrap();
+        len -= n as u64;
+    }
+}
+
+/// Pack content: `setup.bin` alone (`files == 1`), or the same bytes split into `files`
+/// files under `parts/`. Returns (relative path, sha256) per file.
+fn write_content(dir: &Path, bytes: u64, files: usize) -> Vec<(String, String)> {
+    std::fs::create_dir_all(dir.join("parts")).unwrap();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut out = Vec::new();
+    let names: Vec<String> = if files == 1 {
+        vec!["setup.bin".into()]
+    } else {
+        (0..files)
+            .map(|i| format!("parts/file{i:04}.bin"))
+            .collect()
+    };
+    let per = bytes / files as u64;
+    for (i, name) in names.iter().enumerate() {
+        let len = if i + 1 == files {
+            bytes - per * (files as u64 - 1)
+        } else {
+            per
+        };
+        let path = dir.join(name);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        write_pseudo_random(&mut f, len, &mut seed);
+        f.flush().unwrap();
+        drop(f);
+        let (_, sha) =
+            serviceconnection::hashing::sha256_reader(std::fs::File::open(&path).unwrap()).unwrap();
+        out.push((name.clone(), sha));
+    }
+    out
+}
+
+fn sums_file(path: &Path, files: &[(String, String)]) {
+    let mut s = String::new();
+    for (name, sha) in files {
+        let _ = writeln!(s, "{sha}  {name}");
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn new_site(path: &Path, hierarchy: uuid::Uuid, rows: u64) {
+    let mut site = Site::create(
+        path,
+        &NewSite {
+            site_code: "PS1".into(),
+            site_version: SITE_VERSION.parse().unwrap(),
+            diagnostics_level: DiagnosticsLevel::Full,
+            hierarchy_id: Some(hierarchy),
+            site_name: Some("Benchmark site".into()),
+            scp_mode: serviceconnection::ScpMode::Offline,
+        },
+    )
+    .unwrap();
+    if rows > 0 {
+        sample::generate(&mut site, rows, 42).unwrap();
+    }
+}
+
+/// The reference service on 127.0.0.1:0, stopped on drop.
+struct Service {
+    child: Child,
+    url: String,
+}
+
+impl Service {
+    fn start(store: &Path, log: &Path) -> Service {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sct-service"))
+            .arg("serve")
+            .arg("--store")
+            .arg(store)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("spawn sct-service");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("sct-service listening on ")
+            .unwrap_or_else(|| panic!("sct-service did not start: {line:?}"))
+            .to_string();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        Service { child, url }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sct_service(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = cmd(env!("CARGO_BIN_EXE_sct-service"), args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sct-service failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn mib(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", (bytes as f64 / (1 << 20) as f64).round())
+    }
+}
+
+fn rows_text(n: u64) -> String {
+    if n >= 1_000_000 && n % 100_000 == 0 {
+        format!("{}M rows", n as f64 / 1e6)
+    } else if n >= 1000 {
+        format!("{}k rows", n / 1000)
+    } else {
+        format!("{n} rows")
+    }
+}
+
+/// One published pack with its hierarchy, cab and content listing.
+struct Pack {
+    id: uuid::Uuid,
+    hierarchy: uuid::Uuid,
+    cab: PathBuf,
+    files: Vec<(String, String)>,
+    bytes: u64,
+}
+
+/// Run the whole suite at `scale`, print the report, and return it.
+pub fn run(scale: &Scale) -> String {
+    ensure_tools();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench")
+        .join(format!("run-{}", std::process::id()));
+    rm(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let scratch = Scratch(root.clone());
+    let errlog = root.join("stderr.log");
+    let t0 = Instant::now();
+    let say = |s: &str| eprintln!("[{:7.1}s] {s}", t0.elapsed().as_secs_f64());
+
+    // --- data ---------------------------------------------------------------------------
+    say(&format!("generating data at scale {}", scale.name));
+    let ramp = [scale.divided(100), scale.divided(10), scale.clone()];
+    let store = root.join("store");
+    sct_service(&[&"keygen", &"--store", &store]);
+    let publisher =
+        serviceconnection::signing::PublicKey::from_file(&store.join("publisher.pub")).unwrap();
+    // Usage sites (one per ramp step) and, per ramp step, a one-file and a many-file pack
+    // limited to their own hierarchy so each Connect is offered exactly its pack.
+    let mut sites = Vec::new();
+    let mut packs: Vec<[Pack; 2]> = Vec::new();
+    for (k, s) in ramp.iter().enumerate() {
+        let site = root.join(format!("usage{k}/site.db"));
+        std::fs::create_dir_all(site.parent().unwrap()).unwrap();
+        new_site(&site, uuid::Uuid::new_v4(), s.rows);
+        sites.push(site);
+        let mk = |files: usize, tag: &str| -> Pack {
+            let hierarchy = uuid::Uuid::new_v4();
+            let content = root.join(format!("content{k}{tag}"));
+            let listing = write_content(&content, s.pack_bytes, files);
+            let out = sct_service(&[
+                &"publish",
+                &"--store",
+                &store,
+                &"--name",
+                &"Benchmark update",
+                &"--version",
+                &PACK_VERSION,
+                &"--type",
+                &"Update",
+                &"--min-site-version",
+                &SITE_VERSION,
+                &"--hierarchy",
+                &hierarchy.to_string(),
+                &content,
+            ]);
+            rm(&content);
+            let cab = root.join(format!("connect{k}{tag}/usage.cab"));
+            std::fs::create_dir_all(cab.parent().unwrap()).unwrap();
+            let db = cab.with_file_name("site.db");
+            new_site(&db, hierarchy, 100);
+            serviceconnection::usage::prepare(
+                &db,
+                &cab,
+                true,
+                &mut serviceconnection::progress::ignore,
+            )
+            .unwrap();
+            Pack {
+                id: out.parse().unwrap(),
+                hierarchy,
+                cab,
+                files: listing,
+                bytes: s.pack_bytes,
+            }
+        };
+        packs.push([mk(1, "one"), mk(s.files, "many")]);
+    }
+    let service = Service::start(&store, &root.join("service.log"));
+    let url = service.url.clone();
+    say("data ready");
+
+    let mut rows: Vec<Row> = Vec::new();
+    // Our peak memory per comparison per ramp step.
+    let mut ramp_rss: Vec<[u64; 3]> = vec![[0; 3]; COMPARISONS.len()];
+    let full = ramp.len() - 1;
+
+    for (k, s) in ramp.iter().enumerate() {
+        let runs = if k == full { s.runs } else { 1 };
+        let main = k == full;
+        let dir = root.join(format!("work{k}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let site = &sites[k];
+        let data_rows = rows_text(s.rows);
+
+        // Prepare vs gcab -c -z on the same three files.
+        let cab = dir.join("ours.cab");
+        let gcab_out = dir.join("gcab.cab");
+        let files_dir = dir.join("files");
+        serviceconnection::usage::prepare(
+            site,
+            &cab,
+            true,
+            &mut serviceconnection::progress::ignore,
+        )
+        .unwrap();
+        std::fs::create_dir_all(&files_dir).unwrap();
+        let st = cmd("cabextract", &[&"-q", &"-d", &files_dir, &cab])
+            .status()
+            .unwrap();
+        assert!(st.success(), "cabextract cannot extract our cab");
+        let st = cmd("gcab", &[&"-t", &cab])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "gcab cannot list our cab");
+        let csv_bytes = std::fs::metadata(files_dir.join("UsageData.csv"))
+            .unwrap()
+            .len();
+        let ours_side = side(
+            || rm(&cab),
+            || vec![ours(&[&"prepare", site, &cab])],
+            || {
+                let st = cmd("cabextract", &[&"-q", &"-t", &cab])
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "cabextract -t rejects our cab");
+            },
+        );
+        let theirs_side = side(
+            || rm(&gcab_out),
+            || {
+                let mut c = cmd(
+                    "gcab",
+                    &[
+                        &"-c",
+                        &"-z",
+                        &gcab_out,
+                        &"UsageData.csv",
+                        &"SiteVersion.txt",
+                        &"manifest.json",
+                    ],
+                );
+                c.current_dir(&files_dir);
+                vec![Job::One(c)]
+            },
+            || {},
+        );
+        say(&format!("Prepare, {data_rows}"));
+        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        record(
+            &mut rows,
+            &mut ramp_rss,
+            main,
+            k,
+            "Prepare",
+            format!("{data_rows}, {} CSV", mib(csv_bytes)),
+            0.5,
+            "gcab -c -z",
+            &a,
+            &b,
+        );
+
+        // Read back vs cabextract -t (both decompress every file and check it; neither writes).
+        let ours_side = side(|| {}, || vec![ours(&[&"readback", &cab])], || {});
+        let theirs_side = side(
+            || {},
+            || {
+                let mut c = cmd("cabextract", &[&"-q", &"-t", &cab]);
+                c.stdout(Stdio::null());
+                vec![Job::One(c)]
+            },
+            || {},
+        );
+        say("Read back");
+        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let cab_bytes = std::fs::metadata(&cab).unwrap().len();
+        record(
+            &mut rows,
+            &mut ramp_rss,
+            main,
+            k,
+            "Read back",
+            format!("{} cab", mib(cab_bytes)),
+            1.0,
+            "cabextract -t",
+            &a,
+            &b,
+        );
+        rm(&files_dir);
+        rm(&gcab_out);
+
+        // Export vs sqlite3 -csv on the same rows.
+        let csv = dir.join("ours.csv");
+        let sq = dir.join("sqlite3.csv");
+        let query = format!(
+            "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc FROM usage_data WHERE level <= {} ORDER BY id",
+            DiagnosticsLevel::Full.as_i64()
+        );
+        let ours_side = side(|| rm(&csv), || vec![ours(&[&"export", site, &csv])], || {});
+        let theirs_side = side(
+            || rm(&sq),
+            || {
+                vec![Job::Pipe(
+                    vec![cmd("sqlite3", &[&"-readonly", &"-csv", site, &query])],
+                    Some(sq.clone()),
+                )]
+            },
+            || {},
+        );
+        say("Export");
+        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        record(
+            &mut rows,
+            &mut ramp_rss,
+            main,
+            k,
+            "Export",
+            data_rows.clone(),
+            1.0,
+            "sqlite3 -csv",
+            &a,
+            &b,
+        );
+        rm(&csv);
+        rm(&sq);
+        rm(&cab);
+
+        // Connect: one large file, then the same bytes as many files.
+        for (p, pack) in packs[k].iter().enumerate() {
+            let name = COMPARISONS[3 + p];
+            let dest = dir.join(format!("connect{p}"));
+            let theirs_dir = dir.join(format!("curl{p}"));
+            let sums = dir.join(format!("sums{p}"));
+            sums_file(&sums, &pack.files);
+            let content_url = |f: &str| format!("{url}/v1/packages/{}/content/{f}", pack.id);
+            let ours_side = side(
+                || rm(&dest),
+                || vec![ours(&[&"connect", &pack.cab, &dest, &url])],
+                || {},
+            );
+            let curl_cfg = dir.join(format!("curl{p}.cfg"));
+            let mut cfg = String::new();
+            for (f, _) in &pack.files {
+                let _ = writeln!(
+                    cfg,
+                    "url = \"{}\"\noutput = \"{}\"",
+                    content_url(f),
+                    theirs_dir.join(f).display()
+                );
+            }
+            std::fs::write(&curl_cfg, cfg).unwrap();
+            let hash_out = dir.join("curl-sha256");
+            let expect = pack.files[0].1.clone();
+            let theirs_side = side(
+                || rm(&theirs_dir),
+                || {
+                    if pack.files.len() == 1 {
+                        let curl = cmd("curl", &[&"-sSf", &content_url(&pack.files[0].0)]);
+                        let sha = cmd("sha256sum", &[]);
+                        vec![Job::Pipe(vec![curl, sha], Some(hash_out.clone()))]
+                    } else {
+                        let curl = cmd(
+                            "curl",
+                            &[&"-sSf", &"--parallel", &"--create-dirs", &"-K", &curl_cfg],
+                        );
+                        let mut sha = cmd("sha256sum", &[&"--quiet", &"-c", &sums]);
+                        sha.current_dir(&theirs_dir);
+                        vec![Job::One(curl), Job::One(sha)]
+                    }
+                },
+                || {
+                    if pack.files.len() == 1 {
+                        let got = std::fs::read_to_string(&hash_out).unwrap();
+                        assert!(got.starts_with(&expect), "curl | sha256sum got {got}");
+                    }
+                },
+            );
+            say(name);
+            let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+            let theirs_tool = if p == 0 {
+                "curl → sha256sum"
+            } else {
+                "curl --parallel, sha256sum -c"
+            };
+            let data = if p == 0 {
+                format!("{} pack, 1 file", mib(pack.bytes))
+            } else {
+                format!("{} pack, {} files", mib(pack.bytes), pack.files.len())
+            };
+            record(
+                &mut rows,
+                &mut ramp_rss,
+                main,
+                k,
+                name,
+                data,
+                0.5,
+                theirs_tool,
+                &a,
+                &b,
+            );
+            rm(&theirs_dir);
+            // Keep our last download as the Import source.
+            let source = dest.clone();
+            assert!(source
+                .join(pack.hierarchy.to_string())
+                .join(pack.id.to_string())
+                .is_dir());
+
+            // Import vs sha256sum -c then cp -r.
+            let name = COMPARISONS[5 + p];
+            let imp = dir.join(format!("import{p}"));
+            let site_db = imp.join("site.db");
+            let pack_content = source
+                .join(pack.hierarchy.to_string())
+                .join(pack.id.to_string())
+                .join("content");
+            let cp_dest = dir.join(format!("cp{p}"));
+            let ours_side = side(
+                || {
+                    rm(&imp);
+                    std::fs::create_dir_all(&imp).unwrap();
+                    new_site(&site_db, pack.hierarchy, 0);
+                    let site = Site::open(&site_db).unwrap();
+                    site.add_trusted_publisher(&publisher, "benchmark").unwrap();
+                },
+                || vec![ours(&[&"import", &site_db, &source])],
+                || {},
+            );
+            let theirs_side = side(
+                || rm(&cp_dest),
+                || {
+                    let mut sha = cmd("sha256sum", &[&"--quiet", &"-c", &sums]);
+                    sha.current_dir(&pack_content);
+                    vec![
+                        Job::One(sha),
+                        Job::One(cmd("cp", &[&"-r", &pack_content, &cp_dest])),
+                    ]
+                },
+                || {},
+            );
+            say(name);
+            let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+            let data = if p == 0 {
+                format!("{} pack, 1 file", mib(pack.bytes))
+            } else {
+                format!("{} pack, {} files", mib(pack.bytes), pack.files.len())
+            };
+            record(
+                &mut rows,
+                &mut ramp_rss,
+                main,
+                k,
+                name,
+                data,
+                0.3,
+                "sha256sum -c, cp -r",
+                &a,
+                &b,
+            );
+            rm(&imp);
+            rm(&cp_dest);
+            rm(&source);
+        }
+        rm(&dir);
+    }
+    drop(service);
+
+    // --- report -------------------------------------------------------------------------
+    let mut r = String::new();
+    let _ = writeln!(r, "Machine: {}", machine());
+    let _ = writeln!(
+        r,
+        "Tools: {}; {}; {}; {}; {}",
+        tool_version("gcab"),
+        tool_version("cabextract"),
+        format!(
+            "sqlite3 {}",
+            tool_version("sqlite3")
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+        ),
+        tool_version("curl")
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "),
+        tool_version("sha256sum")
+    );
+    let _ = writeln!(
+        r,
+        "Scale: {} ({} runs per side, alternating; medians)",
+        scale.name, scale.runs
+    );
+    let _ = writeln!(r);
+    let _ = writeln!(r, "| step | data | stock tool | ours (s) | theirs (s) | ours ÷ theirs | target | ours peak RSS | theirs peak RSS |");
+    let _ = writeln!(r, "|---|---|---|---:|---:|---:|---:|---:|---:|");
+    for x in &rows {
+        let ratio = x.ours / x.theirs;
+        let _ = writeln!(
+            r,
+            "| {} | {} | {} | {:.3} | {:.3} | {:.2} | ≤ {} {} | {:.1} MiB | {:.1} MiB |",
+            x.name,
+            x.data,
+            x.theirs_tool,
+            x.ours,
+            x.theirs,
+            ratio,
+            x.target,
+            if ratio <= x.target { "met" } else { "MISSED" },
+            x.ours_rss as f64 / 1024.0,
+            x.theirs_rss as f64 / 1024.0
+        );
+    }
+    let _ = writeln!(r);
+    let _ = writeln!(
+        r,
+        "Peak RSS of our side as the data grows ({} → {} → {} rows; {} → {} → {} pack):",
+        ramp[0].rows,
+        ramp[1].rows,
+        ramp[2].rows,
+        mib(ramp[0].pack_bytes),
+        mib(ramp[1].pack_bytes),
+        mib(ramp[2].pack_bytes)
+    );
+    let _ = writeln!(r);
+    let _ = writeln!(r, "| step | 1× | 10× | 100× | under 64 MiB |");
+    let _ = writeln!(r, "|---|---:|---:|---:|---|");
+    for (i, name) in COMPARISONS.iter().enumerate() {
+        let v = ramp_rss[i];
+        let ok = v.iter().all(|&k| k < 64 * 1024);
+        let _ = writeln!(
+            r,
+            "| {name} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |",
+            v[0] as f64 / 1024.0,
+            v[1] as f64 / 1024.0,
+            v[2] as f64 / 1024.0,
+            if ok { "yes" } else { "NO" }
+        );
+    }
+    let _ = writeln!(r);
+    let _ = writeln!(
+        r,
+        "Total benchmark time: {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+    print!("{r}");
+    std::io::stdout().flush().unwrap();
+    drop(scratch);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    rows: &mut Vec<Row>,
+    ramp_rss: &mut [[u64; 3]],
+    main: bool,
+    k: usize,
+    name: &'static str,
+    data: String,
+    target: f64,
+    theirs_tool: &'static str,
+    a: &[Sample],
+    b: &[Sample],
+) {
+    let i = COMPARISONS.iter().position(|c| *c == name).unwrap();
+    let ours_rss = a.iter().map(|s| s.rss_kib).max().unwrap();
+    ramp_rss[i][k] = ours_rss;
+    if !main {
+        return;
+    }
+    rows.push(Row {
+        name,
+        data,
+        ours: median(a.iter().map(|s| s.secs).collect()),
+        theirs: median(b.iter().map(|s| s.secs).collect()),
+        target,
+        theirs_tool,
+        ours_rss,
+        theirs_rss: b.iter().map(|s| s.rss_kib).max().unwrap(),
+    });
+}

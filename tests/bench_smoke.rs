@@ -1,0 +1,53 @@
+//! The benchmark suite runs end to end at the `tiny` scale and prints a table with every
+//! comparison and the memory ramp. No timing is asserted: speed belongs in the benchmark.
+//! (`harness = false`: this executable is also our side's child process in the suite.)
+
+#[path = "../benches/suite/mod.rs"]
+mod suite;
+
+fn main() {
+    if suite::child_main() {
+        return;
+    }
+    let scale = suite::Scale::named("tiny").expect("tiny scale");
+    let report = suite::run(&scale);
+    assert!(
+        report.starts_with("Machine: "),
+        "no machine line:\n{report}"
+    );
+    for name in suite::COMPARISONS {
+        let prefix = format!("| {name} | ");
+        let timed = report
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            timed.len(),
+            2,
+            "expected a timing row and a memory row for {name}:\n{report}"
+        );
+        // Timing row: ratio column parses as a positive number.
+        let cols: Vec<&str> = timed[0].split('|').map(str::trim).collect();
+        let ratio: f64 = cols[6]
+            .parse()
+            .unwrap_or_else(|_| panic!("ratio in {}", timed[0]));
+        assert!(ratio > 0.0 && ratio.is_finite(), "ratio in {}", timed[0]);
+        for c in [&cols[8], &cols[9]] {
+            assert!(c.ends_with(" MiB"), "peak RSS in {}", timed[0]);
+        }
+        // Memory row: three sizes, each a measured (non-zero) figure.
+        let mem: Vec<&str> = timed[1].split('|').map(str::trim).collect();
+        for c in &mem[2..5] {
+            let v: f64 = c.trim_end_matches(" MiB").parse().unwrap();
+            assert!(v > 0.0, "memory in {}", timed[1]);
+        }
+    }
+    let left = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name() == format!("run-{}", std::process::id()).as_str())
+        })
+        .unwrap_or(false);
+    assert!(!left, "the benchmark left its data folder behind");
+    println!("bench_smoke: ok");
+}
