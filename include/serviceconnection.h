@@ -120,13 +120,16 @@ typedef struct sct_progress {
     uint64_t total;
 } sct_progress;
 
-// A progress callback: called on the thread that made the call, never concurrently.
-// Return 0 to continue, non-zero to cancel: the operation then stops, removes what it
-// had written, and returns `SCT_CANCELLED`. `user_data` is passed through untouched.
+// A progress callback: called on the thread that made the call, during the call, never
+// concurrently. Return 0 to continue, non-zero to cancel: the operation then stops,
+// removes what it had written, and returns `SCT_CANCELLED`. `user_data` is passed
+// through untouched. The callback may call other `sct_` functions; it must not unwind
+// through the library (no C++ exception or `longjmp` out of it).
 typedef int (*sct_progress_cb)(void *user_data, const struct sct_progress *progress);
 
-// A usage-row callback: receives one row as a JSON object (valid only during the call).
-// Return 0 for the next row, non-zero to stop early (not an error).
+// A usage-row callback: receives one row as a JSON object (valid only during the call),
+// on the calling thread. Return 0 for the next row, non-zero to stop early (not an
+// error). Like `sct_progress_cb`, it must not unwind through the library.
 typedef int (*sct_usage_row_cb)(void *user_data, const char *row_json);
 
 #ifdef __cplusplus

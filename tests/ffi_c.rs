@@ -10,41 +10,37 @@ mod ffi;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
-/// Compile tests/c/ffi_test.c once per test process.
-fn c_program() -> &'static Path {
-    static EXE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &EXE.get_or_init(|| {
-        let lib_dir = ffi::cdylib_dir();
-        let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join("ffi_test");
-        let out = Command::new("cc")
-            .args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-g", "-O0"])
-            .args(["-Wall", "-Wextra", "-Werror", "-pedantic"])
-            .arg("-I")
-            .arg(ffi::root().join("include"))
-            .arg(ffi::root().join("tests/c/ffi_test.c"))
-            .arg("-o")
-            .arg(&exe)
-            .arg("-L")
-            .arg(lib_dir)
-            .arg("-lserviceconnection")
-            .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-            .arg("-pthread")
-            .output()
-            .expect("run cc");
-        assert!(
-            out.status.success(),
-            "compiling tests/c/ffi_test.c failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (dir, exe)
-    })
-    .1
+/// Compile tests/c/ffi_test.c in `work` against a private copy of the library there.
+fn c_program(work: &Path) -> PathBuf {
+    ffi::private_cdylib(work);
+    let exe = work.join("ffi_test");
+    let out = Command::new("cc")
+        .args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-g", "-O0"])
+        .args(["-Wall", "-Wextra", "-Werror", "-pedantic"])
+        .arg("-I")
+        .arg(ffi::root().join("include"))
+        .arg(ffi::root().join("tests/c/ffi_test.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(work)
+        .arg("-lserviceconnection")
+        .arg(format!("-Wl,-rpath,{}", work.display()))
+        .arg("-pthread")
+        .output()
+        .expect("run cc");
+    assert!(
+        out.status.success(),
+        "compiling tests/c/ffi_test.c failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
 }
 
 fn run(mode: &str, valgrind: bool, setup: impl FnOnce(&mut Command)) {
+    let work = tempfile::tempdir().unwrap();
+    let exe = c_program(work.path());
     let mut cmd = if valgrind {
         let mut c = Command::new("valgrind");
         c.args([
@@ -58,10 +54,10 @@ fn run(mode: &str, valgrind: bool, setup: impl FnOnce(&mut Command)) {
             "--suppressions={}",
             ffi::root().join("tests/c/valgrind.supp").display()
         ))
-        .arg(c_program());
+        .arg(&exe);
         c
     } else {
-        Command::new(c_program())
+        Command::new(&exe)
     };
     cmd.arg(mode);
     setup(&mut cmd);

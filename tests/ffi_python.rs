@@ -10,10 +10,11 @@ mod ffi;
 use std::process::Command;
 
 fn python(mode: &str, setup: impl FnOnce(&mut Command)) {
+    let work = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("python3");
     cmd.arg(ffi::root().join("tests/python/ffi_test.py"))
         .arg(mode)
-        .env("SCT_LIB", ffi::cdylib())
+        .env("SCT_LIB", ffi::private_cdylib(work.path()))
         .env("PYTHONDONTWRITEBYTECODE", "1");
     setup(&mut cmd);
     let out = cmd.output().expect("run python3");

@@ -24,9 +24,11 @@ pub struct sct_progress {
     pub total: u64,
 }
 
-/// A progress callback: called on the thread that made the call, never concurrently.
-/// Return 0 to continue, non-zero to cancel: the operation then stops, removes what it
-/// had written, and returns `SCT_CANCELLED`. `user_data` is passed through untouched.
+/// A progress callback: called on the thread that made the call, during the call, never
+/// concurrently. Return 0 to continue, non-zero to cancel: the operation then stops,
+/// removes what it had written, and returns `SCT_CANCELLED`. `user_data` is passed
+/// through untouched. The callback may call other `sct_` functions; it must not unwind
+/// through the library (no C++ exception or `longjmp` out of it).
 #[allow(non_camel_case_types)]
 pub type sct_progress_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, progress: *const sct_progress) -> c_int>;

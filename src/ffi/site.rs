@@ -133,3 +133,30 @@ pub unsafe extern "C" fn sct_list_updates(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::panic::boundary;
+
+    /// A panic raised on the progress path (inside the library's call to the callback)
+    /// is caught by the export's boundary, and the site is left as it was.
+    #[test]
+    fn panic_in_the_callback_path_is_caught_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.db");
+        let new: NewSite =
+            serde_json::from_str(r#"{"site_code":"PS1","site_version":"5.00.9128.1000"}"#).unwrap();
+        Site::create(&path, &new).unwrap();
+        let status = boundary("test", || {
+            let mut site = Site::open(&path)?;
+            crate::site::sample::generate_with_progress(&mut site, 500, 1, &mut |_| {
+                panic!("a bug on the progress path")
+            })?;
+            Ok(())
+        });
+        assert_eq!(status, sct_status::SCT_PANIC);
+        let info = Site::open(&path).unwrap().info().unwrap();
+        assert_eq!(info.usage_rows, [0, 0, 0]);
+    }
+}

@@ -10,8 +10,9 @@ use crate::usage::{UsageDataFile, UsageRecord};
 use std::os::raw::{c_char, c_int, c_void};
 use std::path::Path;
 
-/// A usage-row callback: receives one row as a JSON object (valid only during the call).
-/// Return 0 for the next row, non-zero to stop early (not an error).
+/// A usage-row callback: receives one row as a JSON object (valid only during the call),
+/// on the calling thread. Return 0 for the next row, non-zero to stop early (not an
+/// error). Like `sct_progress_cb`, it must not unwind through the library.
 #[allow(non_camel_case_types)]
 pub type sct_usage_row_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, row_json: *const c_char) -> c_int>;

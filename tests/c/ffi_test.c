@@ -467,6 +467,44 @@ static void test_threads(const char *dir) {
     printf("ok %d threads on different sites\n", N);
 }
 
+/* Several threads writing to one site: serialised by the site database, nothing lost. */
+static void *same_site_worker(void *arg) {
+    struct worker *w = arg; /* w->dir is the shared site database here */
+    for (int round = 0; round < 3; round++) {
+        uint64_t rows = 0;
+        WCHECK(w, sct_generate_sample_data(w->dir, 100, (uint64_t)(w->index * 10 + round), NULL, NULL, &rows) == SCT_OK);
+        WCHECK(w, rows == 100);
+        char *out = NULL;
+        WCHECK(w, sct_site_info(w->dir, &out) == SCT_OK);
+        sct_string_free(out);
+    }
+    return NULL;
+}
+
+static void test_same_site_threads(const char *dir) {
+    enum { N = 3 };
+    char *site = path_in(dir, "shared.db");
+    char *out = NULL;
+    EXPECT_STATUS(sct_site_create(site, SITE_OPTIONS, &out), SCT_OK);
+    sct_string_free(out);
+    pthread_t t[N];
+    struct worker w[N];
+    for (int i = 0; i < N; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].dir = site;
+        w[i].index = i;
+        CHECK(pthread_create(&t[i], NULL, same_site_worker, &w[i]) == 0, "pthread_create");
+    }
+    for (int i = 0; i < N; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < N; i++)
+        CHECK(w[i].failed_line == 0, "thread %d failed at line %d: %s", i, w[i].failed_line, w[i].why);
+    EXPECT_STATUS(sct_site_info(site, &out), SCT_OK);
+    CHECK(usage_rows_total(out) == N * 300, "every thread's rows are in: %s", out);
+    sct_string_free(out);
+    free(site);
+    printf("ok %d threads on one site, serialised\n", N);
+}
+
 /* ---- flow: Prepare -> Connect -> Import ---- */
 
 struct rows_state {
@@ -642,6 +680,7 @@ int main(int argc, char **argv) {
         test_forced_panic(site);
         test_trust(dir, site);
         test_threads(dir);
+        test_same_site_threads(dir);
         free(site);
     } else {
         test_flow(dir);

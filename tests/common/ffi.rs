@@ -23,22 +23,27 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The folder holding `libserviceconnection.so`, built with this test's profile. `cargo
-/// test` normally builds it already (the lib target has both crate types); building
-/// again is a cheap no-op then, and makes the tests correct when run on their own.
-pub fn cdylib_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+/// The `libserviceconnection.so` that `cargo test` built for this test's profile (the lib
+/// target has both crate types, so it is built with the test binaries). Only when it is
+/// missing (the test binary run on its own) is it built here with `cargo build --lib`;
+/// building it unconditionally would fight `cargo test` over the file, since the two
+/// builds unify dev-dependency features differently.
+pub fn built_cdylib() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
         let dir = profile_dir();
+        let lib = dir.join("libserviceconnection.so");
+        if lib.is_file() {
+            return lib;
+        }
         let profile = dir.file_name().unwrap().to_str().unwrap().to_string();
-        let target_root = dir.parent().unwrap();
         let mut cmd = Command::new(env!("CARGO"));
         cmd.arg("build")
             .arg("--lib")
             .arg("--manifest-path")
             .arg(root().join("Cargo.toml"))
             .arg("--target-dir")
-            .arg(target_root);
+            .arg(dir.parent().unwrap());
         match profile.as_str() {
             "debug" => {}
             "release" => {
@@ -54,15 +59,17 @@ pub fn cdylib_dir() -> &'static Path {
             "cargo build --lib failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let lib = dir.join("libserviceconnection.so");
         assert!(lib.is_file(), "{} was not built", lib.display());
-        dir
+        lib
     })
 }
 
-/// Path of the shared library itself.
-pub fn cdylib() -> PathBuf {
-    cdylib_dir().join("libserviceconnection.so")
+/// A private copy of the built library in `dir`, so a concurrent build replacing
+/// `target/<profile>/libserviceconnection.so` cannot change what a running test loads.
+pub fn private_cdylib(dir: &Path) -> PathBuf {
+    let copy = dir.join("libserviceconnection.so");
+    std::fs::copy(built_cdylib(), &copy).expect("copy libserviceconnection.so");
+    copy
 }
 
 /// Whether `tool` runs here (`tool --version`).

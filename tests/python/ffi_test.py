@@ -316,6 +316,30 @@ def test_threads(tmp):
     print("ok 4 threads on different sites")
 
 
+def test_same_site_threads(tmp):
+    site = os.path.join(tmp, "py-shared.db")
+    call_json(lib.sct_site_create, b(site), b(SITE_OPTIONS))
+    errors = []
+
+    def worker(i):
+        try:
+            for r in range(3):
+                rows = c_uint64()
+                status = lib.sct_generate_sample_data(b(site), 100, i * 10 + r, NO_PROGRESS, None, byref(rows))
+                assert status == SCT_OK and rows.value == 100, status_name(status)
+        except Exception as e:  # reported below
+            errors.append(f"thread {i}: {e!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sum(call_json(lib.sct_site_info, b(site))["usage_rows"]) == 900
+    print("ok 3 threads on one site, serialised")
+
+
 def test_flow(tmp):
     url = os.environ["SCT_SERVICE_URL"]
     pack = os.environ["SCT_EXPECT_PACK"]
@@ -411,6 +435,7 @@ def main():
         test_forced_panic(site)
         test_trust(tmp, site)
         test_threads(tmp)
+        test_same_site_threads(tmp)
     else:
         test_flow(tmp)
     print("ALL OK")
