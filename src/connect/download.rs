@@ -79,7 +79,11 @@ pub(crate) async fn run_pack(
     };
     let (manifest_bytes, manifest, signature) = match fetch_meta(&ctx, &offer).await {
         Ok(m) => m,
-        Err(e) => return fail(report, e),
+        Err(e) => {
+            // Nothing of this pack will come: take it out of the overall total.
+            ctx.events.sub_total(offer.size);
+            return fail(report, e);
+        }
     };
     // Add before subtracting, so the overall total never dips below what is done.
     ctx.events.add_total(manifest.total_size());
