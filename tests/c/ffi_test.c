@@ -129,6 +129,8 @@ struct progress_state {
     int wrong_thread;
     int null_item;
     uint64_t last_done;
+    const char *reenter_site; /* if set, call sct_site_info on it from the first callback */
+    int reentered_ok;
 };
 
 static int on_progress(void *user_data, const sct_progress *p) {
@@ -138,6 +140,11 @@ static int on_progress(void *user_data, const sct_progress *p) {
     if (p->item == NULL) s->null_item++;
     if (p->phase < 32) s->phases_seen |= 1u << p->phase;
     s->last_done = p->done;
+    if (s->reenter_site && s->calls == 1) {
+        char *json = NULL;
+        if (sct_site_info(s->reenter_site, &json) == SCT_OK && has(json, "\"site_code\"")) s->reentered_ok = 1;
+        sct_string_free(json);
+    }
     return s->cancel_after > 0 && s->calls >= s->cancel_after;
 }
 
@@ -326,8 +333,11 @@ static void test_site_and_sample_data(const char *dir, const char *site) {
 
     /* Sample data with progress on this thread. */
     struct progress_state ps = progress_state(0);
+    ps.reenter_site = site; /* the callback may call the library, even on the same site */
     uint64_t rows = 0;
     EXPECT_STATUS(sct_generate_sample_data(site, 600, 7, on_progress, &ps, &rows), SCT_OK);
+    CHECK(ps.reentered_ok, "sct_site_info from inside the progress callback");
+    check_no_last_error();
     CHECK(rows == 600, "rows inserted %llu", (unsigned long long)rows);
     CHECK(ps.calls > 0, "progress was reported");
     CHECK(ps.wrong_thread == 0, "progress only on the calling thread");
