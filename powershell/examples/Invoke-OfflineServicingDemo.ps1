@@ -34,10 +34,14 @@ param(
 )
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
+# Plain text when the output goes to a file or a pipe (CI reads it).
+if ([Console]::IsOutputRedirected) { $PSStyle.OutputRendering = 'PlainText' }
 $repo = Split-Path -Parent (Split-Path -Parent $PSScriptRoot)
 Import-Module (Join-Path $repo 'powershell/ServiceConnection/ServiceConnection.psd1') -Force
 
 function Step([string]$Title) { Write-Host "`n=== $Title ===" -ForegroundColor Cyan }
+# Tables at full width: a CI log or a narrow console would otherwise cut the columns.
+function Show { $input | Format-Table -AutoSize | Out-String -Width 300 | Write-Host }
 
 $WorkDir = [IO.Path]::GetFullPath($WorkDir, (Get-Location).Path)
 $BinDir = [IO.Path]::GetFullPath($BinDir, (Get-Location).Path)
@@ -54,7 +58,7 @@ New-Item -ItemType Directory -Force $siteDir, $otherDir, $transfer | Out-Null
 Step 'Offline site: create the site database with generated usage data'
 $siteVersion = '5.00.9128.1000'
 $site = New-ServiceConnectionSite -Path (Join-Path $siteDir 'PS1.db') -SiteCode PS1 -SiteVersion $siteVersion -SampleData $SampleRows
-$site | Format-List
+$site | Format-List | Out-String -Width 300 | Write-Host
 $other = New-ServiceConnectionSite -Path (Join-Path $otherDir 'CS2.db') -SiteCode CS2 -SiteVersion $siteVersion -SampleData 1000
 
 Step 'Update service: key, four signed packs, serve on 127.0.0.1'
@@ -75,41 +79,47 @@ Publish 'Hotfix KB30000001 for 2503' '5.00.9128.1001' Hotfix $siteVersion @()
 Publish 'Configuration Manager 2603' '5.00.9140.1000' Update '5.00.9132.1000' @()
 Publish 'Early ring update for CS2' '5.00.9133.1000' Update $siteVersion @('--hierarchy', $other.HierarchyId)
 
-$psi = [Diagnostics.ProcessStartInfo]::new($service)
-foreach ($a in 'serve', '--store', $storeDir, '--listen', '127.0.0.1:0') { $psi.ArgumentList.Add($a) }
-$psi.RedirectStandardOutput = $true
-$proc = [Diagnostics.Process]::Start($psi)
+# The service's request log goes to a file so it does not interleave with the steps' output.
+$serviceOut = Join-Path $WorkDir 'service.out'
+$serviceLog = Join-Path $WorkDir 'service.log'
+$proc = Start-Process -FilePath $service -ArgumentList 'serve', '--store', $storeDir, '--listen', '127.0.0.1:0' `
+    -RedirectStandardOutput $serviceOut -RedirectStandardError $serviceLog -PassThru
 try {
-    $first = $proc.StandardOutput.ReadLine()
-    if ($first -notmatch 'listening on (\S+)') { throw "sct-service did not start: $first" }
-    $uri = $Matches[1]
+    $uri = $null
+    for ($i = 0; $i -lt 300 -and -not $uri; $i++) {
+        if ($proc.HasExited) { throw "sct-service exited: $(Get-Content -Raw $serviceLog)" }
+        $first = Get-Content -LiteralPath $serviceOut -TotalCount 1 -ErrorAction SilentlyContinue
+        if ($first -match 'listening on (\S+)') { $uri = $Matches[1] } else { Start-Sleep -Milliseconds 100 }
+    }
+    if (-not $uri) { throw 'sct-service did not report its address within 30 s' }
     Write-Host "service: $uri"
 
     Step 'Offline site: trust the service''s publisher key'
-    Add-TrustedPublisher -SiteDatabase $site.Path -Path (Join-Path $storeDir 'publisher.pub') | Format-Table
+    Add-TrustedPublisher -SiteDatabase $site.Path -Path (Join-Path $storeDir 'publisher.pub') | Show
 
     Step 'Prepare (offline site): usage data to the transfer drive'
     $cab = Export-UsageData -SiteDatabase $site.Path -Destination (Join-Path $transfer 'UsageData.cab')
-    $cab | Format-Table
+    $cab | Show
     $otherCab = Export-UsageData -SiteDatabase $other.Path -Destination (Join-Path $transfer 'UsageData-CS2.cab')
 
     Step 'Export (offline site): the same data as CSV for review'
-    Export-UsageData -SiteDatabase $site.Path -Destination (Join-Path $transfer 'UsageData.csv') | Format-Table
+    Export-UsageData -SiteDatabase $site.Path -Destination (Join-Path $transfer 'UsageData.csv') | Show
 
     Step 'Connect (internet-connected computer): upload both cabs, download the packs'
     $downloaded = $cab, $otherCab | Invoke-ServiceConnection -UpdatePackDestination $packs -ServiceUri $uri -Download All
-    $downloaded | Format-Table
+    $downloaded | Show
 
     Step 'Import (offline site): this hierarchy''s packs only'
-    Import-UpdatePack -SiteDatabase $site.Path -Path $packs | Format-Table
+    Import-UpdatePack -SiteDatabase $site.Path -Path $packs | Show
 
     Step 'Import again: nothing to do'
-    Import-UpdatePack -SiteDatabase $site.Path -Path $packs | Format-Table
+    Import-UpdatePack -SiteDatabase $site.Path -Path $packs | Show
 
     Step 'Updates and Servicing'
-    Get-UpdatePack -SiteDatabase $site.Path | Format-Table
+    Get-UpdatePack -SiteDatabase $site.Path | Show
 }
 finally {
     if (-not $proc.HasExited) { $proc.Kill(); $proc.WaitForExit() }
 }
 Write-Host "`nTransfer folder left for inspection: $transfer"
+Write-Host "Service request log: $serviceLog"
