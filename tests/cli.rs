@@ -768,3 +768,20 @@ fn interrupt_cancels_and_leaves_nothing_behind() {
         assert_eq!(site::snapshot(&usb), before, "{mode} {file} left something");
     }
 }
+
+#[test]
+fn skipping_signature_checks_is_announced_loudly() {
+    let (dir, _db) = workspace();
+    let d = dir.path();
+    std::fs::create_dir(d.join("empty")).unwrap();
+    let args = ["-import", "-sitedb", "site.db", "-updatepacksrc", "empty"];
+    // Without the option: silent success.
+    assert_ok(&run(d, &args));
+    // With it: the same run succeeds, and standard error says what was turned off.
+    let mut insecure = args.to_vec();
+    insecure.push("-insecureskipsignaturecheck");
+    let o = run(d, &insecure);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("WARNING") && err.contains("NOT verified"), "{err:?}");
+}

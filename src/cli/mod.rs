@@ -138,6 +138,12 @@ fn execute(p: &Parsed) -> Result<u8, Failure> {
             let site = site_db(p)?;
             let mut opts = ImportOptions::new(site, p.value("updatepacksrc").unwrap_or_default());
             opts.insecure_skip_signature_check = p.has("insecureskipsignaturecheck");
+            if opts.insecure_skip_signature_check {
+                // Loud on purpose: this turns off the one check that authenticates the publisher.
+                eprintln!(
+                    "serviceconnectiontool: WARNING: -insecureskipsignaturecheck: pack signatures are NOT verified; anyone who could write to the drive can have their pack imported"
+                );
+            }
             let r = crate::import::import(&opts, &mut progress_bar(json, "Importing"));
             clear_progress();
             let results = r?;
