@@ -115,7 +115,7 @@ impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,
-            message: message.into(),
+            message: one_line(message.into()),
         }
     }
     pub fn kind(&self) -> ErrorKind {
@@ -167,6 +167,24 @@ impl Error {
     pub fn context(self, what: impl fmt::Display) -> Self {
         Error::new(self.kind, format!("{what}: {}", self.message))
     }
+}
+
+/// Keep a message on one line: hostile input can smuggle line breaks and other control
+/// characters into it (serde echoes an unknown enum value verbatim, for one), which would
+/// forge extra lines in logs, reports and the CLI's one-line errors. They are shown escaped.
+fn one_line(message: String) -> String {
+    if !message.contains(char::is_control) {
+        return message;
+    }
+    let mut out = String::with_capacity(message.len() + 8);
+    for c in message.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl fmt::Display for Error {

@@ -98,6 +98,7 @@ pub fn prepare(
     let (size, sha256) = std::fs::File::open(out.temp_path())
         .and_then(crate::hashing::sha256_reader)
         .map_err(|e| Error::io(format!("reading back {what}"), &e))?;
+    pause_point("written");
     out.commit()?;
     Ok(UsageDataFile {
         path: dest.to_path_buf(),
@@ -133,6 +134,7 @@ pub fn export_csv(
         let (_, size, sha256) = hw.finish();
         (o, size, sha256)
     };
+    pause_point("written");
     out.commit()?;
     Ok(UsageDataFile {
         path: dest.to_path_buf(),
@@ -161,5 +163,33 @@ fn check_extension(dest: &Path, ext: &str) -> Result<()> {
             ErrorKind::InvalidArgument,
             format!("destination {} must be a .{ext} file name", dest.display()),
         ))
+    }
+}
+
+/// Test hook: with `SCT_TEST_PAUSE_PREPARE=<stage>:<flag-file>` set, Prepare and Export
+/// append `SCT_TEST_PAUSED <stage>` to the flag file on reaching `<stage>` and then block
+/// until killed, so a crash test can kill them at an exact point without sleeping. The
+/// one stage, `written`, is the moment the output is complete under its temporary name,
+/// just before the rename into place.
+pub const PAUSE_ENV: &str = "SCT_TEST_PAUSE_PREPARE";
+
+fn pause_point(stage: &str) {
+    let Ok(v) = std::env::var(PAUSE_ENV) else {
+        return;
+    };
+    if v.split_once(':').is_none_or(|(s, _)| s != stage) {
+        return;
+    }
+    let flag = &v[stage.len() + 1..];
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(flag)
+    {
+        let _ = writeln!(f, "SCT_TEST_PAUSED {stage}");
+        let _ = f.flush();
+    }
+    loop {
+        std::thread::park();
     }
 }

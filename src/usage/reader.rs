@@ -9,6 +9,21 @@ use std::io::{Read, Seek};
 
 /// Validate a usage cab from any seekable reader and return its manifest.
 pub fn read_usage_cab<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
+    // The `cab` crate (0.6) panics on some malformed cabinets (e.g. a file entry whose
+    // offset lies beyond its folder's data: index out of bounds in `folder.rs`); found by
+    // fuzzing, kept in fuzz/regressions/usage_cab. A hostile cab must be a clean error.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_usage_cab_inner(reader)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::InvalidCab,
+            "not a usage cab: the cabinet is malformed (its folder and file tables do not agree)",
+        ))
+    })
+}
+
+fn read_usage_cab_inner<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
     let mut cabinet = cab::Cabinet::new(reader).map_err(|e| {
         Error::new(
             ErrorKind::InvalidCab,
