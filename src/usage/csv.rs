@@ -31,19 +31,8 @@ pub(crate) fn write_usage_csv(
     what: &str,
     progress: ProgressFn,
 ) -> Result<CsvOutcome> {
-    let io_err = |e: csv::Error| -> Error {
-        match e.into_kind() {
-            csv::ErrorKind::Io(e) => map_io(what, &e),
-            other => Error::internal(format!("writing CSV to {what}: {other:?}")),
-        }
-    };
-    let mut wtr = csv::WriterBuilder::new()
-        .has_headers(false)
-        .terminator(csv::Terminator::CRLF)
-        .quote_style(csv::QuoteStyle::Necessary)
-        .buffer_capacity(256 * 1024)
-        .from_writer(out);
-    wtr.write_record(USAGE_CSV_COLUMNS).map_err(io_err)?;
+    let mut wtr = CsvWriter::new(out, what);
+    wtr.record(USAGE_CSV_COLUMNS)?;
     let info = std::cell::RefCell::new(None);
     let total = std::cell::Cell::new(0u64);
     let mut id = String::new();
@@ -73,7 +62,7 @@ pub(crate) fn write_usage_csv(
             }
             id.clear();
             let _ = write!(id, "{}", r.id);
-            wtr.write_record([
+            wtr.record([
                 id.as_str(),
                 r.level.as_str(),
                 &r.category,
@@ -84,8 +73,7 @@ pub(crate) fn write_usage_csv(
                 &r.site_name,
                 &r.server_name,
                 &r.collected_utc,
-            ])
-            .map_err(io_err)?;
+            ])?;
             done += 1;
             Ok(true)
         },
@@ -94,13 +82,76 @@ pub(crate) fn write_usage_csv(
         return Err(Error::cancelled());
     }
     debug_assert_eq!(n, done);
-    wtr.flush().map_err(|e| map_io(what, &e))?;
+    wtr.flush()?;
     Ok(CsvOutcome {
         info: info
             .into_inner()
             .ok_or_else(|| Error::internal("row stream did not start"))?,
         records: done,
     })
+}
+
+/// Bytes gathered before they are handed to the output in one write.
+const CSV_BUF: usize = 256 * 1024;
+
+/// An RFC 4180 record writer producing exactly what the `csv` crate does with
+/// `QuoteStyle::Necessary` and CRLF: a field is quoted (quotes doubled) only when it holds
+/// a comma, quote, CR or LF. Written by hand because the generic writer was a tenth of
+/// Export's time; records are gathered into one large buffer so the hashing writer and
+/// the file see few, large writes.
+struct CsvWriter<'a> {
+    out: &'a mut dyn Write,
+    buf: Vec<u8>,
+    what: &'a str,
+}
+
+impl<'a> CsvWriter<'a> {
+    fn new(out: &'a mut dyn Write, what: &'a str) -> Self {
+        CsvWriter {
+            out,
+            buf: Vec::with_capacity(CSV_BUF + 4096),
+            what,
+        }
+    }
+
+    fn record<'f>(&mut self, fields: impl IntoIterator<Item = &'f str>) -> Result<()> {
+        for (i, f) in fields.into_iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            let b = f.as_bytes();
+            if b.iter().any(|&c| matches!(c, b',' | b'"' | b'\r' | b'\n')) {
+                self.buf.push(b'"');
+                for part in b.split_inclusive(|&c| c == b'"') {
+                    self.buf.extend_from_slice(part);
+                    if part.last() == Some(&b'"') {
+                        self.buf.push(b'"');
+                    }
+                }
+                self.buf.push(b'"');
+            } else {
+                self.buf.extend_from_slice(b);
+            }
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        if self.buf.len() >= CSV_BUF {
+            self.drain()?;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        self.out
+            .write_all(&self.buf)
+            .map_err(|e| map_io(self.what, &e))?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.drain()?;
+        self.out.flush().map_err(|e| map_io(self.what, &e))
+    }
 }
 
 /// Classify an I/O error while writing `what`; the cab writer's size limit gets its own
@@ -113,4 +164,46 @@ pub(crate) fn map_io(what: &str, e: &std::io::Error) -> Error {
         );
     }
     Error::io(format!("writing {what}"), e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_written_records_match_the_csv_crate_byte_for_byte() {
+        let tricky = [
+            "",
+            "plain",
+            "a,b",
+            "say \"hi\"",
+            "\"",
+            "\"\"",
+            "line\nbreak",
+            "cr\rhere",
+            "crlf\r\n",
+            "ünïcødé, ok",
+            " spaced ",
+            "#hash",
+            "tab\there",
+        ];
+        let mut ours = Vec::new();
+        let mut w = CsvWriter::new(&mut ours, "test");
+        let mut theirs = csv::WriterBuilder::new()
+            .has_headers(false)
+            .terminator(csv::Terminator::CRLF)
+            .quote_style(csv::QuoteStyle::Necessary)
+            .from_writer(Vec::new());
+        for i in 0..tricky.len() {
+            let rec: Vec<&str> = (0..10).map(|k| tricky[(i + k) % tricky.len()]).collect();
+            w.record(rec.iter().copied()).unwrap();
+            theirs.write_record(&rec).unwrap();
+        }
+        w.flush().unwrap();
+        let theirs = theirs.into_inner().unwrap();
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            String::from_utf8(theirs).unwrap()
+        );
+    }
 }

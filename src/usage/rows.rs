@@ -48,7 +48,39 @@ pub struct UsageRecord {
 /// bounded so hostile data with millions of distinct names cannot grow memory.
 pub struct IdentityHasher {
     salt: String,
-    memo: HashMap<String, String>,
+    memo: HashMap<String, String, BuildFx>,
+}
+
+/// A multiply-rotate hasher for the memo's short keys: SipHash's flooding resistance is
+/// not needed for a bounded memo that is cleared when full, and it cost more per row
+/// than the CSV formatting.
+#[derive(Default, Clone, Copy)]
+struct BuildFx;
+
+impl std::hash::BuildHasher for BuildFx {
+    type Hasher = FxHasher;
+    fn build_hasher(&self) -> FxHasher {
+        FxHasher(0)
+    }
+}
+
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 const MEMO_LIMIT: usize = 4096;
@@ -57,7 +89,7 @@ impl IdentityHasher {
     pub fn new(hierarchy_id: &uuid::Uuid) -> Self {
         IdentityHasher {
             salt: hierarchy_id.to_string().to_ascii_lowercase(),
-            memo: HashMap::new(),
+            memo: HashMap::with_hasher(BuildFx),
         }
     }
 
@@ -139,7 +171,11 @@ fn text_of<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> Result<std::borrow::Cow<'a
     use rusqlite::types::ValueRef;
     Ok(match r.get_ref(i)? {
         ValueRef::Null => "".into(),
-        ValueRef::Text(t) => String::from_utf8_lossy(t),
+        // `from_utf8` is the fast path; lossy conversion only for invalid bytes.
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => s.into(),
+            Err(_) => String::from_utf8_lossy(t),
+        },
         ValueRef::Integer(v) => v.to_string().into(),
         ValueRef::Real(v) => v.to_string().into(),
         ValueRef::Blob(b) => String::from_utf8_lossy(b),
