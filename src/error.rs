@@ -212,10 +212,20 @@ impl From<rusqlite::Error> for Error {
                 ErrorCode::DiskFull => {
                     return Error::new(ErrorKind::DiskFull, "site database: no space left on the device")
                 }
-                ErrorCode::ReadOnly | ErrorCode::PermissionDenied | ErrorCode::CannotOpen => {
+                ErrorCode::ReadOnly => {
                     return Error::new(
                         ErrorKind::PermissionDenied,
-                        format!("site database cannot be opened for writing: {err}"),
+                        format!("site database cannot be written (read-only): {err}"),
+                    )
+                }
+                // Also what a reader gets for a file it may not read (found by the
+                // hostile-input tests: "for writing" misled a read-only Prepare).
+                ErrorCode::PermissionDenied | ErrorCode::CannotOpen => {
+                    return Error::new(
+                        ErrorKind::PermissionDenied,
+                        format!(
+                            "site database cannot be opened (permission denied, or its folder is not writable): {err}"
+                        ),
                     )
                 }
                 _ => {}

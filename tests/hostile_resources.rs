@@ -1,0 +1,608 @@
+//! Resource faults: a full disk, a read-only destination, a USB folder removed mid-run, an
+//! unreadable file and a locked site database. Each must give one clear error (kind and key
+//! words asserted) and leave existing data untouched.
+//!
+//! Full and read-only file systems are real: a 2 MiB tmpfs mounted in a tempdir (root
+//! only), remounted read-only where needed. Where mounting is not permitted the tmpfs
+//! tests say so on stderr and the full-disk case falls back to a file-size limit
+//! (RLIMIT_FSIZE) set in a child process. Root ignores file permissions, so "unreadable"
+//! runs its child as user `nobody` when the tests run as root.
+#![cfg(unix)]
+
+#[path = "common/packs.rs"]
+mod packs;
+#[path = "common/service.rs"]
+mod service;
+#[path = "common/site.rs"]
+mod site;
+
+use packs::{write_pack, PackSpec, Publisher};
+use serviceconnection::import::{
+    import, ImportOptions, ImportResult, ImportStatus, CONTENT_LIBRARY,
+};
+use serviceconnection::site::{DiagnosticsLevel, Site};
+use serviceconnection::ErrorKind;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const TOOL: &str = env!("CARGO_BIN_EXE_serviceconnectiontool");
+
+/// A tmpfs mounted on a fresh folder; lazily unmounted on drop.
+struct Tmpfs {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// `None` (with a note on stderr) where mounting is not permitted.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("note: mounting a tmpfs is not permitted here; this case is skipped");
+            return None;
+        }
+        Some(Tmpfs { _dir: dir, path })
+    }
+
+    fn remount_read_only(&self) {
+        let s = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(s.success(), "remount read-only");
+    }
+
+    /// Fill the file system, then free `leave` bytes, so the next large write fails.
+    fn fill_leaving(&self, leave: u64) {
+        let filler = self.path.join("filler.bin");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0xA5u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.flush();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(leave)).unwrap();
+        f.sync_all().unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Every file under `dir` with its bytes, for "nothing was touched".
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let b = std::fs::read(&p).unwrap_or_default();
+                out.push((p, b));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn integrity_ok(db: &Path) {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let r: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(r, "ok");
+}
+
+/// What an import may change: the recorded updates and the content library.
+fn site_state(db: &Path) -> (String, Vec<(PathBuf, Vec<u8>)>) {
+    let updates = Site::open_read_only(db).unwrap().list_updates().unwrap();
+    (
+        format!("{updates:?}"),
+        tree(&db.parent().unwrap().join(CONTENT_LIBRARY)),
+    )
+}
+
+/// A site in `dir` trusting `publisher`, and an update-pack source beside it holding one
+/// pack of `size` bytes for the site's hierarchy.
+fn site_and_pack(dir: &Path, size: usize) -> (PathBuf, PathBuf, PackSpec) {
+    let db = site::create_site(dir, DiagnosticsLevel::Enhanced, 10);
+    let publisher = Publisher::new();
+    Site::open(&db)
+        .unwrap()
+        .add_trusted_publisher(publisher.public_key(), "test")
+        .unwrap();
+    let src = dir.join("UpdatePacks");
+    let spec = PackSpec::update("Big", "5.00.9132.1000", "5.00.9106.1000")
+        .with_files(vec![("payload/big.bin".into(), packs::bytes(7, size))]);
+    write_pack(&src, site::HIERARCHY.parse().unwrap(), &spec, &publisher);
+    (db, src, spec)
+}
+
+/// The one refusal of a run, as (kind, message), whether it came as an error or a result.
+fn refusal(r: serviceconnection::Result<Vec<ImportResult>>) -> (String, String) {
+    match r {
+        Err(e) => (e.kind().to_string(), e.message().to_string()),
+        Ok(results) => {
+            let bad: Vec<_> = results
+                .iter()
+                .filter(|x| {
+                    !matches!(
+                        x.status,
+                        ImportStatus::Imported | ImportStatus::AlreadyImported
+                    )
+                })
+                .collect();
+            assert!(!bad.is_empty(), "the import succeeded: {results:#?}");
+            (
+                bad[0].error_kind.clone().unwrap_or_default(),
+                bad[0].reason.clone().unwrap_or_default(),
+            )
+        }
+    }
+}
+
+fn one_clear_line(message: &str) {
+    assert!(
+        !message.is_empty() && !message.contains('\n'),
+        "{message:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Full disk
+
+/// Prepare onto a full USB drive: DiskFull, the older cab there is untouched, and no
+/// temporary file is left to fill the drive further.
+#[test]
+fn prepare_onto_a_full_disk_fails_cleanly_and_keeps_the_old_cab() {
+    let Some(usb) = Tmpfs::mount("2m") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 20_000);
+    let dest = usb.path.join("UsageData.cab");
+    std::fs::write(&dest, b"the cab from last month").unwrap();
+    usb.fill_leaving(16 * 1024);
+    let before = tree(&usb.path);
+    let e = serviceconnection::usage::prepare(&db, &dest, true, &mut |_| true).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DiskFull, "{e}");
+    assert!(e.message().contains("no space left"), "{e}");
+    assert!(e.message().contains("UsageData.cab"), "names the file: {e}");
+    one_clear_line(e.message());
+    assert_eq!(tree(&usb.path), before, "the drive changed");
+    integrity_ok(&db);
+}
+
+/// Where no tmpfs can be mounted, the same through a file-size limit on the real command
+/// line tool (it runs everywhere): exit status 1, one line naming the cause.
+#[test]
+fn prepare_under_a_file_size_limit_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 20_000);
+    let dest = dir.path().join("UsageData.cab");
+    let mut cmd = Command::new(TOOL);
+    cmd.args(["-prepare", "-sitedb"])
+        .arg(&db)
+        .arg("-usagedatadest")
+        .arg(&dest);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                // Above the site database's 32 KiB WAL index, below the cab.
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no space left"), "{err}");
+    assert!(!dest.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("UsageData"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Import into a site whose disk fills while the content is copied: DiskFull, the site's
+/// list and content library exactly as before, the database intact; with room made, the
+/// same import succeeds.
+#[test]
+fn import_onto_a_full_disk_leaves_the_site_unchanged_then_succeeds() {
+    let Some(disk) = Tmpfs::mount("2m") else {
+        return;
+    };
+    let (db, src, spec) = site_and_pack(&disk.path, 1024 * 1024);
+    // The source lives elsewhere: only the site's disk is full.
+    let other = tempfile::tempdir().unwrap();
+    let src2 = other.path().join("UpdatePacks");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&src2)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::remove_dir_all(&src).unwrap();
+    disk.fill_leaving(300 * 1024);
+    let before = site_state(&db);
+    let (kind, message) = refusal(import(&ImportOptions::new(&db, &src2), &mut |_| true));
+    assert_eq!(kind, "DiskFull", "{message}");
+    assert!(message.contains("no space"), "{message}");
+    one_clear_line(&message);
+    assert_eq!(site_state(&db), before, "the site changed");
+    integrity_ok(&db);
+
+    std::fs::remove_file(disk.path.join("filler.bin")).unwrap();
+    let r = import(&ImportOptions::new(&db, &src2), &mut |_| true).unwrap();
+    assert_eq!(r[0].status, ImportStatus::Imported, "{r:#?}");
+    assert_eq!(r[0].package_guid, Some(spec.id));
+}
+
+/// Connect onto a full USB drive: the pack fails with a clear "no space" message, nothing
+/// sits at a final name, and the report says so.
+#[test]
+fn connect_onto_a_full_disk_reports_the_pack_failed_and_writes_no_final_file() {
+    let Some(usb) = Tmpfs::mount("2m") else {
+        return;
+    };
+    let store = service::TestStore::new();
+    let big = service::pseudo_random(1024 * 1024, 3);
+    let content = service::write_content(&store.dir().join("c"), &[("big.bin", &big)]);
+    let id = store.publish(
+        "Big",
+        "5.00.9132.1000",
+        serviceconnection::api::PackType::Update,
+        "5.00.9000.1000",
+        None,
+        &[],
+        &content,
+    );
+    let svc = service::TestService::start(&store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let cab = work.path().join("UsageData.cab");
+    service::write_usage_cab(&cab, site::HIERARCHY.parse().unwrap(), site::SITE_VERSION);
+    usb.fill_leaving(200 * 1024);
+    let dest = usb.path.join("UpdatePacks");
+    let mut o = serviceconnection::connect::ConnectOptions::new(&cab, &dest, svc.url());
+    o.retry_base_delay_ms = 10;
+    let r = serviceconnection::connect::connect(&o, &mut |_| true);
+    let message = match r {
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::DiskFull, "{e}");
+            e.message().to_string()
+        }
+        Ok(rep) => {
+            let p = rep.packs.iter().find(|p| p.package_guid == id).unwrap();
+            assert!(!rep.is_success());
+            assert_eq!(p.kind, Some(ErrorKind::DiskFull), "{p:#?}");
+            p.message.clone().unwrap_or_default()
+        }
+    };
+    assert!(message.contains("no space"), "{message}");
+    one_clear_line(&message);
+    for (p, _) in tree(&dest) {
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            n.ends_with(".sct-partial") || n.starts_with(".sct-") || n == "connect-report.json",
+            "a file at a final name on a full disk: {}",
+            p.display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Read-only destinations (a read-only mount: root ignores file modes)
+
+#[test]
+fn prepare_onto_a_read_only_drive_is_permission_denied_and_keeps_the_old_cab() {
+    let Some(usb) = Tmpfs::mount("2m") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Enhanced, 100);
+    let dest = usb.path.join("UsageData.cab");
+    std::fs::write(&dest, b"the cab from last month").unwrap();
+    usb.remount_read_only();
+    let e = serviceconnection::usage::prepare(&db, &dest, true, &mut |_| true).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(e.message().contains("read-only"), "{e}");
+    one_clear_line(e.message());
+    assert_eq!(std::fs::read(&dest).unwrap(), b"the cab from last month");
+}
+
+#[test]
+fn import_into_a_site_on_a_read_only_disk_is_refused_and_changes_nothing() {
+    let Some(disk) = Tmpfs::mount("4m") else {
+        return;
+    };
+    let (db, src, _spec) = site_and_pack(&disk.path, 10_000);
+    let before = site_state(&db);
+    disk.remount_read_only();
+    let (kind, message) = refusal(import(&ImportOptions::new(&db, &src), &mut |_| true));
+    assert_eq!(kind, "PermissionDenied", "{message}");
+    one_clear_line(&message);
+    assert_eq!(site_state(&db), before);
+}
+
+#[test]
+fn connect_onto_a_read_only_drive_is_permission_denied() {
+    let Some(usb) = Tmpfs::mount("2m") else {
+        return;
+    };
+    let store = service::TestStore::new();
+    let content = service::write_content(&store.dir().join("c"), &[("a.bin", b"data")]);
+    store.publish(
+        "A",
+        "5.00.9132.1000",
+        serviceconnection::api::PackType::Update,
+        "5.00.9000.1000",
+        None,
+        &[],
+        &content,
+    );
+    let svc = service::TestService::start(&store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let cab = work.path().join("UsageData.cab");
+    service::write_usage_cab(&cab, site::HIERARCHY.parse().unwrap(), site::SITE_VERSION);
+    usb.remount_read_only();
+    let dest = usb.path.join("UpdatePacks");
+    let e = serviceconnection::connect::connect(
+        &serviceconnection::connect::ConnectOptions::new(&cab, &dest, svc.url()),
+        &mut |_| true,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(e.message().contains("read-only"), "{e}");
+    one_clear_line(e.message());
+    assert!(tree(&usb.path).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// The USB folder removed mid-run
+
+/// The transfer drive's folder disappears while Prepare streams rows into it: a clear
+/// NotFound naming the cab, and nothing re-created at the destination.
+#[test]
+fn prepare_with_the_usb_folder_removed_mid_run_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 20_000);
+    let usb = dir.path().join("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let dest = usb.join("UsageData.cab");
+    let mut calls = 0;
+    let e = serviceconnection::usage::prepare(&db, &dest, false, &mut |_| {
+        calls += 1;
+        if calls == 2 {
+            std::fs::remove_dir_all(&usb).unwrap();
+        }
+        true
+    })
+    .unwrap_err();
+    assert!(calls >= 2, "the drive was never pulled");
+    assert!(
+        matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Io),
+        "{:?}: {e}",
+        e.kind()
+    );
+    assert!(e.message().contains("UsageData.cab"), "{e}");
+    one_clear_line(e.message());
+    assert!(!usb.exists(), "the folder was re-created");
+    integrity_ok(&db);
+}
+
+/// The update-pack folder disappears while Import reads the pack's first file (the open
+/// file stays readable on Unix, the second is gone): the pack is refused with a clear
+/// reason and the site is exactly as before.
+#[test]
+fn import_with_the_source_removed_mid_run_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Enhanced, 10);
+    let publisher = Publisher::new();
+    Site::open(&db)
+        .unwrap()
+        .add_trusted_publisher(publisher.public_key(), "test")
+        .unwrap();
+    let src = dir.path().join("UpdatePacks");
+    let spec = PackSpec::update("Two", "5.00.9132.1000", "5.00.9106.1000").with_files(vec![
+        ("a/first.bin".into(), packs::bytes(1, 3 * 1024 * 1024)),
+        ("b/second.bin".into(), packs::bytes(2, 1000)),
+    ]);
+    write_pack(&src, site::HIERARCHY.parse().unwrap(), &spec, &publisher);
+    let before = site_state(&db);
+    let mut pulled = false;
+    let r = import(&ImportOptions::new(&db, &src), &mut |p| {
+        if !pulled && p.item_done > 0 && p.item_done < p.item_total {
+            std::fs::remove_dir_all(&src).unwrap();
+            pulled = true;
+        }
+        true
+    });
+    assert!(pulled, "the drive was never pulled");
+    let (kind, message) = refusal(r);
+    assert!(
+        ["NotFound", "Io", "IntegrityMismatch"].contains(&kind.as_str()),
+        "{kind}: {message}"
+    );
+    one_clear_line(&message);
+    assert_eq!(site_state(&db), before);
+    integrity_ok(&db);
+}
+
+// ---------------------------------------------------------------------------------------
+// Unreadable files
+
+/// Run `cmd` as user `nobody` when we are root (root reads anything), else as we are.
+fn as_unprivileged(cmd: &mut Command) {
+    // SAFETY: getuid is always safe.
+    if unsafe { libc::geteuid() } == 0 {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Give `nobody` the run of `dir` (when we are root), so only the chmod-000 file is closed.
+fn hand_over(dir: &Path) {
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+/// Import, with one content file unreadable: refused with PermissionDenied naming the
+/// file, and the site unchanged.
+#[test]
+fn import_with_an_unreadable_content_file_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, src, spec) = site_and_pack(dir.path(), 50_000);
+    let file = packs::pack_dir(&src, site::HIERARCHY.parse().unwrap(), spec.id)
+        .join("content/payload/big.bin");
+    hand_over(dir.path());
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let before = site_state(&db);
+    let mut cmd = Command::new(TOOL);
+    cmd.args(["-import", "-json", "-sitedb"])
+        .arg(&db)
+        .arg("-updatepacksrc")
+        .arg(&src);
+    as_unprivileged(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let all = format!("{stdout}{stderr}");
+    assert!(
+        all.contains("PermissionDenied") || all.contains("permission denied"),
+        "{all}"
+    );
+    assert!(all.contains("big.bin"), "names the file: {all}");
+    assert_eq!(site_state(&db), before);
+    integrity_ok(&db);
+}
+
+/// Prepare from a site database nobody may read: PermissionDenied in one line, no cab.
+#[test]
+fn prepare_from_an_unreadable_site_database_is_permission_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Enhanced, 10);
+    hand_over(dir.path());
+    std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let dest = dir.path().join("UsageData.cab");
+    let mut cmd = Command::new(TOOL);
+    cmd.args(["-prepare", "-sitedb"])
+        .arg(&db)
+        .arg("-usagedatadest")
+        .arg(&dest);
+    as_unprivileged(&mut cmd);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(!dest.exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// A locked site database
+
+/// Another connection holds an exclusive transaction with uncommitted rows: Prepare still
+/// runs (it reads the last committed state, never the uncommitted rows), and a writer
+/// (trusting a key) waits, then gives up with Busy in one line and changes nothing.
+#[test]
+fn locked_site_database_gives_busy_for_writers_and_committed_data_to_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 100);
+    let committed: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM usage_data", [], |r| r.get(0))
+        .unwrap();
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    locker
+        .execute_batch(
+            "INSERT INTO usage_data (level, category, metric, instance, value, site_code, site_name, server_name, collected_utc)
+             SELECT level, category, metric, instance, 'UNCOMMITTED', site_code, site_name, server_name, collected_utc FROM usage_data",
+        )
+        .unwrap();
+
+    let dest = dir.path().join("UsageData.csv");
+    let r = serviceconnection::usage::export_csv(&db, &dest, false, &mut |_| true).unwrap();
+    assert_eq!(r.record_count as i64, committed);
+    assert!(!std::fs::read_to_string(&dest)
+        .unwrap()
+        .contains("UNCOMMITTED"));
+
+    let key = dir.path().join("publisher.pub");
+    std::fs::write(&key, Publisher::new().public_key().to_file_text()).unwrap();
+    let out = Command::new(TOOL)
+        .args(["-trust", "-sitedb"])
+        .arg(&db)
+        .arg("-publickey")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("in use by another process"), "{err}");
+
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    let site = Site::open_read_only(&db).unwrap();
+    assert!(
+        site.trusted_publishers().unwrap().is_empty(),
+        "the key was trusted anyway"
+    );
+    integrity_ok(&db);
+}
