@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 /// Suffix of a pack's staging folder (`.<guid>.sct-staging`) in the content library.
 pub const STAGING_SUFFIX: &str = ".sct-staging";
@@ -155,10 +157,10 @@ impl Meter<'_, '_> {
     }
 }
 
-/// Per-run placement state: the reusable copy buffer and whether reflinks still work.
+/// Per-run placement state: which ways of placing a file still work on these file systems.
 pub(crate) struct Copier {
-    buf: Vec<u8>,
-    try_reflink: bool,
+    try_reflink: AtomicBool,
+    try_link: AtomicBool,
     /// Test hook: pause after the first file is placed in a staging folder.
     pub first_file_done: bool,
 }
@@ -166,8 +168,8 @@ pub(crate) struct Copier {
 impl Copier {
     pub(crate) fn new() -> Self {
         Copier {
-            buf: vec![0u8; BUF_BYTES],
-            try_reflink: cfg!(target_os = "linux"),
+            try_reflink: AtomicBool::new(cfg!(target_os = "linux")),
+            try_link: AtomicBool::new(cfg!(target_os = "linux")),
             first_file_done: false,
         }
     }
@@ -191,9 +193,28 @@ pub(crate) fn create_staging(staging: &Path) -> Result<()> {
     })
 }
 
+/// One file to place.
+struct FileJob<'m> {
+    src_rel: PathBuf,
+    shown: String,
+    dest: PathBuf,
+    size: u64,
+    sha256: &'m str,
+}
+
+/// What placing workers tell the thread that reports progress.
+enum Msg {
+    Bytes(u64),
+    Done(usize, Result<()>),
+}
+
 /// Copy and verify every file of `manifest` from `root/pack_rel/content/` into the fresh,
 /// empty staging folder `staging`, fsyncing files and folders. On error the caller
 /// removes `staging`.
+///
+/// Files are placed by one worker per core (hashing is the bottleneck and SHA-256 of one
+/// file cannot be split); progress and cancellation stay on this thread. When several
+/// files fail, the error of the first in manifest order is returned.
 pub(crate) fn stage(
     root: &Path,
     pack_rel: &Path,
@@ -207,6 +228,7 @@ pub(crate) fn stage(
     let mut pack_done = 0u64;
     let mut dirs = vec![staging.to_path_buf()];
     meter.report(&item, 0, pack_total)?;
+    let mut jobs = Vec::with_capacity(manifest.files.len());
     for f in &manifest.files {
         let rel = f.rel_path()?;
         let dest = staging.join(&rel);
@@ -221,25 +243,84 @@ pub(crate) fn stage(
                 }
             }
         }
-        let shown = format!("{CONTENT_DIR}/{}", f.path);
-        let src_rel = pack_rel.join(CONTENT_DIR).join(&rel);
-        place_file(
-            root,
-            &src_rel,
-            &shown,
-            &dest,
-            f.size,
-            &f.sha256,
-            copier,
-            meter,
-            &item,
-            &mut pack_done,
-            pack_total,
-        )?;
-        if !copier.first_file_done {
-            copier.first_file_done = true;
-            super::pause_point("staging");
+        jobs.push(FileJob {
+            shown: format!("{CONTENT_DIR}/{}", f.path),
+            src_rel: pack_rel.join(CONTENT_DIR).join(&rel),
+            dest,
+            size: f.size,
+            sha256: &f.sha256,
+        });
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+        .min(jobs.len().max(1));
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let shared: &Copier = copier;
+    let mut failures: Vec<(usize, Error)> = Vec::new();
+    let mut cancel: Option<Error> = None;
+    let mut first_done = shared.first_file_done;
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel::<Msg>();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (jobs, next, stop) = (&jobs, &next, &stop);
+            scope.spawn(move || {
+                let mut buf = vec![0u8; BUF_BYTES];
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(j) = jobs.get(i) else { break };
+                    let res = place_file(root, j, &mut buf, shared, &mut |n| {
+                        let _ = tx.send(Msg::Bytes(n));
+                        !stop.load(Ordering::Relaxed)
+                    });
+                    if res.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    let _ = tx.send(Msg::Done(i, res));
+                }
+            });
         }
+        drop(tx);
+        for msg in rx {
+            match msg {
+                Msg::Bytes(n) => {
+                    pack_done += n;
+                    meter.done += n;
+                    if cancel.is_none() {
+                        if let Err(e) = meter.report(&item, pack_done, pack_total) {
+                            stop.store(true, Ordering::Relaxed);
+                            cancel = Some(e);
+                        }
+                    }
+                }
+                Msg::Done(i, Err(e)) => failures.push((i, e)),
+                Msg::Done(_, Ok(())) => {
+                    if !first_done {
+                        first_done = true;
+                        super::pause_point("staging");
+                    }
+                }
+            }
+        }
+    });
+    copier.first_file_done = first_done;
+    // A worker stopped by a cancellation reports it as an error of its own; the first
+    // real failure in manifest order wins, then the cancellation.
+    failures.sort_by_key(|(i, _)| *i);
+    if let Some((_, e)) = failures
+        .into_iter()
+        .find(|(_, e)| e.kind() != ErrorKind::Cancelled)
+    {
+        return Err(e);
+    }
+    if let Some(e) = cancel {
+        return Err(e);
+    }
+    if next.load(Ordering::Relaxed) < jobs.len() {
+        return Err(Error::cancelled());
     }
     // Deepest first, so each folder's entries are durable before the folder that names it.
     dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
@@ -249,51 +330,72 @@ pub(crate) fn stage(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Place one file and check its size and SHA-256, reading what was placed. In order of
+/// preference: a reflink (copy-on-write clone), a hard link to the very file opened (same
+/// file system: no data is copied or written, and the hash is of the placed inode), or a
+/// copy. `on_bytes` is told of progress and returns false to cancel.
 fn place_file(
     root: &Path,
-    src_rel: &Path,
-    shown: &str,
-    dest: &Path,
-    size: u64,
-    sha256: &str,
-    copier: &mut Copier,
-    meter: &mut Meter<'_, '_>,
-    item: &str,
-    pack_done: &mut u64,
-    pack_total: u64,
+    job: &FileJob<'_>,
+    buf: &mut [u8],
+    copier: &Copier,
+    on_bytes: &mut dyn FnMut(u64) -> bool,
 ) -> Result<()> {
+    let (shown, dest, size) = (job.shown.as_str(), job.dest.as_path(), job.size);
     let mismatch = |m: String| Error::new(ErrorKind::IntegrityMismatch, m);
-    let (mut src, len) = open_regular(root, src_rel, shown)?;
+    let (mut src, len) = open_regular(root, &job.src_rel, shown)?;
     if len != size {
         return Err(mismatch(format!(
             "{shown} is {len} bytes but the manifest says {size} (truncated or altered)"
         )));
     }
-    let mut dst = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dest)
-        .map_err(|e| Error::io(format!("creating {}", dest.display()), &e))?;
     let wio = |e: std::io::Error| Error::io(format!("writing {}", dest.display()), &e);
+    let create = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(|e| Error::io(format!("creating {}", dest.display()), &e))
+    };
+    let mut placed = false;
+    let mut dst = None;
     // A reflink shares blocks copy-on-write: later changes to the source never reach the
     // clone, and hashing the clone checks exactly what was placed.
-    let cloned = copier.try_reflink && size > 0 && reflink(&src, &dst);
-    if copier.try_reflink && size > 0 && !cloned {
-        copier.try_reflink = false;
+    if size > 0 && copier.try_reflink.load(Ordering::Relaxed) {
+        let f = create()?;
+        placed = reflink(&src, &f);
+        if !placed {
+            copier.try_reflink.store(false, Ordering::Relaxed);
+        }
+        dst = Some(f);
     }
+    if !placed && size > 0 && copier.try_link.load(Ordering::Relaxed) {
+        if dst.take().is_some() {
+            std::fs::remove_file(dest)
+                .map_err(|e| Error::io(format!("removing {}", dest.display()), &e))?;
+        }
+        placed = hard_link_open_file(&src, dest);
+        if placed {
+            dst = Some(
+                File::open(dest)
+                    .map_err(|e| Error::io(format!("opening {}", dest.display()), &e))?,
+            );
+        } else {
+            copier.try_link.store(false, Ordering::Relaxed);
+        }
+    }
+    let mut dst = match dst {
+        Some(f) => f,
+        None => create()?,
+    };
     let mut hasher = Sha256::new();
     let mut count = 0u64;
-    if cloned {
+    if placed {
         dst.seek(SeekFrom::Start(0)).map_err(wio)?;
     }
     loop {
-        let read = if cloned {
-            dst.read(&mut copier.buf)
-        } else {
-            src.read(&mut copier.buf)
-        };
+        let read = if placed { dst.read(buf) } else { src.read(buf) };
         let n = match read {
             Ok(0) => break,
             Ok(n) => n,
@@ -306,13 +408,13 @@ fn place_file(
                 "{shown} grew beyond the {size} bytes the manifest states while it was read"
             )));
         }
-        hasher.update(&copier.buf[..n]);
-        if !cloned {
-            dst.write_all(&copier.buf[..n]).map_err(wio)?;
+        hasher.update(&buf[..n]);
+        if !placed {
+            dst.write_all(&buf[..n]).map_err(wio)?;
         }
-        *pack_done += n as u64;
-        meter.done += n as u64;
-        meter.report(item, *pack_done, pack_total)?;
+        if !on_bytes(n as u64) {
+            return Err(Error::cancelled());
+        }
     }
     if count != size {
         return Err(mismatch(format!(
@@ -320,13 +422,44 @@ fn place_file(
         )));
     }
     let got = hex::encode(hasher.finalize());
-    if got != sha256 {
+    if got != job.sha256 {
         return Err(mismatch(format!(
-            "{shown} does not match its manifest: SHA-256 {got}, expected {sha256} (tampered or corrupt)"
+            "{shown} does not match its manifest: SHA-256 {got}, expected {} (tampered or corrupt)",
+            job.sha256
         )));
     }
     dst.sync_all().map_err(wio)?;
     Ok(())
+}
+
+/// Hard-link the already opened `src` (not whatever its path names now) as `dest`
+/// (Linux: `linkat` through `/proc/self/fd`). False when the file system cannot (another
+/// device, no hard links, no `/proc`), and the caller copies instead.
+#[cfg(target_os = "linux")]
+fn hard_link_open_file(src: &File, dest: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+    let Ok(from) = std::ffi::CString::new(format!("/proc/self/fd/{}", src.as_raw_fd())) else {
+        return false;
+    };
+    let Ok(to) = std::ffi::CString::new(dest.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        ) == 0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn hard_link_open_file(_src: &File, _dest: &Path) -> bool {
+    false
 }
 
 /// Clone `src` into the empty `dst` (Linux `FICLONE`: btrfs, XFS, bcachefs…).
@@ -445,5 +578,78 @@ impl Drop for Placement {
         if !self.committed {
             let _ = self.undo();
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Both ways of placing (copy, hard link) deliver the bytes, report every byte, and
+    /// refuse content that does not match its hash (the caller removes the staging folder).
+    #[test]
+    fn copy_and_hard_link_both_verify_what_they_place() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("src")).unwrap();
+        let src = d.path().join("src/a.bin");
+        std::fs::write(&src, b"hello world").unwrap();
+        let good = crate::hashing::sha256_hex(b"hello world");
+        let bad = crate::hashing::sha256_hex(b"something else");
+        for link in [false, true] {
+            for sha in [&good, &bad] {
+                let dest = d.path().join(format!("out-{link}-{}.bin", &sha[..8]));
+                let copier = Copier {
+                    try_reflink: AtomicBool::new(false),
+                    try_link: AtomicBool::new(link),
+                    first_file_done: false,
+                };
+                let job = FileJob {
+                    src_rel: PathBuf::from("src/a.bin"),
+                    shown: "content/a.bin".into(),
+                    dest: dest.clone(),
+                    size: 11,
+                    sha256: sha,
+                };
+                let mut buf = vec![0u8; 4];
+                let mut seen = 0;
+                let res = place_file(d.path(), &job, &mut buf, &copier, &mut |n| {
+                    seen += n;
+                    true
+                });
+                assert_eq!(seen, 11);
+                if sha == &good {
+                    res.unwrap();
+                    assert_eq!(std::fs::read(&dest).unwrap(), b"hello world");
+                    let same = std::fs::metadata(&dest).unwrap().ino()
+                        == std::fs::metadata(&src).unwrap().ino();
+                    assert_eq!(same, link, "hard link used only when allowed");
+                } else {
+                    let e = res.unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::IntegrityMismatch, "{e}");
+                    assert!(e.message().contains("does not match its manifest"), "{e}");
+                }
+            }
+        }
+        assert_eq!(std::fs::read(&src).unwrap(), b"hello world");
+    }
+
+    /// A cancelled placement stops with `Cancelled`.
+    #[test]
+    fn placing_stops_when_cancelled() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.bin"), vec![7u8; 64]).unwrap();
+        let sha = crate::hashing::sha256_hex(&[7u8; 64]);
+        let copier = Copier::new();
+        let job = FileJob {
+            src_rel: PathBuf::from("a.bin"),
+            shown: "content/a.bin".into(),
+            dest: d.path().join("b.bin"),
+            size: 64,
+            sha256: &sha,
+        };
+        let mut buf = vec![0u8; 8];
+        let e = place_file(d.path(), &job, &mut buf, &copier, &mut |_| false).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Cancelled);
     }
 }
