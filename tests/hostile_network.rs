@@ -112,7 +112,13 @@ enum Fault {
     LengthTooLarge(usize),
     /// For a 206 answer, claim the range starts at 0 (the body is still the asked range).
     RangeStartsAtZero,
+    /// Send the head and this many body bytes, then wait until the test releases the
+    /// front (`FaultFront::release`), then send the rest.
+    PauseAfter(usize),
 }
+
+/// 0 running, 1 paused (answer held), 2 released.
+type Gate = Arc<(Mutex<u8>, std::sync::Condvar)>;
 
 /// A deliberate fault injector: an HTTP/1.1 front on 127.0.0.1 before the real update
 /// service. Requests whose path contains `matching` have their answer fetched whole from
@@ -120,6 +126,7 @@ enum Fault {
 struct FaultFront {
     addr: String,
     seen: Arc<Mutex<Vec<String>>>,
+    gate: Gate,
 }
 
 impl FaultFront {
@@ -128,15 +135,30 @@ impl FaultFront {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = seen.clone();
+        let gate: Gate = Arc::new((Mutex::new(0), std::sync::Condvar::new()));
+        let (s, g) = (seen.clone(), gate.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(c) = conn else { break };
-                let (b, s) = (backend.clone(), s.clone());
-                std::thread::spawn(move || front_serve(c, &b, matching, fault, &s));
+                let (b, s, g) = (backend.clone(), s.clone(), g.clone());
+                std::thread::spawn(move || front_serve(c, &b, matching, fault, &s, &g));
             }
         });
-        FaultFront { addr, seen }
+        FaultFront { addr, seen, gate }
+    }
+    /// Block until a `PauseAfter` answer is being held.
+    fn wait_paused(&self) {
+        let (m, cv) = &*self.gate;
+        let mut g = m.lock().unwrap();
+        while *g == 0 {
+            g = cv.wait(g).unwrap();
+        }
+    }
+    /// Let held answers continue (and later ones pass without pausing).
+    fn release(&self) {
+        let (m, cv) = &*self.gate;
+        *m.lock().unwrap() = 2;
+        cv.notify_all();
     }
     /// Request heads for paths containing `needle`.
     fn requests(&self, needle: &str) -> Vec<String> {
@@ -171,6 +193,7 @@ fn front_serve(
     matching: &str,
     fault: Fault,
     seen: &Mutex<Vec<String>>,
+    gate: &Gate,
 ) {
     let Some((head, rest)) = read_head(&mut client) else {
         return;
@@ -253,6 +276,23 @@ fn front_serve(
             });
             let _ = client.write_all(h.as_bytes());
             let _ = client.write_all(body);
+        }
+        Fault::PauseAfter(n) => {
+            let n = n.min(body.len());
+            let _ = client.write_all(ahead.as_bytes());
+            let _ = client.write_all(&body[..n]);
+            let _ = client.flush();
+            let (m, cv) = &**gate;
+            let mut g = m.lock().unwrap();
+            if *g == 0 {
+                *g = 1;
+                cv.notify_all();
+            }
+            while *g != 2 {
+                g = cv.wait(g).unwrap();
+            }
+            drop(g);
+            let _ = client.write_all(&body[n..]);
         }
         Fault::RangeStartsAtZero => {
             let h = rewrite(&|l| {
@@ -550,4 +590,40 @@ fn proxy_that_drops_the_connection_is_reported_as_a_proxy_failure() {
     assert!(!message.contains('\n'));
     assert!(sc.store.uploads().is_empty(), "nothing was uploaded");
     assert!(!sc.final_path(&dest).exists());
+}
+
+/// The USB folder (the update-pack destination) is removed while a file downloads: the
+/// pack fails with a clear file-system error, and Connect never re-creates the folder (on
+/// a pulled drive that would write into the bare mount point).
+#[test]
+fn usb_destination_removed_mid_download_fails_and_is_not_recreated() {
+    let sc = scene();
+    let svc = service::TestService::start(&sc.store, &[]);
+    let front = FaultFront::start(svc.url(), "/content/", Fault::PauseAfter(SIZE / 2));
+    let usb = sc.work.path().join("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let dest = usb.join("UpdatePacks");
+    let opts = sc.opts(&dest, &front.addr);
+    let run = std::thread::spawn(move || connect(&opts, &mut |_| true));
+    front.wait_paused();
+    std::fs::remove_dir_all(&usb).unwrap();
+    front.release();
+    let r = run.join().unwrap();
+    let (kind, message) = match r {
+        Err(e) => (e.kind(), e.message().to_string()),
+        Ok(rep) => {
+            let p = the_pack(&rep, sc.id);
+            assert_eq!(p.status, PackStatus::Failed, "{rep:#?}");
+            (p.kind.unwrap(), p.message.clone().unwrap_or_default())
+        }
+    };
+    assert!(
+        matches!(kind, ErrorKind::NotFound | ErrorKind::Io),
+        "{kind:?}: {message}"
+    );
+    assert!(
+        !message.is_empty() && !message.contains('\n'),
+        "{message:?}"
+    );
+    assert!(!usb.exists(), "Connect re-created the removed folder");
 }
