@@ -528,3 +528,65 @@ fn connect_killed_at_byte_counts_leaves_only_verified_files_and_a_rerun_complete
         integrity_ok(&site_copy);
     }
 }
+
+/// The service SIGKILLed while a usage cab is half received (the request head and half
+/// the body sent, no answer yet): after a restart on the same store the catalog passes
+/// `integrity_check`, no upload is recorded or stored under `uploads/<hierarchy>/`, and
+/// the same upload then succeeds exactly once.
+#[test]
+fn service_killed_mid_upload_records_nothing_and_a_retry_succeeds() {
+    let store = service::TestStore::new();
+    let work = tempfile::tempdir().unwrap();
+    let cab = work.path().join("UsageData.cab");
+    let db = site::create_site(work.path(), DiagnosticsLevel::Full, 5_000);
+    serviceconnection::usage::prepare(&db, &cab, false, &mut |_| true).unwrap();
+    let body = std::fs::read(&cab).unwrap();
+    assert!(body.len() > 10_000, "{}", body.len());
+
+    let svc = service::TestService::start(&store, &[]);
+    let addr = svc.url().strip_prefix("http://").unwrap().to_string();
+    let mut c = TcpStream::connect(&addr).unwrap();
+    write!(
+        c,
+        "POST /v1/usage?selection=All HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/vnd.ms-cab-compressed\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(&body[..body.len() / 2]).unwrap();
+    c.flush().unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(svc.pid() as libc::pid_t, libc::SIGKILL);
+    }
+    // The connection ends without an answer: the upload was never acknowledged.
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    drop(svc);
+
+    integrity_ok(&store.path().join("catalog.sqlite"));
+    assert!(store.uploads().is_empty(), "a half upload was recorded");
+    let stored: Vec<_> = std::fs::read_dir(store.path().join("uploads"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".incoming")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(stored.is_empty(), "stored after a kill: {stored:?}");
+
+    let svc = service::TestService::start(&store, &[]);
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "--data-binary"])
+        .arg(format!("@{}", cab.display()))
+        .arg(format!("{}/v1/usage?selection=All", svc.url()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(store.uploads().len(), 1, "recorded exactly once");
+    integrity_ok(&store.path().join("catalog.sqlite"));
+}
