@@ -106,3 +106,31 @@ fn signed_seed_verifies_with_the_fuzz_key() {
     let e = serviceconnection::signing::verify(&altered, sig, &[key]).unwrap_err();
     assert_eq!(e.kind(), serviceconnection::ErrorKind::SignatureInvalid);
 }
+
+/// The cab that panicked the `cab` crate (fuzzing find), given to the real command line
+/// tool as Connect's source: one clean refusal, and no panic text on standard error.
+#[test]
+fn the_cab_crate_crasher_is_one_clean_line_in_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let crasher = inputs("usage_cab")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("regressions"))
+        .expect("a usage_cab regression is kept");
+    let cab = dir.path().join("UsageData.cab");
+    std::fs::copy(&crasher, &cab).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_serviceconnectiontool"))
+        .args(["-connect", "-usagedatasrc"])
+        .arg(&cab)
+        .arg("-updatepackdest")
+        .arg(dir.path().join("out"))
+        .args(["-serviceuri", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("panicked"), "{all}");
+    assert!(all.contains("the cabinet is malformed"), "{all}");
+}
