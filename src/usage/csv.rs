@@ -6,7 +6,7 @@
 //! order mark (a BOM would change the bytes every other consumer hashes and parses, and
 //! Excel's *Data > From Text/CSV* reads UTF-8 without one).
 
-use super::rows::{stream_rows, UsageRecord, USAGE_CSV_COLUMNS};
+use super::rows::{stream_rows_pipelined, UsageRecord, USAGE_CSV_COLUMNS};
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress, ProgressFn};
 use crate::site::{Site, SiteInfo};
@@ -48,7 +48,7 @@ pub(crate) fn write_usage_csv(
     };
     let mut cancelled = false;
     let mut done = 0u64;
-    let n = stream_rows(
+    let n = stream_rows_pipelined(
         site,
         &mut |i, t| {
             *info.borrow_mut() = Some(i.clone());

@@ -165,6 +165,201 @@ pub(crate) fn stream_rows(
     Ok(n)
 }
 
+/// Rows per batch handed from the SQLite thread to the formatting thread.
+const BATCH_ROWS: usize = 2048;
+
+/// Raw rows as SQLite returned them: `id`, `level` and the eight text columns (category
+/// through collected_utc) as bytes, concatenated, with each column's end offset.
+struct RawBatch {
+    ids: Vec<i64>,
+    levels: Vec<DiagnosticsLevel>,
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl RawBatch {
+    fn new() -> Self {
+        RawBatch {
+            ids: Vec::with_capacity(BATCH_ROWS),
+            levels: Vec::with_capacity(BATCH_ROWS),
+            bytes: Vec::with_capacity(BATCH_ROWS * 256),
+            ends: Vec::with_capacity(BATCH_ROWS * 8),
+        }
+    }
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.levels.clear();
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
+enum Raw {
+    Start(SiteInfo, u64),
+    Rows(RawBatch),
+}
+
+/// [`stream_rows`] with the SQLite work on a second thread: one thread steps the
+/// statement and copies out raw column bytes while the caller's thread converts, hashes
+/// and hands each row to `row`, so Prepare and Export use two cores. The reading thread
+/// opens its own read-only connection to the same file and reads the site identity, the
+/// count and the rows in one read transaction, so they cannot disagree. At most a few
+/// batches are in flight, so memory stays flat; stopping early (or an error) ends the
+/// reading thread.
+pub(crate) fn stream_rows_pipelined(
+    site: &Site,
+    start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
+    row: &mut dyn FnMut(&UsageRecord) -> Result<bool>,
+) -> Result<u64> {
+    let path = site.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Raw>>(2);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<RawBatch>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            if let Err(e) = read_raw(&path, &tx, &back_rx) {
+                let _ = tx.send(Err(e));
+            }
+        });
+        consume_raw(rx, back_tx, start, row)
+    })
+}
+
+/// The caller's side of [`stream_rows_pipelined`]; owns the receiver so returning (early
+/// or not) drops it and releases the reading thread.
+fn consume_raw(
+    rx: std::sync::mpsc::Receiver<Result<Raw>>,
+    back: std::sync::mpsc::Sender<RawBatch>,
+    start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
+    row: &mut dyn FnMut(&UsageRecord) -> Result<bool>,
+) -> Result<u64> {
+    let mut hasher: Option<IdentityHasher> = None;
+    let mut rec = UsageRecord::default();
+    let mut n = 0u64;
+    for msg in rx.iter() {
+        match msg? {
+            Raw::Start(info, total) => {
+                hasher = Some(IdentityHasher::new(&info.hierarchy_id));
+                start(&info, total)?;
+            }
+            Raw::Rows(batch) => {
+                let h = hasher
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("rows before the row stream started"))?;
+                let mut prev = 0usize;
+                for (i, (&id, &level)) in batch.ids.iter().zip(&batch.levels).enumerate() {
+                    let ends = &batch.ends[i * 8..i * 8 + 8];
+                    let col = |k: usize| {
+                        let from = if k == 0 { prev } else { ends[k - 1] };
+                        &batch.bytes[from..ends[k]]
+                    };
+                    rec.id = id;
+                    rec.level = level;
+                    put_text(&mut rec.category, col(0));
+                    put_text(&mut rec.metric, col(1));
+                    put_text(&mut rec.instance, col(2));
+                    put_text(&mut rec.value, col(3));
+                    put_hashed(&mut rec.site_code, col(4), h);
+                    put_hashed(&mut rec.site_name, col(5), h);
+                    put_hashed(&mut rec.server_name, col(6), h);
+                    put_text(&mut rec.collected_utc, col(7));
+                    prev = ends[7];
+                    n += 1;
+                    if !row(&rec)? {
+                        return Ok(n);
+                    }
+                }
+                let _ = back.send(batch);
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn put_text(dst: &mut String, b: &[u8]) {
+    dst.clear();
+    match std::str::from_utf8(b) {
+        Ok(s) => dst.push_str(s),
+        Err(_) => dst.push_str(&String::from_utf8_lossy(b)),
+    }
+}
+
+fn put_hashed(dst: &mut String, b: &[u8], hasher: &mut IdentityHasher) {
+    let v = match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    };
+    dst.clear();
+    dst.push_str(hasher.hash(&v));
+}
+
+/// The reading thread of [`stream_rows_pipelined`]. Returns quietly when the receiver
+/// is gone (the caller stopped early).
+fn read_raw(
+    path: &Path,
+    tx: &std::sync::mpsc::SyncSender<Result<Raw>>,
+    back: &std::sync::mpsc::Receiver<RawBatch>,
+) -> Result<()> {
+    let site = Site::open_read_only(path)?;
+    let conn = site.connection();
+    let txn = conn.unchecked_transaction()?;
+    let info = site.info()?;
+    let level = info.diagnostics_level.as_i64();
+    let total: i64 = txn.query_row(
+        "SELECT COUNT(*) FROM usage_data WHERE level <= ?1",
+        [level],
+        |r| r.get(0),
+    )?;
+    if tx.send(Ok(Raw::Start(info, total as u64))).is_err() {
+        return Ok(());
+    }
+    let mut stmt = txn.prepare(
+        "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
+         FROM usage_data WHERE level <= ?1 ORDER BY id",
+    )?;
+    let mut rows = stmt.query([level])?;
+    let mut batch = RawBatch::new();
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let lv: i64 = r.get(1)?;
+        let level = DiagnosticsLevel::from_i64(lv).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Database,
+                format!("usage row {id} has an invalid level {lv}"),
+            )
+        })?;
+        batch.ids.push(id);
+        batch.levels.push(level);
+        for c in 2..10 {
+            push_raw(&mut batch.bytes, r, c)?;
+            batch.ends.push(batch.bytes.len());
+        }
+        if batch.ids.len() == BATCH_ROWS {
+            let next = back.try_recv().unwrap_or_else(|_| RawBatch::new());
+            let full = std::mem::replace(&mut batch, next);
+            if tx.send(Ok(Raw::Rows(full))).is_err() {
+                return Ok(());
+            }
+            batch.clear();
+        }
+    }
+    if !batch.ids.is_empty() {
+        let _ = tx.send(Ok(Raw::Rows(batch)));
+    }
+    Ok(())
+}
+
+/// A column's bytes as [`text_of`] would render them (before UTF-8 conversion).
+fn push_raw(out: &mut Vec<u8>, r: &rusqlite::Row<'_>, i: usize) -> Result<()> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(i)? {
+        ValueRef::Null => {}
+        ValueRef::Text(t) | ValueRef::Blob(t) => out.extend_from_slice(t),
+        ValueRef::Integer(v) => out.extend_from_slice(v.to_string().as_bytes()),
+        ValueRef::Real(v) => out.extend_from_slice(v.to_string().as_bytes()),
+    }
+    Ok(())
+}
+
 /// Read a text column into a reused buffer (no allocation once warm). Numbers stored in
 /// a text column by another writer are rendered as text rather than refused.
 fn text_of<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> Result<std::borrow::Cow<'a, str>> {
