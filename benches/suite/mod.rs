@@ -194,6 +194,7 @@ const RUSAGE_ENV: &str = "SCT_BENCH_RUSAGE";
 /// `exec`, so a child spawned straight from this (large) harness would report at least the
 /// harness's own size. Spawned from this freshly started, small process instead, every
 /// child (ours and theirs alike) starts from the same small baseline.
+#[allow(clippy::zombie_processes)] // reaped by `wait4`
 fn launch() {
     let mut args = std::env::args_os().skip(1);
     let program = args.next().expect("launch: program");
@@ -258,6 +259,7 @@ fn wait4(child: &Child) -> (i32, u64) {
 
 /// Run the jobs one after the other; time is the total, memory the largest job's peak
 /// (a pipeline's peak is the sum of its processes' peaks).
+#[allow(clippy::zombie_processes)] // every child is reaped by `wait4`, which clippy cannot see
 fn measure(jobs: Vec<Job>, errlog: &Path) -> Sample {
     let err = || Stdio::from(std::fs::File::create(errlog).unwrap());
     let start = Instant::now();
@@ -501,6 +503,16 @@ pub fn machine() -> String {
     )
 }
 
+/// The 1-minute load average, to show how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
 fn tool_version(t: &str) -> String {
     Command::new(t)
         .arg("--version")
@@ -680,6 +692,7 @@ pub fn run(scale: &Scale) -> String {
     let scratch = Scratch(root.clone());
     let errlog = root.join("stderr.log");
     let t0 = Instant::now();
+    let load_start = load_average();
     let say = |s: &str| eprintln!("[{:7.1}s] {s}", t0.elapsed().as_secs_f64());
 
     // --- data ---------------------------------------------------------------------------
@@ -1037,16 +1050,18 @@ pub fn run(scale: &Scale) -> String {
     let _ = writeln!(r, "Machine: {}", machine());
     let _ = writeln!(
         r,
-        "Tools: {}; {}; {}; {}; {}",
+        "Load average (1 min) at start {load_start}, at end {}: other work on the machine shares the cores",
+        load_average()
+    );
+    let _ = writeln!(
+        r,
+        "Tools: {}; {}; sqlite3 {}; {}; {}",
         tool_version("gcab"),
         tool_version("cabextract"),
-        format!(
-            "sqlite3 {}",
-            tool_version("sqlite3")
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-        ),
+        tool_version("sqlite3")
+            .split_whitespace()
+            .next()
+            .unwrap_or(""),
         tool_version("curl")
             .split_whitespace()
             .take(2)
