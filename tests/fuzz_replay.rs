@@ -1,15 +1,17 @@
 //! Replays every committed fuzz corpus file and every crasher kept in `fuzz/regressions/`
 //! through the same entry points the cargo-fuzz targets call (`serviceconnection::fuzzing`),
 //! so a regression fails the normal test suite without a nightly compiler or libFuzzer.
-//! Layout: `fuzz/corpus/<target>/*` and `fuzz/regressions/<target>/*`.
+//! Layout: `fuzz/seeds/<target>/*` (hand-made, named, never minimized),
+//! `fuzz/corpus/<target>/*` (minimized with `cargo fuzz cmin`) and
+//! `fuzz/regressions/<target>/*` (crashers found, fixed).
 
 use std::path::{Path, PathBuf};
 
-/// The files kept for `target`, corpus and regressions together.
+/// The files kept for `target`: seeds, corpus and regressions together.
 fn inputs(target: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut files = Vec::new();
-    for kind in ["corpus", "regressions"] {
+    for kind in ["seeds", "corpus", "regressions"] {
         let dir = root.join(kind).join(target);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -61,7 +63,10 @@ fn replay_service_request() {
     });
     // The seeds must reach every kind of answer, or the fuzzer starts blind.
     let mut seen = std::collections::BTreeSet::new();
-    for p in inputs("service_request") {
+    for p in inputs("service_request")
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/seeds/"))
+    {
         let data = std::fs::read(&p).unwrap();
         if let Some(s) = serviceconnection::fuzzing::fuzz_service_request(&data) {
             seen.insert(s);
@@ -91,7 +96,7 @@ fn replay_options_json() {
 #[test]
 fn signed_seed_verifies_with_the_fuzz_key() {
     let data = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/pack_manifest/signed"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/pack_manifest/signed"),
     )
     .expect("signed seed");
     let i = data.iter().position(|&b| b == 0).expect("NUL separator");
