@@ -187,6 +187,34 @@ fn one_line(message: String) -> String {
     out
 }
 
+/// Run `f`, turning a panic inside it into `Err` without printing it: for third-party
+/// parsers that panic on hostile input (the `cab` crate, minisign — found by fuzzing, see
+/// tests/HOSTILE.md), so the caller can answer with a clean error. The message stays off
+/// standard error (the CLI promises one line per failure) through a panic hook, installed
+/// once and chaining to the previous one, that is silent only inside this function.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    use std::cell::Cell;
+    thread_local!(static QUIET: Cell<u32> = const { Cell::new(0) });
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(Cell::get) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    struct Quiet;
+    impl Drop for Quiet {
+        fn drop(&mut self) {
+            QUIET.with(|q| q.set(q.get() - 1));
+        }
+    }
+    QUIET.with(|q| q.set(q.get() + 1));
+    let _quiet = Quiet;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)

@@ -143,6 +143,30 @@ impl SecretKey {
 /// Verify `signature` (text of a `.minisig` file) over `data` against any of `trusted`.
 /// Returns the key ID that verified it.
 pub fn verify(data: &[u8], signature: &str, trusted: &[PublicKey]) -> Result<String> {
+    // minisign 0.10 slices the global (trusted-comment) signature without checking its
+    // length and panics on a short one (found by fuzzing: a genuine signature with its
+    // last line replaced). Check it here, and keep any other panic a clean error.
+    let global_ok = signature.lines().nth(3).is_some_and(|l| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(l.trim())
+            .is_ok_and(|b| b.len() == 64)
+    });
+    if !global_ok {
+        return Err(Error::new(
+            ErrorKind::SignatureInvalid,
+            "the signature file is malformed: its trusted-comment signature (fourth line) is missing or not 64 bytes",
+        ));
+    }
+    crate::error::catch_panic(|| verify_inner(data, signature, trusted)).unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::SignatureInvalid,
+            "the signature file is malformed (the signature library could not read it)",
+        ))
+    })
+}
+
+fn verify_inner(data: &[u8], signature: &str, trusted: &[PublicKey]) -> Result<String> {
     let sig = minisign::SignatureBox::from_string(signature).map_err(|e| {
         Error::new(
             ErrorKind::SignatureInvalid,

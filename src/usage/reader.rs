@@ -12,55 +12,13 @@ pub fn read_usage_cab<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
     // The `cab` crate (0.6) panics on some malformed cabinets (e.g. a file entry whose
     // offset lies beyond its folder's data: index out of bounds in `folder.rs`); found by
     // fuzzing, kept in fuzz/regressions/usage_cab. A hostile cab must be a clean error.
-    quiet_panics::install();
-    let caught = {
-        let _quiet = quiet_panics::Guard::new();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            read_usage_cab_inner(reader)
-        }))
-    };
+    let caught = crate::error::catch_panic(|| read_usage_cab_inner(reader));
     caught.unwrap_or_else(|_| {
         Err(Error::new(
             ErrorKind::InvalidCab,
             "not a usage cab: the cabinet is malformed (its folder and file tables do not agree)",
         ))
     })
-}
-
-/// Keeps the panic the cab reader catches on purpose off standard error (the CLI promises
-/// one line per failure): a panic hook, installed once and chaining to the previous one,
-/// stays silent only on a thread inside [`read_usage_cab`].
-mod quiet_panics {
-    use std::cell::Cell;
-
-    thread_local!(static QUIET: Cell<u32> = const { Cell::new(0) });
-
-    pub(super) fn install() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            let previous = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                if QUIET.with(Cell::get) == 0 {
-                    previous(info);
-                }
-            }));
-        });
-    }
-
-    pub(super) struct Guard;
-
-    impl Guard {
-        pub(super) fn new() -> Guard {
-            QUIET.with(|q| q.set(q.get() + 1));
-            Guard
-        }
-    }
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            QUIET.with(|q| q.set(q.get() - 1));
-        }
-    }
 }
 
 fn read_usage_cab_inner<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
