@@ -47,9 +47,17 @@ impl AtomicFile {
         let name = dest.file_name().ok_or_else(|| {
             Error::invalid_argument(format!("{} is not a file name", dest.display()))
         })?;
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", name.to_string_lossy()))
-            .suffix(PARTIAL_SUFFIX)
+        let prefix = format!(".{}.", name.to_string_lossy());
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(PARTIAL_SUFFIX);
+        // Outputs get the mode a user expects from any tool (0666 less the umask), not
+        // tempfile's private 0600; secrets (the service's key) tighten it themselves.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let temp = builder
             .tempfile_in(parent)
             .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), &e))?;
         Ok(AtomicFile {
@@ -218,6 +226,25 @@ mod tests {
             let e = safe_relative_path(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::UnsafePath, "{bad:?}");
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn outputs_follow_the_umask() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("UsageData.cab");
+        let mut f = AtomicFile::create(&dest, false).unwrap();
+        f.write_all(b"x").unwrap();
+        f.commit().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !umask);
     }
 
     #[test]
