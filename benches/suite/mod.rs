@@ -182,6 +182,8 @@ enum Job {
 struct Sample {
     secs: f64,
     rss_kib: u64,
+    /// User + system CPU seconds of all its processes.
+    cpu: f64,
 }
 
 /// Environment variable naming the file where the launcher writes the child's peak RSS.
@@ -207,8 +209,8 @@ fn launch() {
         c.env_remove(CHILD_ENV);
     }
     let child = c.spawn().expect("launch: spawn");
-    let (code, kib) = wait4(&child);
-    std::fs::write(out, kib.to_string()).unwrap();
+    let (code, kib, cpu) = wait4(&child);
+    std::fs::write(out, format!("{kib} {cpu}")).unwrap();
     std::process::exit(code);
 }
 
@@ -225,17 +227,18 @@ fn launched(c: &Command, n: usize) -> (Command, PathBuf) {
     (l, file)
 }
 
-fn read_rusage(file: &Path) -> u64 {
-    let v = std::fs::read_to_string(file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
+/// (peak RSS KiB, CPU seconds) the launcher recorded.
+fn read_rusage(file: &Path) -> (u64, f64) {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
     let _ = std::fs::remove_file(file);
-    v
+    let mut it = text.split_whitespace();
+    let kib = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let cpu = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (kib, cpu)
 }
 
 /// Wait for `child` with `wait4`, returning its exit status and `ru_maxrss` (KiB).
-fn wait4(child: &Child) -> (i32, u64) {
+fn wait4(child: &Child) -> (i32, u64, f64) {
     let mut status = 0;
     // SAFETY: zeroed rusage is a valid value; wait4 writes it for the reaped child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -254,7 +257,12 @@ fn wait4(child: &Child) -> (i32, u64) {
     } else {
         -1
     };
-    (code, ru.ru_maxrss as u64)
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        code,
+        ru.ru_maxrss as u64,
+        secs(ru.ru_utime) + secs(ru.ru_stime),
+    )
 }
 
 /// Run the jobs one after the other; time is the total, memory the largest job's peak
@@ -264,6 +272,7 @@ fn measure(jobs: Vec<Job>, errlog: &Path) -> Sample {
     let err = || Stdio::from(std::fs::File::create(errlog).unwrap());
     let start = Instant::now();
     let mut rss = 0u64;
+    let mut cpu = 0f64;
     for job in jobs {
         match job {
             Job::One(c) => {
@@ -274,9 +283,11 @@ fn measure(jobs: Vec<Job>, errlog: &Path) -> Sample {
                     .stderr(err())
                     .spawn()
                     .expect("spawn");
-                let (code, _) = wait4(&child);
+                let (code, _, _) = wait4(&child);
                 check(code, &c, errlog);
-                rss = rss.max(read_rusage(&file));
+                let (kib, t) = read_rusage(&file);
+                rss = rss.max(kib);
+                cpu += t;
             }
             Job::Pipe(cmds, out) => {
                 let n = cmds.len();
@@ -300,9 +311,11 @@ fn measure(jobs: Vec<Job>, errlog: &Path) -> Sample {
                 }
                 let mut sum = 0;
                 for (ch, c, file) in &children {
-                    let (code, _) = wait4(ch);
+                    let (code, _, _) = wait4(ch);
                     check(code, c, errlog);
-                    sum += read_rusage(file);
+                    let (kib, t) = read_rusage(file);
+                    sum += kib;
+                    cpu += t;
                 }
                 rss = rss.max(sum);
             }
@@ -311,6 +324,7 @@ fn measure(jobs: Vec<Job>, errlog: &Path) -> Sample {
     Sample {
         secs: start.elapsed().as_secs_f64(),
         rss_kib: rss,
+        cpu,
     }
 }
 
@@ -347,6 +361,8 @@ struct Row {
     theirs_tool: &'static str,
     ours_rss: u64,
     theirs_rss: u64,
+    ours_cpu: f64,
+    theirs_cpu: f64,
 }
 
 /// One step of ours or theirs: a fresh set of jobs per run, plus an untimed preparation.
@@ -1075,13 +1091,13 @@ pub fn run(scale: &Scale) -> String {
         scale.name, scale.runs
     );
     let _ = writeln!(r);
-    let _ = writeln!(r, "| step | data | stock tool | ours (s) | theirs (s) | ours ÷ theirs | target | ours peak RSS | theirs peak RSS |");
-    let _ = writeln!(r, "|---|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(r, "| step | data | stock tool | ours (s) | theirs (s) | ours ÷ theirs | target | ours peak RSS | theirs peak RSS | CPU s ours / theirs |");
+    let _ = writeln!(r, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for x in &rows {
         let ratio = x.ours / x.theirs;
         let _ = writeln!(
             r,
-            "| {} | {} | {} | {:.3} | {:.3} | {:.2} | ≤ {} {} | {:.1} MiB | {:.1} MiB |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.2} | ≤ {} {} | {:.1} MiB | {:.1} MiB | {:.2} / {:.2} |",
             x.name,
             x.data,
             x.theirs_tool,
@@ -1091,7 +1107,9 @@ pub fn run(scale: &Scale) -> String {
             x.target,
             if ratio <= x.target { "met" } else { "MISSED" },
             x.ours_rss as f64 / 1024.0,
-            x.theirs_rss as f64 / 1024.0
+            x.theirs_rss as f64 / 1024.0,
+            x.ours_cpu,
+            x.theirs_cpu
         );
     }
     let _ = writeln!(r);
@@ -1160,5 +1178,7 @@ fn record(
         theirs_tool,
         ours_rss,
         theirs_rss: b.iter().map(|s| s.rss_kib).max().unwrap(),
+        ours_cpu: median(a.iter().map(|s| s.cpu).collect()),
+        theirs_cpu: median(b.iter().map(|s| s.cpu).collect()),
     });
 }
