@@ -489,6 +489,16 @@ fn rerun_skips_complete_files_and_refetches_damaged_ones() {
     assert_eq!(big_report.bytes_transferred, 500_000);
     assert_eq!(std::fs::read(&big).unwrap(), sc.new_files[1].1);
     assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
+
+    // A run killed while writing the manifest leaves its temporary file beside it; the
+    // next run removes it, so Import finds exactly the files it expects.
+    let pack_dir = content.parent().unwrap();
+    let stale = pack_dir.join(".manifest.json.Ab12Cd.sct-partial");
+    std::fs::write(&stale, b"{\"half\": ").unwrap();
+    let fifth = run(&o).unwrap();
+    assert!(fifth.is_success(), "{fifth:#?}");
+    assert!(!stale.exists(), "{:?}", tree(&dest));
+    assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
 }
 
 const CHILD_ENV: &str = "SCT_CONNECT_TEST_CHILD_OPTIONS";

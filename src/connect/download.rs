@@ -12,7 +12,8 @@
 //!    restarts from zero.
 //! 3. Bytes are written to the partial file while SHA-256 is computed; a connection that
 //!    fails mid-way is resumed from the bytes received, with backoff.
-//! 4. Size and hash right → fsync and rename to the final name. Wrong → the partial is
+//! 4. Size and hash right → rename to the final name (made durable per pack, before the
+//!    manifest, with one `syncfs`). Wrong → the partial is
 //!    discarded and the file fetched again, at most [`MAX_FETCHES`] times, then reported.
 
 use super::client::{Activity, Failure};
@@ -100,6 +101,7 @@ pub(crate) async fn run_pack(
         let unchanged = std::fs::read(&manifest_path).ok().as_deref() == Some(&manifest_bytes[..])
             && std::fs::read(dir.join(SIGNATURE_FILE)).ok().as_deref()
                 == Some(signature.as_bytes());
+        remove_stale_temporaries(&dir)?;
         match std::fs::remove_file(&manifest_path) {
             Ok(()) => crate::fsutil::sync_dir(&dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -162,7 +164,13 @@ pub(crate) async fn run_pack(
         ));
         return Ok(report);
     }
-    // Every file verified: signature, then the manifest that marks the pack complete.
+    // Every file verified: make the content durable in one go (each file was only
+    // renamed, not fsynced: a file at its final name is re-hashed by every later run and
+    // by Import, so durability is needed only before the manifest says "complete"),
+    // then the signature, then the manifest that marks the pack complete.
+    if let Err(e) = sync_filesystem(&dir) {
+        return fail(report, e);
+    }
     let written = write_small(&dir.join(SIGNATURE_FILE), signature.as_bytes())
         .and_then(|()| write_small(&dir.join(MANIFEST_FILE), &manifest_bytes));
     if let Err(e) = written {
@@ -178,6 +186,51 @@ pub(crate) async fn run_pack(
         PackStatus::Downloaded
     };
     Ok(report)
+}
+
+/// Remove temporary files a killed run left at the top of a pack folder (the manifest's
+/// and signature's `.<name>.*.sct-partial`): nothing trusts them, but Import refuses a pack
+/// folder holding anything it does not expect. Content partials are kept for resuming.
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), &e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = [MANIFEST_FILE, SIGNATURE_FILE]
+            .iter()
+            .any(|f| name.starts_with(&format!(".{f}.")));
+        if ours && name.ends_with(PARTIAL_SUFFIX) {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| Error::io(format!("removing {}", entry.path().display()), &e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Flush everything written to the file system holding `dir` (one `syncfs` instead of an
+/// fsync per file and folder, which dominated runs of many small files).
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    let f = std::fs::File::open(dir)
+        .map_err(|e| Error::io(format!("opening {}", dir.display()), &e))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(Error::io(
+                format!("flushing {}", dir.display()),
+                &std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    f.sync_all()
+        .map_err(|e| Error::io(format!("flushing {}", dir.display()), &e))?;
+    Ok(())
 }
 
 fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -655,18 +708,14 @@ async fn discard(ctx: &Ctx, part: &mut Partial) -> Result<()> {
     part.restart().await
 }
 
-/// Flush to disk and move the verified partial file to its final name.
+/// Move the verified partial file to its final name. No fsync here: the pack is made
+/// durable once, before its manifest is written (see `sync_filesystem`).
 async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
     let what = || format!("writing {}", part.path.display());
     part.file.flush().await.map_err(|e| Error::io(what(), &e))?;
-    part.file
-        .sync_all()
-        .await
-        .map_err(|e| Error::io(what(), &e))?;
     tokio::fs::rename(&part.path, final_path)
         .await
         .map_err(|e| Error::io(format!("moving into place {}", final_path.display()), &e))?;
-    crate::fsutil::sync_dir(crate::fsutil::parent_dir(final_path));
     Ok(())
 }
 
