@@ -21,6 +21,7 @@ pub mod progress;
 pub mod service;
 pub mod signing;
 pub mod site;
+mod testhooks;
 pub mod usage;
 pub mod version;
 

@@ -177,31 +177,6 @@ impl ImportResult {
     }
 }
 
-/// Block forever at `stage` when the test pause variable names it (see module docs).
-pub(crate) fn pause_point(stage: &str) {
-    let Ok(v) = std::env::var(PAUSE_ENV) else {
-        return;
-    };
-    let Some((s, flag)) = v.split_once(':') else {
-        return;
-    };
-    if s != stage {
-        return;
-    }
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(flag)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "SCT_TEST_PAUSED {stage}");
-        let _ = f.flush();
-    }
-    loop {
-        std::thread::park();
-    }
-}
-
 /// A pack that passed every check that does not need its content bytes.
 struct Candidate {
     /// Index of its result.
@@ -690,4 +665,9 @@ fn place_and_commit(
             Ok(())
         }
     }
+}
+
+/// Pause point for crash tests (see the module docs and `testhooks`).
+pub(crate) fn pause_point(stage: &str) {
+    crate::testhooks::pause_point(PAUSE_ENV, stage)
 }

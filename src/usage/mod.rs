@@ -174,22 +174,5 @@ fn check_extension(dest: &Path, ext: &str) -> Result<()> {
 pub const PAUSE_ENV: &str = "SCT_TEST_PAUSE_PREPARE";
 
 fn pause_point(stage: &str) {
-    let Ok(v) = std::env::var(PAUSE_ENV) else {
-        return;
-    };
-    if v.split_once(':').is_none_or(|(s, _)| s != stage) {
-        return;
-    }
-    let flag = &v[stage.len() + 1..];
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(flag)
-    {
-        let _ = writeln!(f, "SCT_TEST_PAUSED {stage}");
-        let _ = f.flush();
-    }
-    loop {
-        std::thread::park();
-    }
+    crate::testhooks::pause_point(PAUSE_ENV, stage)
 }
