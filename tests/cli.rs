@@ -783,5 +783,8 @@ fn skipping_signature_checks_is_announced_loudly() {
     let o = run(d, &insecure);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("WARNING") && err.contains("NOT verified"), "{err:?}");
+    assert!(
+        err.contains("WARNING") && err.contains("NOT verified"),
+        "{err:?}"
+    );
 }
