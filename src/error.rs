@@ -172,7 +172,7 @@ impl Error {
 /// Keep a message on one line: hostile input can smuggle line breaks and other control
 /// characters into it (serde echoes an unknown enum value verbatim, for one), which would
 /// forge extra lines in logs, reports and the CLI's one-line errors. They are shown escaped.
-fn one_line(message: String) -> String {
+pub(crate) fn one_line(message: String) -> String {
     if !message.contains(char::is_control) {
         return message;
     }

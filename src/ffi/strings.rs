@@ -106,11 +106,12 @@ fn redact_serde_error(e: &serde_json::Error) -> String {
         if let Some(rest) = text.strip_prefix(prefix) {
             if let Some(i) = rest.find(", expected") {
                 let found = rest[..i].split([' ', '`', '"']).next().unwrap_or("value");
-                return format!("{prefix}{found}{}", &rest[i..]);
+                return crate::error::one_line(format!("{prefix}{found}{}", &rest[i..]));
             }
         }
     }
-    text
+    // serde echoes unknown field and variant names verbatim: keep them on one line.
+    crate::error::one_line(text)
 }
 
 /// Serialize a result into a library-owned JSON string.
