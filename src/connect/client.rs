@@ -558,10 +558,22 @@ impl Http {
             return Failure::permanent(self.proxy_auth_error());
         }
         if let Some(tls) = tls_problem(e) {
+            // Point at the CA option only when the issuer is what failed: an expired or
+            // wrongly named certificate is the service's to fix, whatever CA is given.
+            let lower = tls.to_ascii_lowercase();
+            let hint = if lower.contains("expired") || lower.contains("not valid after") {
+                " (the service's certificate has expired: the service must renew it)"
+            } else if lower.contains("notyetvalid") || lower.contains("not valid before") {
+                " (the service's certificate is not valid yet: check both machines' clocks)"
+            } else if lower.contains("name") && !lower.contains("issuer") {
+                " (the certificate does not name this host: use the name it was issued for)"
+            } else {
+                " (if the service uses a private certificate authority, pass its certificate as the CA certificate option)"
+            };
             return Failure::permanent(Error::new(
                 ErrorKind::Tls,
                 format!(
-                    "{what}: TLS verification of {} failed: {tls} (if the service uses a private certificate authority, pass its certificate as the CA certificate option)",
+                    "{what}: TLS verification of {} failed: {tls}{hint}",
                     self.base_display()
                 ),
             ));
