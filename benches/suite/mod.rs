@@ -89,7 +89,14 @@ pub fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut scale = "medium".to_string();
+    // `cargo bench` passes `--bench`; `cargo test --benches` (or `--all-targets`) does not,
+    // and gets the tiny scale: a check that the suite runs, not a measurement.
+    let mut scale = if args.iter().any(|a| a == "--bench") {
+        "medium"
+    } else {
+        "tiny"
+    }
+    .to_string();
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
