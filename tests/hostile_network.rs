@@ -545,7 +545,10 @@ fn expired_tls_certificate_is_refused() {
     );
     // The CA was given: the hint must point at the certificate, not at the CA option.
     assert!(lower.contains("must renew"), "{message}");
-    assert!(!lower.contains("private certificate authority"), "{message}");
+    assert!(
+        !lower.contains("private certificate authority"),
+        "{message}"
+    );
     assert!(!message.contains('\n'));
     assert!(sc.store.uploads().is_empty(), "nothing was uploaded");
     assert!(!sc.final_path(&dest).exists());
