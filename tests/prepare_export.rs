@@ -501,3 +501,144 @@ fn small_cabs_are_accepted_by_cabextract_and_gcab() {
         }
     }
 }
+
+/// Rows that are not clean UTF-8 text: invalid bytes, blobs, a NUL, and a character
+/// split across two columns (each column invalid, their concatenation valid).
+fn insert_odd_bytes(db: &Path, rows: &[[&[u8]; 4]]) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO usage_data (level, category, metric, instance, value, site_code, server_name, collected_utc)
+             VALUES (?1, ?2, CAST(?3 AS TEXT), ?4, ?5, CAST(?6 AS TEXT), ?7, '2025-12-01T00:00:00Z')",
+            rusqlite::params![
+                (i % 3 + 1) as i64,
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[2],
+                r[3]
+            ],
+        )
+        .unwrap();
+    }
+}
+
+/// The CSV that formatting each row of the row stream with the `csv` crate gives: the
+/// reference the batch formatter of Prepare and Export must match byte for byte.
+fn reference_csv(db: &Path) -> Vec<u8> {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .quote_style(csv::QuoteStyle::Necessary)
+        .from_writer(Vec::new());
+    w.write_record(USAGE_CSV_COLUMNS).unwrap();
+    for_each_usage_row(db, &mut |r| {
+        w.write_record([
+            r.id.to_string().as_str(),
+            r.level.as_str(),
+            &r.category,
+            &r.metric,
+            &r.instance,
+            &r.value,
+            &r.site_code,
+            &r.site_name,
+            &r.server_name,
+            &r.collected_utc,
+        ])
+        .unwrap();
+        Ok(true)
+    })
+    .unwrap();
+    w.into_inner().unwrap()
+}
+
+#[test]
+fn csv_bytes_match_the_row_stream_across_batches_and_odd_bytes() {
+    for level in [DiagnosticsLevel::Full, DiagnosticsLevel::Enhanced] {
+        let dir = tempfile::tempdir().unwrap();
+        // More than two batches of 2,048 rows, with the odd rows in the last one.
+        let db = site::create_site(dir.path(), level, 5_000);
+        // The split character alone among clean rows, so its batch is otherwise valid
+        // UTF-8 (4,000 copied rows keep it apart from the other odd rows).
+        insert_odd_bytes(&db, &[[b"ab\xE6\x9D", b"\xB1xy", b"ok", b"1"]]);
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute(
+                "INSERT INTO usage_data (level, category, metric, instance, value, site_code, site_name, server_name, collected_utc)
+                 SELECT level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
+                 FROM usage_data WHERE id <= 4000",
+                [],
+            )
+            .unwrap();
+        site::insert_rows(&db, &site::tricky_rows());
+        insert_odd_bytes(
+            &db,
+            &[
+                [b"nul\0inside", b"caf\xC3\xA9", b"\xC3", b"\xA9"],
+                [b"\"\xF0\x9F\x98\x80\"", b"\r\n", b"srv\xFF", b"1"],
+                [b"\xFF\xFE,\"x\"", b"\xB1xy", b"ok", b"\xE6"],
+            ],
+        );
+        site::insert_rows(&db, &site::tricky_rows());
+        let csv = dir.path().join("u.csv");
+        let r = export_csv(&db, &csv, false, &mut never_cancel).unwrap();
+        let ours = std::fs::read(&csv).unwrap();
+        let reference = reference_csv(&db);
+        if ours != reference {
+            let at = ours
+                .iter()
+                .zip(&reference)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            let from = at.saturating_sub(80);
+            panic!(
+                "Export differs from the reference at {level:?}, byte {at}:\nours: {:?}\nref:  {:?}",
+                String::from_utf8_lossy(&ours[from..(at + 80).min(ours.len())]),
+                String::from_utf8_lossy(&reference[from..(at + 80).min(reference.len())])
+            );
+        }
+        assert!(
+            std::str::from_utf8(&ours).is_ok(),
+            "invalid bytes were replaced"
+        );
+        assert!(r.record_count > 2_048, "more than one batch");
+        let cab = dir.path().join("u.cab");
+        prepare(&db, &cab, false, &mut never_cancel).unwrap();
+        let x = cabextract(&cab, dir.path());
+        assert!(std::fs::read(x.join("UsageData.csv")).unwrap() == reference);
+    }
+}
+
+#[test]
+fn a_row_with_an_impossible_level_is_an_error_at_full_and_left_out_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 100);
+    {
+        // Only a database whose CHECK constraint was bypassed can hold such a row.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA ignore_check_constraints = ON;
+             INSERT INTO usage_data (level, category, metric, value, collected_utc)
+             VALUES (7, 'Odd', 'Level', '1', '2025-12-01T00:00:00Z');",
+        )
+        .unwrap();
+    }
+    let before = site::snapshot(dir.path());
+    let e = prepare(&db, &dir.path().join("u.cab"), false, &mut never_cancel)
+        .expect_err("a level-7 row is refused at Full");
+    assert_eq!(e.kind(), ErrorKind::Database);
+    assert!(e.to_string().contains("invalid level"), "{e}");
+    assert_eq!(site::snapshot(dir.path()), before, "nothing written");
+    let e = for_each_usage_row(&db, &mut |_| Ok(true)).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Database);
+
+    Site::open(&db)
+        .unwrap()
+        .set_diagnostics_level(DiagnosticsLevel::Enhanced)
+        .unwrap();
+    let csv = dir.path().join("u.csv");
+    let r = export_csv(&db, &csv, false, &mut never_cancel).unwrap();
+    let (_, rows) = parse_csv(&csv);
+    assert_eq!(rows.len() as u64, r.record_count);
+    assert!(rows.iter().all(|r| r[2] != "Odd"));
+}

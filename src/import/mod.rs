@@ -239,7 +239,7 @@ pub fn import(opts: &ImportOptions, progress: ProgressFn) -> Result<Vec<ImportRe
         Ok(_) => {}
     }
     let mut site = Site::open(&opts.site_db)?;
-    let info = site.info()?;
+    let info = site.identity()?;
     let wait = opts
         .lock_wait_ms
         .map(Duration::from_millis)

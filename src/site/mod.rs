@@ -289,8 +289,26 @@ impl Site {
         &mut self.conn
     }
 
-    /// The site's identity and row counts.
+    /// The site's identity and its usage row counts per level. Counting reads the whole
+    /// usage table; steps that only need the identity use [`Site::identity`].
     pub fn info(&self) -> Result<SiteInfo> {
+        let mut info = self.identity()?;
+        // One pass with no sort (a GROUP BY on the unindexed level sorted every row, and
+        // cost more than the rest of Import or a quarter of Prepare on a large site).
+        let counts = self.conn.query_row(
+            "SELECT COUNT(*) FILTER (WHERE level = 1), COUNT(*) FILTER (WHERE level = 2), \
+             COUNT(*) FILTER (WHERE level = 3) FROM usage_data",
+            [],
+            |r| Ok([r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?]),
+        )?;
+        info.usage_rows = counts.map(|n| n.max(0) as u64);
+        Ok(info)
+    }
+
+    /// The site's identity (hierarchy, code, name, version, level, SCP mode) without
+    /// counting usage rows: `usage_rows` is left at zero. Reads one row, so it costs the
+    /// same on any size of site.
+    pub(crate) fn identity(&self) -> Result<SiteInfo> {
         let row = self
             .conn
             .query_row(
@@ -316,18 +334,6 @@ impl Site {
                 format!("{}: stored {what} is invalid", self.path.display()),
             )
         };
-        let mut usage_rows = [0u64; 3];
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT level, COUNT(*) FROM usage_data GROUP BY level")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let level: i64 = r.get(0)?;
-            let n: i64 = r.get(1)?;
-            if (1..=3).contains(&level) {
-                usage_rows[(level - 1) as usize] = n as u64;
-            }
-        }
         Ok(SiteInfo {
             path: self.path.clone(),
             hierarchy_id: row.0.parse().map_err(|_| corrupt("hierarchy ID"))?,
@@ -338,7 +344,7 @@ impl Site {
             scp_mode: row.5.parse().map_err(|_| corrupt("SCP mode"))?,
             created: row.6,
             schema_version: SCHEMA_VERSION,
-            usage_rows,
+            usage_rows: [0; 3],
         })
     }
 

@@ -6,11 +6,13 @@
 //! order mark (a BOM would change the bytes every other consumer hashes and parses, and
 //! Excel's *Data > From Text/CSV* reads UTF-8 without one).
 
-use super::rows::{stream_rows_pipelined, UsageRecord, USAGE_CSV_COLUMNS};
+use super::rows::{
+    stream_raw_batches, IdentityHasher, RawBatch, RAW_TEXT_COLUMNS, USAGE_CSV_COLUMNS,
+};
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress, ProgressFn};
 use crate::site::{Site, SiteInfo};
-use std::fmt::Write as _;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 
 /// Rows between progress reports (and cancellation checks).
@@ -24,6 +26,12 @@ pub(crate) struct CsvOutcome {
 
 /// Write the site's outgoing rows as CSV to `out`. `what` names the destination in
 /// error messages. Progress is reported in rows; a `false` from `progress` cancels.
+///
+/// Rows arrive in raw batches ([`stream_raw_batches`]) and are formatted straight from
+/// SQLite's bytes: UTF-8 is checked once per batch, and the fields that need quoting
+/// are found by one vectorized scan of the batch for `,` `"` CR and LF. The result is
+/// byte for byte what formatting each [`super::UsageRecord`] would give (a test keeps
+/// it so).
 pub(crate) fn write_usage_csv(
     site: &Site,
     out: &mut dyn Write,
@@ -33,9 +41,10 @@ pub(crate) fn write_usage_csv(
 ) -> Result<CsvOutcome> {
     let mut wtr = CsvWriter::new(out, what);
     wtr.record(USAGE_CSV_COLUMNS)?;
-    let info = std::cell::RefCell::new(None);
-    let total = std::cell::Cell::new(0u64);
-    let mut id = String::new();
+    // Set by the start callback, read by the batch callback.
+    let info: RefCell<Option<SiteInfo>> = RefCell::new(None);
+    let hasher: RefCell<Option<IdentityHasher>> = RefCell::new(None);
+    let total = Cell::new(0u64);
     let mut report = |done: u64, total: u64| -> bool {
         progress(&Progress {
             phase,
@@ -48,40 +57,36 @@ pub(crate) fn write_usage_csv(
     };
     let mut cancelled = false;
     let mut done = 0u64;
-    let n = stream_rows_pipelined(
+    let mut next_report = 0u64;
+    let mut quote: Vec<bool> = Vec::new();
+    stream_raw_batches(
         site,
         &mut |i, t| {
+            *hasher.borrow_mut() = Some(IdentityHasher::new(&i.hierarchy_id));
             *info.borrow_mut() = Some(i.clone());
             total.set(t);
             Ok(())
         },
-        &mut |r: &UsageRecord| {
-            if done % PROGRESS_EVERY == 0 && !report(done, total.get()) {
-                cancelled = true;
-                return Ok(false);
+        &mut |batch: &RawBatch| {
+            if done >= next_report {
+                if !report(done, total.get()) {
+                    cancelled = true;
+                    return Ok(false);
+                }
+                next_report = done + PROGRESS_EVERY;
             }
-            id.clear();
-            let _ = write!(id, "{}", r.id);
-            wtr.record([
-                id.as_str(),
-                r.level.as_str(),
-                &r.category,
-                &r.metric,
-                &r.instance,
-                &r.value,
-                &r.site_code,
-                &r.site_name,
-                &r.server_name,
-                &r.collected_utc,
-            ])?;
-            done += 1;
+            let mut h = hasher.borrow_mut();
+            let h = h
+                .as_mut()
+                .ok_or_else(|| Error::internal("rows before the row stream started"))?;
+            wtr.batch(batch, h, &mut quote)?;
+            done += batch.len() as u64;
             Ok(true)
         },
     )?;
     if cancelled || !report(done, total.get()) {
         return Err(Error::cancelled());
     }
-    debug_assert_eq!(n, done);
     wtr.flush()?;
     Ok(CsvOutcome {
         info: info
@@ -120,22 +125,77 @@ impl<'a> CsvWriter<'a> {
                 self.buf.push(b',');
             }
             let b = f.as_bytes();
-            if b.iter().any(|&c| matches!(c, b',' | b'"' | b'\r' | b'\n')) {
-                self.buf.push(b'"');
-                for part in b.split_inclusive(|&c| c == b'"') {
-                    self.buf.extend_from_slice(part);
-                    if part.last() == Some(&b'"') {
-                        self.buf.push(b'"');
-                    }
-                }
-                self.buf.push(b'"');
-            } else {
-                self.buf.extend_from_slice(b);
-            }
+            self.field(b, needs_quotes(b));
         }
+        self.end_record()
+    }
+
+    /// Append one field, quoted (quotes doubled) if `quoted`.
+    fn field(&mut self, b: &[u8], quoted: bool) {
+        if quoted {
+            self.buf.push(b'"');
+            for part in b.split_inclusive(|&c| c == b'"') {
+                self.buf.extend_from_slice(part);
+                if part.last() == Some(&b'"') {
+                    self.buf.push(b'"');
+                }
+            }
+            self.buf.push(b'"');
+        } else {
+            self.buf.extend_from_slice(b);
+        }
+    }
+
+    fn end_record(&mut self) -> Result<()> {
         self.buf.extend_from_slice(b"\r\n");
         if self.buf.len() >= CSV_BUF {
             self.drain()?;
+        }
+        Ok(())
+    }
+
+    /// Append a batch of raw rows as records (see [`write_usage_csv`]). `quote` is
+    /// scratch space kept across batches.
+    fn batch(
+        &mut self,
+        batch: &RawBatch,
+        hasher: &mut IdentityHasher,
+        quote: &mut Vec<bool>,
+    ) -> Result<()> {
+        let fields = batch.len() * RAW_TEXT_COLUMNS;
+        quote.clear();
+        quote.resize(fields, false);
+        let bytes = batch.bytes();
+        for pos in
+            memchr::memchr3_iter(b',', b'"', b'\n', bytes).chain(memchr::memchr_iter(b'\r', bytes))
+        {
+            quote[batch.field_at(pos)] = true;
+        }
+        let utf8 = batch.is_utf8();
+        let mut id = itoa::Buffer::new();
+        for row in 0..batch.len() {
+            self.buf
+                .extend_from_slice(id.format(batch.id(row)).as_bytes());
+            self.buf.push(b',');
+            self.buf
+                .extend_from_slice(batch.level(row).as_str().as_bytes());
+            for col in 0..RAW_TEXT_COLUMNS {
+                let f = row * RAW_TEXT_COLUMNS + col;
+                let raw = batch.field(f);
+                self.buf.push(b',');
+                if HASHED_COLUMNS.contains(&col) {
+                    // Lowercase hex: never needs quotes.
+                    self.buf
+                        .extend_from_slice(hasher.hash_bytes(raw).as_bytes());
+                } else if utf8 {
+                    self.field(raw, quote[f]);
+                } else {
+                    // Lossy conversion keeps ASCII bytes, so the quoting found above holds.
+                    let text = String::from_utf8_lossy(raw);
+                    self.field(text.as_bytes(), quote[f]);
+                }
+            }
+            self.end_record()?;
         }
         Ok(())
     }
@@ -152,6 +212,15 @@ impl<'a> CsvWriter<'a> {
         self.drain()?;
         self.out.flush().map_err(|e| map_io(self.what, &e))
     }
+}
+
+/// The text columns of a [`RawBatch`] that leave the site hashed (site_code, site_name,
+/// server_name).
+const HASHED_COLUMNS: [usize; 3] = [4, 5, 6];
+
+/// RFC 4180: a field is quoted when it holds a comma, quote, CR or LF.
+fn needs_quotes(b: &[u8]) -> bool {
+    b.iter().any(|&c| matches!(c, b',' | b'"' | b'\r' | b'\n'))
 }
 
 /// Classify an I/O error while writing `what`; the cab writer's size limit gets its own

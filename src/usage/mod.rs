@@ -62,7 +62,7 @@ pub fn prepare(
     {
         let buf = BufWriter::with_capacity(1 << 20, out.file());
         let mut site_version_txt = Vec::new();
-        let version = site.info()?.site_version;
+        let version = site.identity()?.site_version;
         site_version_txt.extend_from_slice(version.as_str().as_bytes());
         let mut buf = cab::write_usage_cab(
             buf,

@@ -48,7 +48,9 @@ pub struct UsageRecord {
 /// bounded so hostile data with millions of distinct names cannot grow memory.
 pub struct IdentityHasher {
     salt: String,
-    memo: HashMap<String, String, BuildFx>,
+    /// Raw value bytes → index into `hashes` (an index, so a hit is one lookup).
+    memo: HashMap<Box<[u8]>, usize, BuildFx>,
+    hashes: Vec<String>,
 }
 
 /// A multiply-rotate hasher for the memo's short keys: SipHash's flooding resistance is
@@ -90,92 +92,164 @@ impl IdentityHasher {
         IdentityHasher {
             salt: hierarchy_id.to_string().to_ascii_lowercase(),
             memo: HashMap::with_hasher(BuildFx),
+            hashes: Vec::new(),
         }
     }
 
     /// Lowercase hex SHA-256 of `<hierarchy-id lowercase>:<value>`; empty stays empty.
     pub fn hash(&mut self, value: &str) -> &str {
+        self.hash_bytes(value.as_bytes())
+    }
+
+    /// [`IdentityHasher::hash`] of raw column bytes; bytes that are not UTF-8 are hashed
+    /// as their lossy conversion, which is how every other reader of the row sees them.
+    pub(crate) fn hash_bytes(&mut self, value: &[u8]) -> &str {
         if value.is_empty() {
             return "";
         }
-        if !self.memo.contains_key(value) {
-            if self.memo.len() >= MEMO_LIMIT {
-                self.memo.clear();
+        let i = match self.memo.get(value) {
+            Some(&i) => i,
+            None => {
+                if self.hashes.len() >= MEMO_LIMIT {
+                    self.memo.clear();
+                    self.hashes.clear();
+                }
+                let text = String::from_utf8_lossy(value);
+                let mut h = Sha256::new();
+                h.update(self.salt.as_bytes());
+                h.update(b":");
+                h.update(text.as_bytes());
+                self.hashes.push(hex::encode(h.finalize()));
+                self.memo.insert(value.into(), self.hashes.len() - 1);
+                self.hashes.len() - 1
             }
-            let mut h = Sha256::new();
-            h.update(self.salt.as_bytes());
-            h.update(b":");
-            h.update(value.as_bytes());
-            self.memo
-                .insert(value.to_string(), hex::encode(h.finalize()));
-        }
-        &self.memo[value]
+        };
+        &self.hashes[i]
     }
 }
 
-/// Stream the site's outgoing rows: `start` is called once with the site identity and
-/// the number of rows that will follow, then `row` once per row (returning `Ok(false)`
-/// stops early). Returns the number of rows delivered.
+/// Stream the site's outgoing rows on the calling thread: `start` is called once with
+/// the site identity and the number of rows that will follow, then `row` once per row
+/// (returning `Ok(false)` stops early). Returns the number of rows delivered.
 pub(crate) fn stream_rows(
     site: &Site,
     start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
     row: &mut dyn FnMut(&UsageRecord) -> Result<bool>,
 ) -> Result<u64> {
-    let info = site.info()?;
-    let conn = site.connection();
-    // One snapshot for the count and the rows (WAL readers never block writers).
-    let tx = conn.unchecked_transaction()?;
-    let level = info.diagnostics_level.as_i64();
-    let total: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM usage_data WHERE level <= ?1",
-        [level],
-        |r| r.get(0),
-    )?;
-    start(&info, total as u64)?;
-    let mut stmt = tx.prepare(
-        "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
-         FROM usage_data WHERE level <= ?1 ORDER BY id",
-    )?;
-    let mut rows = stmt.query([level])?;
-    let mut hasher = IdentityHasher::new(&info.hierarchy_id);
+    // Set by the start callback, used by the batch callback.
+    let hasher: std::cell::RefCell<Option<IdentityHasher>> = std::cell::RefCell::new(None);
     let mut rec = UsageRecord::default();
     let mut n = 0u64;
-    while let Some(r) = rows.next()? {
-        rec.id = r.get(0)?;
-        let lv: i64 = r.get(1)?;
-        rec.level = DiagnosticsLevel::from_i64(lv).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Database,
-                format!("usage row {} has an invalid level {lv}", rec.id),
-            )
-        })?;
-        set_text(&mut rec.category, r, 2)?;
-        set_text(&mut rec.metric, r, 3)?;
-        set_text(&mut rec.instance, r, 4)?;
-        set_text(&mut rec.value, r, 5)?;
-        set_hashed(&mut rec.site_code, r, 6, &mut hasher)?;
-        set_hashed(&mut rec.site_name, r, 7, &mut hasher)?;
-        set_hashed(&mut rec.server_name, r, 8, &mut hasher)?;
-        set_text(&mut rec.collected_utc, r, 9)?;
-        n += 1;
-        if !row(&rec)? {
-            break;
+    read_batches(
+        site,
+        &mut |info, total| {
+            *hasher.borrow_mut() = Some(IdentityHasher::new(&info.hierarchy_id));
+            start(&info, total)?;
+            Ok(true)
+        },
+        &mut |mut batch| {
+            let mut h = hasher.borrow_mut();
+            let h = h
+                .as_mut()
+                .ok_or_else(|| Error::internal("rows before the row stream started"))?;
+            for i in 0..batch.len() {
+                let f = |k: usize| batch.field(i * RAW_TEXT_COLUMNS + k);
+                rec.id = batch.id(i);
+                rec.level = batch.level(i);
+                put_text(&mut rec.category, f(0));
+                put_text(&mut rec.metric, f(1));
+                put_text(&mut rec.instance, f(2));
+                put_text(&mut rec.value, f(3));
+                put_hashed(&mut rec.site_code, f(4), h);
+                put_hashed(&mut rec.site_name, f(5), h);
+                put_hashed(&mut rec.server_name, f(6), h);
+                put_text(&mut rec.collected_utc, f(7));
+                n += 1;
+                if !row(&rec)? {
+                    return Ok(None);
+                }
+            }
+            batch.clear();
+            Ok(Some(batch))
+        },
+    )?;
+    Ok(n)
+}
+
+/// Text as the rest of the tool sees it: bytes that are not UTF-8 are converted lossily.
+fn put_text(dst: &mut String, b: &[u8]) {
+    dst.clear();
+    dst.push_str(&String::from_utf8_lossy(b));
+}
+
+fn put_hashed(dst: &mut String, b: &[u8], hasher: &mut IdentityHasher) {
+    dst.clear();
+    dst.push_str(hasher.hash_bytes(b));
+}
+
+/// The statements that select the outgoing rows for a site's diagnostics level.
+///
+/// At `Full` every row leaves the site, so neither statement filters: the count is
+/// SQLite's page-counting `COUNT(*)` instead of a scan that decodes every row, and a
+/// row with a level outside 1–3 (only possible in a database whose CHECK constraint
+/// was removed) stops the stream with an error instead of being skipped silently.
+/// Below `Full`, rows above the level are filtered out.
+struct RowQuery {
+    /// The level bound, or `None` at `Full` (no filter).
+    bound: Option<i64>,
+    count_sql: &'static str,
+    rows_sql: &'static str,
+}
+
+impl RowQuery {
+    fn for_level(level: DiagnosticsLevel) -> RowQuery {
+        if level == DiagnosticsLevel::Full {
+            RowQuery {
+                bound: None,
+                count_sql: "SELECT COUNT(*) FROM usage_data",
+                rows_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
+                           FROM usage_data ORDER BY id",
+            }
+        } else {
+            RowQuery {
+                bound: Some(level.as_i64()),
+                count_sql: "SELECT COUNT(*) FROM usage_data WHERE level <= ?1",
+                rows_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
+                           FROM usage_data WHERE level <= ?1 ORDER BY id",
+            }
         }
     }
-    Ok(n)
+
+    fn params(&self) -> Vec<i64> {
+        self.bound.into_iter().collect()
+    }
+
+    fn count(&self, conn: &rusqlite::Connection) -> Result<u64> {
+        let n: i64 = conn.query_row(
+            self.count_sql,
+            rusqlite::params_from_iter(self.params()),
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
 }
 
 /// Rows per batch handed from the SQLite thread to the formatting thread.
 const BATCH_ROWS: usize = 2048;
 
-/// Raw rows as SQLite returned them: `id`, `level` and the eight text columns (category
-/// through collected_utc) as bytes, concatenated, with each column's end offset.
-struct RawBatch {
+/// Rows as SQLite returned them, a batch at a time: `id`, `level` and the eight text
+/// columns (category through collected_utc) as raw bytes, concatenated, with each
+/// column's end offset. Text is not validated here: the consumer checks a whole batch's
+/// UTF-8 at once, which is far cheaper than a check per field.
+pub(crate) struct RawBatch {
     ids: Vec<i64>,
     levels: Vec<DiagnosticsLevel>,
     bytes: Vec<u8>,
     ends: Vec<usize>,
 }
+
+/// Text columns per row in a [`RawBatch`].
+pub(crate) const RAW_TEXT_COLUMNS: usize = 8;
 
 impl RawBatch {
     fn new() -> Self {
@@ -183,14 +257,53 @@ impl RawBatch {
             ids: Vec::with_capacity(BATCH_ROWS),
             levels: Vec::with_capacity(BATCH_ROWS),
             bytes: Vec::with_capacity(BATCH_ROWS * 256),
-            ends: Vec::with_capacity(BATCH_ROWS * 8),
+            ends: Vec::with_capacity(BATCH_ROWS * RAW_TEXT_COLUMNS),
         }
     }
+
     fn clear(&mut self) {
         self.ids.clear();
         self.levels.clear();
         self.bytes.clear();
         self.ends.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub(crate) fn id(&self, row: usize) -> i64 {
+        self.ids[row]
+    }
+
+    pub(crate) fn level(&self, row: usize) -> DiagnosticsLevel {
+        self.levels[row]
+    }
+
+    /// The bytes of every text field of the batch, back to back.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Field `f` counting over the whole batch (row `f / 8`, text column `f % 8`).
+    pub(crate) fn field(&self, f: usize) -> &[u8] {
+        let from = if f == 0 { 0 } else { self.ends[f - 1] };
+        &self.bytes[from..self.ends[f]]
+    }
+
+    /// The field holding byte `pos` of [`RawBatch::bytes`].
+    pub(crate) fn field_at(&self, pos: usize) -> usize {
+        self.ends.partition_point(|&e| e <= pos)
+    }
+
+    /// Whether every field is valid UTF-8 (the common case, checked in one pass: the
+    /// whole buffer is valid and no field boundary splits a character).
+    pub(crate) fn is_utf8(&self) -> bool {
+        std::str::from_utf8(&self.bytes).is_ok()
+            && self
+                .ends
+                .iter()
+                .all(|&e| e >= self.bytes.len() || (self.bytes[e] as i8) >= -0x40)
     }
 }
 
@@ -199,17 +312,19 @@ enum Raw {
     Rows(RawBatch),
 }
 
-/// [`stream_rows`] with the SQLite work on a second thread: one thread steps the
-/// statement and copies out raw column bytes while the caller's thread converts, hashes
-/// and hands each row to `row`, so Prepare and Export use two cores. The reading thread
-/// opens its own read-only connection to the same file and reads the site identity, the
-/// count and the rows in one read transaction, so they cannot disagree. At most a few
-/// batches are in flight, so memory stays flat; stopping early (or an error) ends the
-/// reading thread.
-pub(crate) fn stream_rows_pipelined(
+/// The outgoing rows in batches, with the SQLite work on a second thread: one thread
+/// steps the statement and copies out raw column bytes while the caller's thread turns
+/// each batch into output, so Prepare and Export use two cores. `start` is called once
+/// with the site identity and the number of rows that will follow, then `batch` per
+/// batch of rows in `id` order (returning `Ok(false)` stops early). The reading thread
+/// opens its own read-only connection to the same file and reads the identity, the count
+/// and the rows in one read transaction, so they cannot disagree. At most a few batches
+/// are in flight, so memory stays flat; stopping early (or an error) ends the reading
+/// thread. Returns the number of rows delivered.
+pub(crate) fn stream_raw_batches(
     site: &Site,
     start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
-    row: &mut dyn FnMut(&UsageRecord) -> Result<bool>,
+    batch: &mut dyn FnMut(&RawBatch) -> Result<bool>,
 ) -> Result<u64> {
     let path = site.path().to_path_buf();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Raw>>(2);
@@ -220,79 +335,42 @@ pub(crate) fn stream_rows_pipelined(
                 let _ = tx.send(Err(e));
             }
         });
-        consume_raw(rx, back_tx, start, row)
+        consume_raw(rx, back_tx, start, batch)
     })
 }
 
-/// The caller's side of [`stream_rows_pipelined`]; owns the receiver so returning (early
+/// The caller's side of [`stream_raw_batches`]; owns the receiver so returning (early
 /// or not) drops it and releases the reading thread.
 fn consume_raw(
     rx: std::sync::mpsc::Receiver<Result<Raw>>,
     back: std::sync::mpsc::Sender<RawBatch>,
     start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
-    row: &mut dyn FnMut(&UsageRecord) -> Result<bool>,
+    batch: &mut dyn FnMut(&RawBatch) -> Result<bool>,
 ) -> Result<u64> {
-    let mut hasher: Option<IdentityHasher> = None;
-    let mut rec = UsageRecord::default();
+    let mut started = false;
     let mut n = 0u64;
     for msg in rx.iter() {
         match msg? {
             Raw::Start(info, total) => {
-                hasher = Some(IdentityHasher::new(&info.hierarchy_id));
+                started = true;
                 start(&info, total)?;
             }
-            Raw::Rows(batch) => {
-                let h = hasher
-                    .as_mut()
-                    .ok_or_else(|| Error::internal("rows before the row stream started"))?;
-                let mut prev = 0usize;
-                for (i, (&id, &level)) in batch.ids.iter().zip(&batch.levels).enumerate() {
-                    let ends = &batch.ends[i * 8..i * 8 + 8];
-                    let col = |k: usize| {
-                        let from = if k == 0 { prev } else { ends[k - 1] };
-                        &batch.bytes[from..ends[k]]
-                    };
-                    rec.id = id;
-                    rec.level = level;
-                    put_text(&mut rec.category, col(0));
-                    put_text(&mut rec.metric, col(1));
-                    put_text(&mut rec.instance, col(2));
-                    put_text(&mut rec.value, col(3));
-                    put_hashed(&mut rec.site_code, col(4), h);
-                    put_hashed(&mut rec.site_name, col(5), h);
-                    put_hashed(&mut rec.server_name, col(6), h);
-                    put_text(&mut rec.collected_utc, col(7));
-                    prev = ends[7];
-                    n += 1;
-                    if !row(&rec)? {
-                        return Ok(n);
-                    }
+            Raw::Rows(b) => {
+                if !started {
+                    return Err(Error::internal("rows before the row stream started"));
                 }
-                let _ = back.send(batch);
+                n += b.len() as u64;
+                if !batch(&b)? {
+                    return Ok(n);
+                }
+                let _ = back.send(b);
             }
         }
     }
     Ok(n)
 }
 
-fn put_text(dst: &mut String, b: &[u8]) {
-    dst.clear();
-    match std::str::from_utf8(b) {
-        Ok(s) => dst.push_str(s),
-        Err(_) => dst.push_str(&String::from_utf8_lossy(b)),
-    }
-}
-
-fn put_hashed(dst: &mut String, b: &[u8], hasher: &mut IdentityHasher) {
-    let v = match std::str::from_utf8(b) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(b),
-    };
-    dst.clear();
-    dst.push_str(hasher.hash(&v));
-}
-
-/// The reading thread of [`stream_rows_pipelined`]. Returns quietly when the receiver
+/// The reading thread of [`stream_raw_batches`]. Returns quietly when the receiver
 /// is gone (the caller stopped early).
 fn read_raw(
     path: &Path,
@@ -300,100 +378,196 @@ fn read_raw(
     back: &std::sync::mpsc::Receiver<RawBatch>,
 ) -> Result<()> {
     let site = Site::open_read_only(path)?;
+    read_batches(
+        &site,
+        &mut |info, total| Ok(tx.send(Ok(Raw::Start(info, total))).is_ok()),
+        &mut |full| {
+            if tx.send(Ok(Raw::Rows(full))).is_err() {
+                return Ok(None);
+            }
+            Ok(Some(back.try_recv().unwrap_or_else(|_| RawBatch::new())))
+        },
+    )
+}
+
+/// The one reader of outgoing rows, for both [`stream_rows`] and [`stream_raw_batches`].
+/// In one read transaction it reads the identity and the row count and hands them to
+/// `start` (`Ok(false)` stops), then fills batches of [`BATCH_ROWS`] rows and hands each
+/// full one to `full`, which returns an empty batch to fill next (or `None` to stop).
+///
+/// It steps the statement through SQLite's C API ([`RawStatement`]) rather than
+/// rusqlite's typed rows: with ten columns per row, rusqlite's per-value checks cost
+/// more than SQLite's own work and made this the slowest stage of Prepare.
+fn read_batches(
+    site: &Site,
+    start: &mut dyn FnMut(SiteInfo, u64) -> Result<bool>,
+    full: &mut dyn FnMut(RawBatch) -> Result<Option<RawBatch>>,
+) -> Result<()> {
     let conn = site.connection();
+    // One snapshot for the identity, the count and the rows (WAL readers never block
+    // writers).
     let txn = conn.unchecked_transaction()?;
-    let info = site.info()?;
-    let level = info.diagnostics_level.as_i64();
-    let total: i64 = txn.query_row(
-        "SELECT COUNT(*) FROM usage_data WHERE level <= ?1",
-        [level],
-        |r| r.get(0),
-    )?;
-    if tx.send(Ok(Raw::Start(info, total as u64))).is_err() {
+    let info = site.identity()?;
+    let query = RowQuery::for_level(info.diagnostics_level);
+    let total = query.count(&txn)?;
+    if !start(info, total)? {
         return Ok(());
     }
-    let mut stmt = txn.prepare(
-        "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
-         FROM usage_data WHERE level <= ?1 ORDER BY id",
-    )?;
-    let mut rows = stmt.query([level])?;
+    let mut stmt = RawStatement::prepare(&txn, query.rows_sql)?;
+    if let Some(bound) = query.bound {
+        stmt.bind_i64(1, bound)?;
+    }
     let mut batch = RawBatch::new();
-    while let Some(r) = rows.next()? {
-        let id: i64 = r.get(0)?;
-        let lv: i64 = r.get(1)?;
-        let level = DiagnosticsLevel::from_i64(lv).ok_or_else(|| {
+    while stmt.step()? {
+        let id = stmt.integer(0).ok_or_else(|| {
             Error::new(
                 ErrorKind::Database,
-                format!("usage row {id} has an invalid level {lv}"),
+                "a usage row has an id that is not an integer",
             )
         })?;
+        let level = stmt
+            .integer(1)
+            .and_then(DiagnosticsLevel::from_i64)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Database,
+                    format!("usage row {id} has an invalid level"),
+                )
+            })?;
         batch.ids.push(id);
         batch.levels.push(level);
-        for c in 2..10 {
-            push_raw(&mut batch.bytes, r, c)?;
+        for c in 2..2 + RAW_TEXT_COLUMNS as i32 {
+            stmt.push_text(c, &mut batch.bytes);
             batch.ends.push(batch.bytes.len());
         }
-        if batch.ids.len() == BATCH_ROWS {
-            let next = back.try_recv().unwrap_or_else(|_| RawBatch::new());
-            let full = std::mem::replace(&mut batch, next);
-            if tx.send(Ok(Raw::Rows(full))).is_err() {
-                return Ok(());
+        if batch.len() == BATCH_ROWS {
+            match full(batch)? {
+                Some(next) => batch = next,
+                None => return Ok(()),
             }
             batch.clear();
         }
     }
-    if !batch.ids.is_empty() {
-        let _ = tx.send(Ok(Raw::Rows(batch)));
+    if batch.len() > 0 {
+        full(batch)?;
     }
     Ok(())
 }
 
-/// A column's bytes as [`text_of`] would render them (before UTF-8 conversion).
-fn push_raw(out: &mut Vec<u8>, r: &rusqlite::Row<'_>, i: usize) -> Result<()> {
-    use rusqlite::types::ValueRef;
-    match r.get_ref(i)? {
-        ValueRef::Null => {}
-        ValueRef::Text(t) | ValueRef::Blob(t) => out.extend_from_slice(t),
-        ValueRef::Integer(v) => out.extend_from_slice(v.to_string().as_bytes()),
-        ValueRef::Real(v) => out.extend_from_slice(v.to_string().as_bytes()),
+/// A prepared statement driven through SQLite's C API, finalized on drop. It borrows
+/// the connection, so it cannot outlive it (or the transaction it reads in).
+struct RawStatement<'c> {
+    db: *mut rusqlite::ffi::sqlite3,
+    stmt: std::ptr::NonNull<rusqlite::ffi::sqlite3_stmt>,
+    _conn: std::marker::PhantomData<&'c rusqlite::Connection>,
+}
+
+impl<'c> RawStatement<'c> {
+    fn prepare(conn: &'c rusqlite::Connection, sql: &str) -> Result<Self> {
+        use rusqlite::ffi;
+        // SAFETY: the handle stays valid while `conn` is borrowed, which the lifetime
+        // ensures; `sql` is passed with its length, so it needs no terminating NUL.
+        unsafe {
+            let db = conn.handle();
+            let mut stmt = std::ptr::null_mut();
+            let rc = ffi::sqlite3_prepare_v2(
+                db,
+                sql.as_ptr().cast(),
+                sql.len() as std::os::raw::c_int,
+                &mut stmt,
+                std::ptr::null_mut(),
+            );
+            if rc != ffi::SQLITE_OK {
+                return Err(sqlite_error(db, rc));
+            }
+            let stmt = std::ptr::NonNull::new(stmt)
+                .ok_or_else(|| Error::internal("SQLite prepared an empty statement"))?;
+            Ok(RawStatement {
+                db,
+                stmt,
+                _conn: std::marker::PhantomData,
+            })
+        }
     }
-    Ok(())
+
+    fn bind_i64(&mut self, index: i32, v: i64) -> Result<()> {
+        // SAFETY: `stmt` is a live statement; SQLite checks the index.
+        let rc = unsafe { rusqlite::ffi::sqlite3_bind_int64(self.stmt.as_ptr(), index, v) };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return Err(sqlite_error(self.db, rc));
+        }
+        Ok(())
+    }
+
+    /// Advance to the next row: `true` at a row, `false` when done.
+    fn step(&mut self) -> Result<bool> {
+        use rusqlite::ffi;
+        // SAFETY: `stmt` is a live statement.
+        match unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) } {
+            ffi::SQLITE_ROW => Ok(true),
+            ffi::SQLITE_DONE => Ok(false),
+            rc => Err(sqlite_error(self.db, rc)),
+        }
+    }
+
+    /// Column `i` of the current row if it holds an integer.
+    fn integer(&self, i: i32) -> Option<i64> {
+        use rusqlite::ffi;
+        // SAFETY: called only after `step` returned a row; SQLite range-checks `i`.
+        unsafe {
+            (ffi::sqlite3_column_type(self.stmt.as_ptr(), i) == ffi::SQLITE_INTEGER)
+                .then(|| ffi::sqlite3_column_int64(self.stmt.as_ptr(), i))
+        }
+    }
+
+    /// Append column `i` of the current row as text bytes: text and blobs as stored,
+    /// NULL as nothing, numbers (only in a database whose columns lost their TEXT
+    /// affinity) in Rust's rendering.
+    fn push_text(&self, i: i32, out: &mut Vec<u8>) {
+        use rusqlite::ffi;
+        let stmt = self.stmt.as_ptr();
+        // SAFETY: called only after `step` returned a row. The type is read before any
+        // conversion; for text and blobs the pointer is read before the length, as
+        // SQLite requires, and copied before the next call on the statement.
+        unsafe {
+            match ffi::sqlite3_column_type(stmt, i) {
+                ffi::SQLITE_TEXT | ffi::SQLITE_BLOB => {
+                    let p = ffi::sqlite3_column_blob(stmt, i) as *const u8;
+                    let n = ffi::sqlite3_column_bytes(stmt, i);
+                    if !p.is_null() && n > 0 {
+                        out.extend_from_slice(std::slice::from_raw_parts(p, n as usize));
+                    }
+                }
+                ffi::SQLITE_INTEGER => out.extend_from_slice(
+                    itoa::Buffer::new()
+                        .format(ffi::sqlite3_column_int64(stmt, i))
+                        .as_bytes(),
+                ),
+                ffi::SQLITE_FLOAT => out
+                    .extend_from_slice(ffi::sqlite3_column_double(stmt, i).to_string().as_bytes()),
+                _ => {}
+            }
+        }
+    }
 }
 
-/// Read a text column into a reused buffer (no allocation once warm). Numbers stored in
-/// a text column by another writer are rendered as text rather than refused.
-fn text_of<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> Result<std::borrow::Cow<'a, str>> {
-    use rusqlite::types::ValueRef;
-    Ok(match r.get_ref(i)? {
-        ValueRef::Null => "".into(),
-        // `from_utf8` is the fast path; lossy conversion only for invalid bytes.
-        ValueRef::Text(t) => match std::str::from_utf8(t) {
-            Ok(s) => s.into(),
-            Err(_) => String::from_utf8_lossy(t),
-        },
-        ValueRef::Integer(v) => v.to_string().into(),
-        ValueRef::Real(v) => v.to_string().into(),
-        ValueRef::Blob(b) => String::from_utf8_lossy(b),
-    })
+impl Drop for RawStatement<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `stmt` is live and finalized exactly once.
+        unsafe {
+            rusqlite::ffi::sqlite3_finalize(self.stmt.as_ptr());
+        }
+    }
 }
 
-fn set_text(dst: &mut String, r: &rusqlite::Row<'_>, i: usize) -> Result<()> {
-    let v = text_of(r, i)?;
-    dst.clear();
-    dst.push_str(&v);
-    Ok(())
-}
-
-fn set_hashed(
-    dst: &mut String,
-    r: &rusqlite::Row<'_>,
-    i: usize,
-    hasher: &mut IdentityHasher,
-) -> Result<()> {
-    let v = text_of(r, i)?;
-    dst.clear();
-    dst.push_str(hasher.hash(&v));
-    Ok(())
+/// SQLite's error for `rc` on `db`, as rusqlite would report it.
+fn sqlite_error(db: *mut rusqlite::ffi::sqlite3, rc: std::os::raw::c_int) -> Error {
+    // SAFETY: `db` is a live connection; the message is copied at once.
+    let msg = unsafe {
+        let m = rusqlite::ffi::sqlite3_errmsg(db);
+        (!m.is_null()).then(|| std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned())
+    };
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), msg).into()
 }
 
 /// Stream the rows that Prepare and Export would write (level-filtered, identifying
