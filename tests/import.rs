@@ -656,6 +656,71 @@ fn inapplicable_version_is_recorded_as_not_applicable() {
 }
 
 #[test]
+fn after_an_upgrade_the_next_step_becomes_ready_and_passed_ones_not_applicable() {
+    let e = env();
+    // One trip brings a two-step upgrade: 9128 → 9132 → 9135.
+    let first =
+        PackSpec::update("CM 2409", "5.00.9132.1000", "5.00.9128.1000").with_max("5.00.9128.1000");
+    let second = PackSpec::update("CM 2503", "5.00.9135.1000", "5.00.9132.1000");
+    e.add(&first);
+    e.add(&second);
+    e.run();
+    let state = |id| e.site().get_update(&id).unwrap().unwrap();
+    assert_eq!(state(first.id).state, UpdateState::ReadyToInstall);
+    assert_eq!(state(second.id).state, UpdateState::NotApplicable);
+
+    // The first step is installed: the library call that records it re-evaluates.
+    let changed = e
+        .site()
+        .set_site_version(&"5.00.9132.1000".parse().unwrap())
+        .unwrap();
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    for (id, want) in [
+        (first.id, UpdateState::NotApplicable),
+        (second.id, UpdateState::ReadyToInstall),
+    ] {
+        let rec = state(id);
+        assert_eq!((rec.state, rec.state_code), (want, want.code()));
+        assert!(changed.contains(&(id, want)));
+    }
+
+    // Another writer (the site itself) records the next upgrade directly: the next
+    // Import brings the states in line before anything else, and re-imports nothing.
+    rusqlite::Connection::open(&e.db)
+        .unwrap()
+        .execute(
+            "UPDATE site SET site_version = '5.00.9128.1000' WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    let r = e.run();
+    for s in [&first, &second] {
+        assert_eq!(result_of(&r, s.id).status, ImportStatus::AlreadyImported);
+    }
+    assert_eq!(state(first.id).state, UpdateState::ReadyToInstall);
+    assert_eq!(state(second.id).state, UpdateState::NotApplicable);
+    assert_eq!(
+        result_of(&r, second.id).state,
+        Some(UpdateState::NotApplicable)
+    );
+
+    // Installed and Failed are the site's own verdicts and are left alone.
+    rusqlite::Connection::open(&e.db)
+        .unwrap()
+        .execute(
+            "UPDATE update_packages SET state = 'Installed', state_code = 196612 WHERE package_guid = ?1",
+            [first.id.to_string()],
+        )
+        .unwrap();
+    let changed = e
+        .site()
+        .set_site_version(&"5.00.9135.1000".parse().unwrap())
+        .unwrap();
+    assert_eq!(changed, vec![(second.id, UpdateState::ReadyToInstall)]);
+    assert_eq!(state(first.id).state, UpdateState::Installed);
+}
+
+#[test]
 fn targeted_pack_for_other_hierarchies_is_refused_as_foreign() {
     let (e, _) = Env::with_one_imported();
     let spec = PackSpec::update("Early ring", "5.00.9135.1000", "5.00.9106.1000")

@@ -20,7 +20,8 @@
 //! manifest SHA-256 (`AlreadyImported`), otherwise `Conflict`; the folder holds exactly
 //! the listed files, no links. Sizes and SHA-256 are checked while copying. A pack whose
 //! range excludes the site version is recorded as `NotApplicable` (393214), otherwise
-//! `ReadyToInstall` (262146).
+//! `ReadyToInstall` (262146). Each run first re-evaluates the recorded states against the
+//! current site version, so after an upgrade the next step becomes `ReadyToInstall`.
 //!
 //! # Crash-safety protocol
 //!
@@ -247,6 +248,10 @@ pub fn import(opts: &ImportOptions, progress: ProgressFn) -> Result<Vec<ImportRe
     let _lock = lock::ImportLock::acquire(&opts.site_db, wait)?;
     pause_point("locked");
     place::recover(&opts.site_db, site.connection())?;
+    // The site may have been upgraded since the last import (the version is the site's
+    // own to change): the next step of a multi-step upgrade recorded as NotApplicable
+    // then applies. Bring the recorded states in line before anything is compared.
+    crate::site::updates::reevaluate_applicability(site.connection(), &info.site_version)?;
 
     let hierarchy = info.hierarchy_id;
     // Absolute, so the journal still names the right folders if the next run starts elsewhere.

@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use updates::UpdateState;
 
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
@@ -348,13 +349,18 @@ impl Site {
         })
     }
 
-    /// Change the site's version (an upgrade was installed) or diagnostics level.
-    pub fn set_site_version(&self, v: &SiteVersion) -> Result<()> {
-        self.conn.execute(
+    /// Change the site's version (an upgrade was installed) and, in the same
+    /// transaction, re-evaluate which recorded updates apply to it
+    /// ([`updates::reevaluate_applicability`]). Returns the updates whose state changed.
+    pub fn set_site_version(&self, v: &SiteVersion) -> Result<Vec<(uuid::Uuid, UpdateState)>> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
             "UPDATE site SET site_version = ?1 WHERE id = 1",
             [v.as_str()],
         )?;
-        Ok(())
+        let changed = updates::reevaluate_applicability(&tx, v)?;
+        tx.commit()?;
+        Ok(changed)
     }
 
     pub fn set_diagnostics_level(&self, level: DiagnosticsLevel) -> Result<()> {

@@ -255,6 +255,64 @@ pub fn recorded_manifests(
     Ok(out)
 }
 
+/// Bring the recorded states in line with the site at version `v`: a `NotApplicable`
+/// update whose version range now includes `v` becomes `ReadyToInstall` (the next step of
+/// a multi-step upgrade brought in on one trip, once the step before it is installed),
+/// and a `ReadyToInstall` one whose range no longer includes `v` becomes
+/// `NotApplicable`. `Available`, `Installed` and `Failed` are left alone, as are rows
+/// whose stored versions do not parse. Returns each update whose state changed, with its
+/// new state. Runs through `conn`, so a caller's transaction covers it.
+pub fn reevaluate_applicability(
+    conn: &rusqlite::Connection,
+    v: &crate::SiteVersion,
+) -> Result<Vec<(uuid::Uuid, UpdateState)>> {
+    let mut changed = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT package_guid, min_site_version, max_site_version, state FROM update_packages
+             WHERE state IN ('NotApplicable', 'ReadyToInstall')",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let guid: String = r.get(0)?;
+            let min: String = r.get(1)?;
+            let max: Option<String> = r.get(2)?;
+            let state: UpdateState = r.get::<_, String>(3)?.parse()?;
+            let (Ok(guid), Ok(min)) = (
+                guid.parse::<uuid::Uuid>(),
+                min.parse::<crate::SiteVersion>(),
+            ) else {
+                continue;
+            };
+            let max = match max.map(|m| m.parse::<crate::SiteVersion>()) {
+                Some(Ok(m)) => Some(m),
+                Some(Err(_)) => continue,
+                None => None,
+            };
+            let applies = &min <= v && max.as_ref().is_none_or(|m| v <= m);
+            let now = if applies {
+                UpdateState::ReadyToInstall
+            } else {
+                UpdateState::NotApplicable
+            };
+            if now != state {
+                changed.push((guid, now));
+            }
+        }
+    }
+    let mut update = conn.prepare_cached(
+        "UPDATE update_packages SET state = ?2, state_code = ?3 WHERE package_guid = ?1",
+    )?;
+    for (guid, state) in &changed {
+        update.execute(rusqlite::params![
+            guid.to_string(),
+            state.as_str(),
+            state.code()
+        ])?;
+    }
+    Ok(changed)
+}
+
 impl Site {
     /// The files recorded for an update, in the order its manifest lists them.
     pub fn update_files(&self, guid: &uuid::Uuid) -> Result<Vec<UpdateFile>> {
