@@ -143,7 +143,9 @@ extern "C" {
 // Progress reports phases 3 (Upload), 4 (Download) and 5 (Verify) in bytes.
 //
 // `options_json` (the library's `ConnectOptions`):
-// `{"source": "<usage cab or folder of cabs>", "dest": "<update pack folder>",
+// `{"source": "<usage cab or folder of cabs>",
+//   "additional_sources": ["<more cabs or folders>", ...] (optional),
+//   "dest": "<update pack folder>",
 //   "service_uri": "http://127.0.0.1:8080",
 //   "selection": "Latest"|"SiteVersion"|"Hotfix"|"All" (optional, default "Latest"),
 //   "proxy": {"uri": "host[:port]", "username": "...", "password": "..."} (optional),

@@ -70,6 +70,12 @@ impl std::fmt::Debug for ProxyOptions {
 pub struct ConnectOptions {
     /// A usage cab, or a folder of uniquely named usage cabs (one per hierarchy).
     pub source: PathBuf,
+    /// More usage cabs or folders of cabs for the same run, taken after `source` in this
+    /// order (a path given twice counts once; the first cab of a hierarchy wins), so a
+    /// caller with cabs in several places gets one run and one report naming the real
+    /// files, without copying them anywhere.
+    #[serde(default)]
+    pub additional_sources: Vec<PathBuf>,
     /// The update-pack destination folder (created if missing; its parent must exist).
     pub dest: PathBuf,
     /// Base URI of the update service, e.g. `https://updates.contoso.com` or `http://127.0.0.1:8080`.
@@ -106,6 +112,7 @@ impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectOptions")
             .field("source", &self.source)
+            .field("additional_sources", &self.additional_sources)
             .field("dest", &self.dest)
             .field("service_uri", &self.service_uri)
             .field("selection", &self.selection)
@@ -142,6 +149,7 @@ impl ConnectOptions {
     ) -> Self {
         ConnectOptions {
             source: source.into(),
+            additional_sources: Vec::new(),
             dest: dest.into(),
             service_uri: service_uri.into(),
             selection: Selection::default(),
@@ -286,7 +294,8 @@ pub fn connect(opts: &ConnectOptions, progress: ProgressFn) -> Result<ConnectRep
     }
     let cancel = CancellationToken::new();
     let http = client::Http::new(opts, cancel.clone())?;
-    let cabs = upload::find_cabs(&opts.source)?;
+    let cabs =
+        upload::find_all_cabs(std::iter::once(&opts.source).chain(&opts.additional_sources))?;
     let dest = prepare_dest(&opts.dest)?;
     let lock = lock_dest(&dest)?;
 

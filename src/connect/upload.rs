@@ -49,6 +49,24 @@ pub(crate) fn find_cabs(source: &Path) -> Result<Vec<PathBuf>> {
     Ok(cabs)
 }
 
+/// [`find_cabs`] over several sources, in order; a cab reached twice (the same path, or
+/// the same file by another path) is taken once.
+pub(crate) fn find_all_cabs<'a>(
+    sources: impl IntoIterator<Item = &'a PathBuf>,
+) -> Result<Vec<PathBuf>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut cabs = Vec::new();
+    for source in sources {
+        for cab in find_cabs(source)? {
+            let key = std::fs::canonicalize(&cab).unwrap_or_else(|_| cab.clone());
+            if seen.insert(key) {
+                cabs.push(cab);
+            }
+        }
+    }
+    Ok(cabs)
+}
+
 fn blank_report(cab: &Path) -> UploadReport {
     UploadReport {
         cab: cab.to_path_buf(),
@@ -300,6 +318,35 @@ mod tests {
         assert_eq!(names, ["A.CAB", "b.cab", "c.Cab"]);
         // A single file is taken as given, whatever its name; validation judges it later.
         assert_eq!(find_cabs(&d.path().join("notes.txt")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn several_sources_keep_their_order_and_take_each_cab_once() {
+        let d = tempfile::tempdir().unwrap();
+        let (one, two) = (d.path().join("one"), d.path().join("two"));
+        for (dir, names) in [(&one, ["b.cab", "a.cab"]), (&two, ["c.cab", "d.cab"])] {
+            std::fs::create_dir(dir).unwrap();
+            for n in names {
+                std::fs::write(dir.join(n), b"x").unwrap();
+            }
+        }
+        let sources = [
+            two.join("d.cab"),
+            one.clone(),
+            // The same file again, by another path.
+            two.join("../two/d.cab"),
+            two.clone(),
+        ];
+        let got: Vec<PathBuf> = find_all_cabs(&sources).unwrap();
+        let want = [
+            two.join("d.cab"),
+            one.join("a.cab"),
+            one.join("b.cab"),
+            two.join("c.cab"),
+        ];
+        assert_eq!(got, want);
+        let e = find_all_cabs(&[one.clone(), d.path().join("gone")]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
     }
 
     #[test]

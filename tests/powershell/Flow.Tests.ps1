@@ -201,9 +201,11 @@ Describe 'Usage data sources' {
         $packs = @($MultiCab.Path, $second | Invoke-ServiceConnection -UpdatePackDestination (Join-Path $TestDrive 'sources-twice') -ServiceUri $Uri -WarningVariable warnings -WarningAction SilentlyContinue)
         $packs | Should -HaveCount 1
         $warnings | Should -HaveCount 1
-        # The warning names the administrator's file, not the module's private staging copy.
+        # The warning and the report name the administrator's files, in pipeline order.
         [string]$warnings[0] | Should -Match ([regex]::Escape($second))
-        [string]$warnings[0] | Should -Not -Match 'sct-usage-|\b00[12]-'
+        $report = Get-Content -Raw (Join-Path $TestDrive 'sources-twice/connect-report.json') | ConvertFrom-Json
+        @($report.uploads.cab) | Should -Be @($MultiCab.Path, $second)
+        @($report.uploads.status) | Should -Be @('Uploaded', 'Skipped')
     }
 }
 

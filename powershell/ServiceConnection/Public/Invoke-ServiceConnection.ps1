@@ -143,38 +143,18 @@ function Invoke-ServiceConnection {
         $description = if ($sources.Count -eq 1) { $sources[0] } else { "$($sources.Count) usage data sources" }
         if (-not $PSCmdlet.ShouldProcess($dest, "Upload $description to $ServiceUri and download update packs ($Download)")) { return }
 
-        # Several sources: one Connect run over a private folder of uniquely named copies, so
-        # each hierarchy is uploaded once and one report covers everything.
-        $staging = $null
-        $originalOf = @{}
-        $source = $sources[0]
+        # Several sources go to one Connect run (the library takes them in order and uploads
+        # each hierarchy once), so one report covers everything and names the real files.
         try {
-            if ($sources.Count -gt 1) {
-                $staging = Join-Path ([System.IO.Path]::GetTempPath()) ("sct-usage-" + [guid]::NewGuid().ToString('N'))
-                $null = New-Item -ItemType Directory -Path $staging -WhatIf:$false -Confirm:$false
-                $files = foreach ($s in $sources) {
-                    if (Test-Path -LiteralPath $s -PathType Container) {
-                        Get-ChildItem -LiteralPath $s -Filter '*.cab' -File | ForEach-Object FullName
-                    }
-                    else { $s }
-                }
-                $i = 0
-                foreach ($f in $files) {
-                    $i++
-                    $copy = Join-Path $staging ('{0:D3}-{1}' -f $i, [System.IO.Path]::GetFileName($f))
-                    Copy-Item -LiteralPath $f -Destination $copy -WhatIf:$false -Confirm:$false
-                    $originalOf[$copy] = $f
-                }
-                $source = $staging
-                Write-Verbose "Collected $i usage cab(s) for one Connect run"
-            }
-
             $options = [ordered]@{
-                source      = $source
+                source      = $sources[0]
                 dest        = $dest
                 service_uri = $ServiceUri
                 selection   = $Download
                 parallelism = $ThrottleLimit
+            }
+            if ($sources.Count -gt 1) {
+                $options.additional_sources = @($sources | Select-Object -Skip 1)
             }
             if ($CertificateAuthority) { $options.ca_cert = Resolve-FileSystemPath -Cmdlet $PSCmdlet -Path $CertificateAuthority }
             Write-Verbose "Connecting to $ServiceUri (selection $Download, $ThrottleLimit parallel downloads)"
@@ -205,21 +185,14 @@ function Invoke-ServiceConnection {
         }
         finally {
             $json = $null
-            if ($staging -and (Test-Path -LiteralPath $staging)) {
-                Remove-Item -LiteralPath $staging -Recurse -Force -WhatIf:$false -Confirm:$false
-            }
         }
 
         if (-not $call.Ok) { $PSCmdlet.WriteError($call.Error); return }
         $report = $call.Value[0]
 
         foreach ($upload in @($report.Uploads)) {
-            $cab = if ($originalOf.ContainsKey([string]$upload.Cab)) { $originalOf[[string]$upload.Cab] } else { [string]$upload.Cab }
+            $cab = [string]$upload.Cab
             $message = [string]$upload.Message
-            # Name the administrator's files, not the private staging copies.
-            foreach ($k in $originalOf.Keys) {
-                $message = $message.Replace($k, $originalOf[$k]).Replace([System.IO.Path]::GetFileName($k), $originalOf[$k])
-            }
             switch ($upload.Status) {
                 'Uploaded' { Write-Verbose "Uploaded $cab (hierarchy $($upload.HierarchyId), site version $($upload.SiteVersion)): $($upload.Offered) pack(s) offered" }
                 'Skipped' { Write-Warning "Skipped $cab`: $message" }
