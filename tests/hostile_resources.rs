@@ -6,7 +6,8 @@
 //! only), remounted read-only where needed. Where mounting is not permitted the tmpfs
 //! tests say so on stderr and the full-disk case falls back to a file-size limit
 //! (RLIMIT_FSIZE) set in a child process. Root ignores file permissions, so "unreadable"
-//! runs its child as user `nobody` when the tests run as root.
+//! runs its child as user `nobody` when the tests run as root. Import's reflink placement
+//! runs on a real copy-on-write file system: XFS made in an image file and loop-mounted.
 #![cfg(unix)]
 
 #[path = "common/packs.rs"]
@@ -85,6 +86,65 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A freshly made XFS file system with reflink support, in an image file on a loop device;
+/// unmounted (and the image removed) on drop. `None` with a note where the tests do not
+/// run as root; as root, a missing `mkfs.xfs` or loop device fails the test (CI installs
+/// `xfsprogs`).
+struct XfsImage {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl XfsImage {
+    fn mount(mib: u64) -> Option<XfsImage> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("note: mounting a file system image needs root; this case is skipped");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("xfs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let out = Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&image)
+            .output()
+            .expect("mkfs.xfs (package xfsprogs) is needed for the reflink test");
+        assert!(out.status.success(), "mkfs.xfs: {out:?}");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mounting the XFS image: {out:?}");
+        Some(XfsImage { _dir: dir, path })
+    }
+
+    /// Free bytes on the file system.
+    fn free(&self) -> u64 {
+        let c = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
+        unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0);
+            st.f_bavail as u64 * st.f_frsize as u64
+        }
+    }
+}
+
+impl Drop for XfsImage {
+    fn drop(&mut self) {
+        // Not lazily: the image file is removed with the temp dir right after.
+        let _ = Command::new("umount").arg(&self.path).status();
     }
 }
 
@@ -274,6 +334,52 @@ fn import_onto_a_full_disk_leaves_the_site_unchanged_then_succeeds() {
     let r = import(&ImportOptions::new(&db, &src2), &mut |_| true).unwrap();
     assert_eq!(r[0].status, ImportStatus::Imported, "{r:#?}");
     assert_eq!(r[0].package_guid, Some(spec.id));
+}
+
+/// On a copy-on-write file system (XFS with reflink, in a loop-mounted image) Import
+/// places content as a clone: a separate inode (not a hard link, so editing the pack
+/// afterwards cannot reach the site), no data copied (free space barely moves), and what
+/// was placed verified.
+#[test]
+fn import_on_a_reflink_file_system_places_clones() {
+    let Some(fs) = XfsImage::mount(300) else {
+        return;
+    };
+    const SIZE: usize = 64 * 1024 * 1024;
+    let (db, src, spec) = site_and_pack(&fs.path, SIZE);
+    let before = fs.free();
+    let r = import(&ImportOptions::new(&db, &src), &mut |_| true).unwrap();
+    assert_eq!(r[0].status, ImportStatus::Imported, "{r:#?}");
+    let used = before.saturating_sub(fs.free());
+    assert!(
+        used < (SIZE as u64) / 4,
+        "{used} bytes used for a {SIZE}-byte pack: the content was copied, not cloned"
+    );
+    let pack_file = packs::pack_dir(&src, site::HIERARCHY.parse().unwrap(), spec.id)
+        .join("content/payload/big.bin");
+    let placed = fs
+        .path
+        .join(CONTENT_LIBRARY)
+        .join(spec.id.to_string())
+        .join("payload/big.bin");
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        std::fs::metadata(&pack_file).unwrap(),
+        std::fs::metadata(&placed).unwrap(),
+    );
+    assert_ne!(a.ino(), b.ino(), "placed by hard link, not by reflink");
+    assert_eq!(b.nlink(), 1);
+    // Copy-on-write: changing the pack afterwards leaves the site's copy as imported.
+    let original = std::fs::read(&placed).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pack_file)
+        .unwrap()
+        .write_all(b"changed after the import")
+        .unwrap();
+    assert!(std::fs::read(&placed).unwrap() == original);
+    assert!(original == packs::bytes(7, SIZE));
+    integrity_ok(&db);
 }
 
 /// Connect onto a full USB drive: the pack fails with a clear "no space" message, nothing
