@@ -1568,6 +1568,44 @@ fn a_stalled_client_is_disconnected_after_the_idle_timeout() {
     assert!(r.status == 200 && r.body == big);
 }
 
+/// At `--max-connections`, a further client waits (in the listen backlog) instead of
+/// being served alongside, and is served as soon as a connection closes.
+#[test]
+fn connections_beyond_the_cap_wait_until_one_closes() {
+    let store = TestStore::new();
+    let svc = TestService::start(&store, &["--max-connections", "1"]);
+    let addr = svc.url().strip_prefix("http://").unwrap().to_string();
+    let health = |s: &mut std::net::TcpStream| {
+        write!(s, "GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).map(|_| buf)
+    };
+    // The one connection allowed, kept open (keep-alive) after a first answer.
+    let mut held = std::net::TcpStream::connect(&addr).unwrap();
+    assert_eq!(&health(&mut held).unwrap(), b"HTTP/1.1 200");
+    // A second client connects (the kernel queues it) but gets no answer while held.
+    let mut waiting = std::net::TcpStream::connect(&addr).unwrap();
+    waiting
+        .set_read_timeout(Some(std::time::Duration::from_millis(700)))
+        .unwrap();
+    let e = health(&mut waiting).expect_err("answered beyond the connection cap");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{e}"
+    );
+    // Closing the held connection lets the waiting one in; its request was queued.
+    drop(held);
+    waiting
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 12];
+    waiting.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}
+
 #[test]
 fn a_foreign_or_newer_catalog_is_refused_untouched() {
     let store = TestStore::new();

@@ -90,6 +90,9 @@ enum Command {
         /// Close a connection after this many seconds without a byte moving either way.
         #[arg(long, value_name = "SECS", default_value_t = service::server::DEFAULT_IDLE_TIMEOUT.as_secs())]
         idle_timeout: u64,
+        /// Connections served at once; more clients wait until one closes.
+        #[arg(long, value_name = "N", default_value_t = service::server::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// List the published packs (or, with --uploads, the received usage cabs).
     List {
@@ -159,6 +162,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             token_file,
             max_upload_bytes,
             idle_timeout,
+            max_connections,
         } => {
             let token = token_file
                 .as_deref()
@@ -172,6 +176,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                     tls_key,
                     max_upload_bytes,
                     idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
+                    max_connections,
                 },
                 token,
             )?;

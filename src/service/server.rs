@@ -38,10 +38,17 @@ pub struct ServeOptions {
     /// A connection that moves no byte either way for this long is closed (a stalled or
     /// malicious slow client must not hold a task and an open file forever).
     pub idle_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog until one
+    /// closes, so a flood of connections cannot exhaust descriptors or memory.
+    pub max_connections: usize,
 }
 
 /// Default `--idle-timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default `--max-connections`: far above what sites and their Connect runs need (a few
+/// parallel downloads each), far below a process's usual 1,024-descriptor limit once
+/// each served file's descriptor is counted too.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// Serve until SIGINT/SIGTERM. `token` (never logged) enables bearer authentication.
 /// The first line on stdout is `sct-service listening on http(s)://ADDR`, flushed.
@@ -65,7 +72,13 @@ pub fn serve(opts: &ServeOptions, token: Option<String>) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the runtime", &e))?;
-    rt.block_on(run(opts.listen, tls, state, opts.idle_timeout))
+    rt.block_on(run(
+        opts.listen,
+        tls,
+        state,
+        opts.idle_timeout,
+        opts.max_connections.max(1),
+    ))
 }
 
 async fn run(
@@ -73,6 +86,7 @@ async fn run(
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
     idle: Duration,
+    max_connections: usize,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -96,7 +110,8 @@ async fn run(
         tokio::select! {
             _ = &mut signal => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => {
+            // At the cap, accept nothing until a connection ends (the branch above).
+            accepted = listener.accept(), if conns.len() < max_connections => {
                 let (tcp, _peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
