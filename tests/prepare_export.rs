@@ -627,7 +627,7 @@ fn a_row_with_an_impossible_level_is_an_error_at_full_and_left_out_below() {
     let e = prepare(&db, &dir.path().join("u.cab"), false, &mut never_cancel)
         .expect_err("a level-7 row is refused at Full");
     assert_eq!(e.kind(), ErrorKind::Database);
-    assert!(e.to_string().contains("invalid level"), "{e}");
+    assert!(e.to_string().contains("invalid level 7"), "{e}");
     assert_eq!(site::snapshot(dir.path()), before, "nothing written");
     let e = for_each_usage_row(&db, &mut |_| Ok(true)).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Database);

@@ -425,13 +425,14 @@ fn read_batches(
                 "a usage row has an id that is not an integer",
             )
         })?;
-        let level = stmt
-            .integer(1)
+        let raw_level = stmt.integer(1);
+        let level = raw_level
             .and_then(DiagnosticsLevel::from_i64)
             .ok_or_else(|| {
+                let shown = raw_level.map_or_else(|| "that is not a number".into(), |l| l.to_string());
                 Error::new(
                     ErrorKind::Database,
-                    format!("usage row {id} has an invalid level"),
+                    format!("usage row {id} has an invalid level {shown} (1 Basic, 2 Enhanced and 3 Full are valid)"),
                 )
             })?;
         batch.ids.push(id);
