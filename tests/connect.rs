@@ -6,6 +6,8 @@
 mod proxy;
 #[path = "common/service.rs"]
 mod service;
+#[path = "common/tls.rs"]
+mod tls;
 
 use proxy::{Action, Flaky, TinyProxy};
 use service::{pseudo_random, write_content, TestService, TestStore};
@@ -978,16 +980,8 @@ fn wrong_proxy_port_is_a_proxy_connect_error() {
 fn tls_needs_the_private_ca_and_works_with_it() {
     let sc = scene();
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = proxy::make_tls_files(certs.path());
-    let svc = TestService::start_args(
-        sc.store.path(),
-        [
-            OsStr::new("--tls-cert"),
-            cert.as_os_str(),
-            OsStr::new("--tls-key"),
-            key.as_os_str(),
-        ],
-    );
+    let test_ca = tls::make_test_ca(certs.path(), tls::TestCaOpts::fresh());
+    let svc = TestService::start_args(sc.store.path(), test_ca.service_args());
     assert!(svc.url().starts_with("https://"), "{}", svc.url());
     let work = tempfile::tempdir().unwrap();
     let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
@@ -1000,7 +994,7 @@ fn tls_needs_the_private_ca_and_works_with_it() {
 
     let dest = work.path().join("with-ca");
     let mut o = options(&cab, &dest, svc.url());
-    o.ca_cert = Some(ca);
+    o.ca_cert = Some(test_ca.ca.clone());
     let r = run(&o).unwrap();
     assert!(r.is_success(), "{r:#?}");
     assert!(dest
@@ -1361,22 +1355,14 @@ fn partial_files_are_continued_restarted_or_discarded() {
 fn https_through_tinyproxy_tunnel() {
     let sc = scene();
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = proxy::make_tls_files(certs.path());
-    let svc = TestService::start_args(
-        sc.store.path(),
-        [
-            OsStr::new("--tls-cert"),
-            cert.as_os_str(),
-            OsStr::new("--tls-key"),
-            key.as_os_str(),
-        ],
-    );
+    let test_ca = tls::make_test_ca(certs.path(), tls::TestCaOpts::fresh());
+    let svc = TestService::start_args(sc.store.path(), test_ca.service_args());
     let work = tempfile::tempdir().unwrap();
     let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
     let guarded = TinyProxy::start(Some((PROXY_USER, PROXY_PASSWORD)));
     let dest = work.path().join("ok");
     let mut o = options(&cab, &dest, svc.url());
-    o.ca_cert = Some(ca.clone());
+    o.ca_cert = Some(test_ca.ca.clone());
     o.proxy = Some(ProxyOptions {
         uri: guarded.addr(),
         username: Some(PROXY_USER.into()),

@@ -10,6 +10,8 @@
 mod service;
 #[path = "common/site.rs"]
 mod site;
+#[path = "common/tls.rs"]
+mod tls;
 
 use serviceconnection::api::PackType;
 use serviceconnection::connect::{
@@ -21,7 +23,6 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 const FILE: &str = "payload/big.bin";
@@ -421,110 +422,19 @@ fn wrong_content_range_on_resume_is_not_trusted() {
     assert_eq!(std::fs::read(sc.final_path(&dest)).unwrap(), sc.data);
 }
 
-/// Make an expired certificate for 127.0.0.1 signed by a private CA (valid 2020-01-01 to
-/// 2020-01-02), with the stock `openssl ca`. Returns (ca.pem, cert, key).
-fn expired_tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=SCT Test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(dir.join("index.txt"), "").unwrap();
-    std::fs::write(dir.join("serial"), "01\n").unwrap();
-    std::fs::write(
-        dir.join("ca.cnf"),
-        "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\nserial = serial\n\
-         new_certs_dir = .\ncertificate = ca.pem\nprivate_key = ca.key\ndefault_md = sha256\n\
-         policy = any\ncopy_extensions = none\nx509_extensions = ext\n\
-         [any]\ncommonName = supplied\n\
-         [ext]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
-         extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "ca",
-        "-batch",
-        "-config",
-        "ca.cnf",
-        "-in",
-        "server.csr",
-        "-out",
-        "server.pem",
-        "-startdate",
-        "20200101000000Z",
-        "-enddate",
-        "20200102000000Z",
-        "-notext",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
-}
-
 /// A service whose certificate expired: Connect refuses it as a TLS error naming the
 /// certificate, uploads nothing and writes no pack.
 #[test]
 fn expired_tls_certificate_is_refused() {
     let sc = scene();
-    let tls = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = expired_tls_files(tls.path());
-    let svc = service::TestService::start_args(
-        sc.store.path(),
-        [
-            std::ffi::OsStr::new("--tls-cert"),
-            cert.as_os_str(),
-            std::ffi::OsStr::new("--tls-key"),
-            key.as_os_str(),
-        ],
-    );
+    let dir = tempfile::tempdir().unwrap();
+    // A certificate for 127.0.0.1 signed by a private CA, valid 2020-01-01 to 2020-01-02.
+    let certs = tls::make_test_ca(dir.path(), tls::TestCaOpts::expired());
+    let svc = service::TestService::start_args(sc.store.path(), certs.service_args());
     assert!(svc.url().starts_with("https://"), "{}", svc.url());
     let dest = sc.work.path().join("packs");
     let mut o = sc.opts(&dest, svc.url());
-    o.ca_cert = Some(ca);
+    o.ca_cert = Some(certs.ca.clone());
     let message = match connect(&o, &mut |_| true) {
         Err(e) => {
             assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
