@@ -156,6 +156,23 @@ fn store_with_pack() -> (TestStore, Uuid, Vec<(String, Vec<u8>)>) {
     (store, id, files)
 }
 
+/// Publish pack "Big" (5.00.9100.1000, an update from 5.00.9000.1000) whose content is one
+/// file `file` holding `bytes`; the content folder is `store.dir()/c`.
+/// Returns (pack id, content folder).
+fn publish_one_file(store: &TestStore, file: &str, bytes: &[u8]) -> (Uuid, std::path::PathBuf) {
+    let content = write_content(&store.dir().join("c"), &[(file, bytes)]);
+    let id = store.publish(
+        "Big",
+        "5.00.9100.1000",
+        PackType::Update,
+        "5.00.9000.1000",
+        None,
+        &[],
+        &content,
+    );
+    (id, content)
+}
+
 // ---------- keygen, publish, list ----------
 
 #[test]
@@ -670,16 +687,7 @@ fn path_traversal_and_unknown_files_are_refused() {
 fn client_disconnect_mid_download_then_full_download() {
     let store = TestStore::new();
     let big = pseudo_random(24 * 1024 * 1024, 42);
-    let content = write_content(&store.dir().join("c"), &[("big.bin", &big)]);
-    let id = store.publish(
-        "Big",
-        "5.00.9100.1000",
-        PackType::Update,
-        "5.00.9000.1000",
-        None,
-        &[],
-        &content,
-    );
+    let (id, _) = publish_one_file(&store, "big.bin", &big);
     let mut svc = TestService::start(&store, &[]);
     let addr = svc.url().strip_prefix("http://").unwrap().to_string();
     for _ in 0..5 {
@@ -1346,19 +1354,7 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 fn memory_stays_flat_for_large_downloads_and_uploads() {
     const BIG: usize = 64 * 1024 * 1024;
     let store = TestStore::new();
-    let content = write_content(
-        &store.dir().join("c"),
-        &[("big.bin", &pseudo_random(BIG, 5))],
-    );
-    let id = store.publish(
-        "Big",
-        "5.00.9100.1000",
-        PackType::Update,
-        "5.00.9000.1000",
-        None,
-        &[],
-        &content,
-    );
+    let (id, content) = publish_one_file(&store, "big.bin", &pseudo_random(BIG, 5));
     let want = sha256(&std::fs::read(content.join("big.bin")).unwrap());
     std::fs::remove_dir_all(&content).unwrap();
     let svc = TestService::start(&store, &["--max-upload-bytes", "200000000"]);
@@ -1388,16 +1384,7 @@ fn sigterm_lets_a_download_in_flight_finish() {
     let store = TestStore::new();
     // Larger than the loopback socket buffers can hold, so most is sent after the signal.
     let big = pseudo_random(32 * 1024 * 1024, 9);
-    let content = write_content(&store.dir().join("c"), &[("big.bin", &big)]);
-    let id = store.publish(
-        "Big",
-        "5.00.9100.1000",
-        PackType::Update,
-        "5.00.9000.1000",
-        None,
-        &[],
-        &content,
-    );
+    let (id, _) = publish_one_file(&store, "big.bin", &big);
     let svc = TestService::start(&store, &[]);
     let addr = svc.url().strip_prefix("http://").unwrap().to_string();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
@@ -1528,16 +1515,7 @@ fn the_signing_key_is_needed_to_publish_but_not_to_serve() {
 fn a_stalled_client_is_disconnected_after_the_idle_timeout() {
     let store = TestStore::new();
     let big = pseudo_random(32 * 1024 * 1024, 13);
-    let content = write_content(&store.dir().join("c"), &[("big.bin", &big)]);
-    let id = store.publish(
-        "Big",
-        "5.00.9100.1000",
-        PackType::Update,
-        "5.00.9000.1000",
-        None,
-        &[],
-        &content,
-    );
+    let (id, _) = publish_one_file(&store, "big.bin", &big);
     let svc = TestService::start(&store, &["--idle-timeout", "1"]);
     let addr = svc.url().strip_prefix("http://").unwrap().to_string();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
