@@ -89,6 +89,21 @@ fn partials(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Publish update `name` (5.00.9132.1000, for a site at [`SITE_VERSION`]) with these files
+/// as its content, written under `store.dir()/c`. Returns the pack id.
+fn publish_update(store: &TestStore, name: &str, files: &[(&str, &[u8])]) -> uuid::Uuid {
+    let content = write_content(&store.dir().join("c"), files);
+    store.publish(
+        name,
+        "5.00.9132.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        &content,
+    )
+}
+
 fn pack(r: &ConnectReport, id: uuid::Uuid) -> &PackReport {
     r.packs
         .iter()
@@ -557,16 +572,7 @@ fn resume_after_the_process_is_killed() {
     let store = TestStore::new();
     let size = 8 * 1024 * 1024;
     let data = pseudo_random(size, 42);
-    let content = write_content(&store.dir().join("c"), &[("big/file.bin", &data)]);
-    let id = store.publish(
-        "Big",
-        "5.00.9132.1000",
-        PackType::Update,
-        SITE_VERSION,
-        None,
-        &[],
-        &content,
-    );
+    let id = publish_update(&store, "Big", &[("big/file.bin", &data)]);
     let svc = TestService::start(&store, &[]);
     let work = tempfile::tempdir().unwrap();
     let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
@@ -635,18 +641,10 @@ fn tampered_content_is_refetched_a_bounded_number_of_times_then_fails() {
     let store = TestStore::new();
     let good = pseudo_random(100_000, 1);
     let other = pseudo_random(50_000, 2);
-    let content = write_content(
-        &store.dir().join("c"),
-        &[("bad.bin", &good), ("ok.bin", &other)],
-    );
-    let id = store.publish(
+    let id = publish_update(
+        &store,
         "Tampered",
-        "5.00.9132.1000",
-        PackType::Update,
-        SITE_VERSION,
-        None,
-        &[],
-        &content,
+        &[("bad.bin", &good), ("ok.bin", &other)],
     );
     // Same length, different bytes: the server serves them under the right size and ETag.
     let stored = store.pack_dir(&id).join(CONTENT_DIR).join("bad.bin");
@@ -1044,18 +1042,10 @@ fn bearer_token_is_sent_and_never_reported() {
 fn cancelling_from_the_callback_leaves_nothing_at_a_final_name_and_resumes() {
     let store = TestStore::new();
     let data = pseudo_random(4 * 1024 * 1024, 11);
-    let content = write_content(
-        &store.dir().join("c"),
-        &[("a.bin", &data), ("b.bin", &data[..3_000_000])],
-    );
-    let id = store.publish(
+    let id = publish_update(
+        &store,
         "Big",
-        "5.00.9132.1000",
-        PackType::Update,
-        SITE_VERSION,
-        None,
-        &[],
-        &content,
+        &[("a.bin", &data), ("b.bin", &data[..3_000_000])],
     );
     let svc = TestService::start(&store, &[]);
     let work = tempfile::tempdir().unwrap();
