@@ -261,44 +261,54 @@ fn prepare_onto_a_full_disk_fails_cleanly_and_keeps_the_old_cab() {
 }
 
 /// Where no tmpfs can be mounted, the same through a file-size limit on the real command
-/// line tool (it runs everywhere): exit status 1, one line naming the cause.
+/// line tool (it runs everywhere): exit status 1, one line naming the cause. Below 32 KiB
+/// even opening the site fails (SQLite cannot size its index file): the line says so
+/// instead of SQLite's bare "disk I/O error".
 #[test]
 fn prepare_under_a_file_size_limit_fails_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 20_000);
-    let dest = dir.path().join("UsageData.cab");
-    let mut cmd = Command::new(TOOL);
-    cmd.args(["-prepare", "-sitedb"])
-        .arg(&db)
-        .arg("-usagedatadest")
-        .arg(&dest);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit {
-                // Above the site database's 32 KiB WAL index, below the cab.
-                rlim_cur: 64 * 1024,
-                rlim_max: 64 * 1024,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    for (limit, says) in [
+        // Above the site database's 32 KiB WAL index, below the cab.
+        (64 * 1024, "no space left"),
+        (8 * 1024, "file-size limit (ulimit -f)"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 20_000);
+        // A fresh checkpointed site has no index file yet: the open must create it.
+        let _ = std::fs::remove_file(db.with_extension("db-shm"));
+        let dest = dir.path().join("UsageData.cab");
+        let mut cmd = Command::new(TOOL);
+        cmd.args(["-prepare", "-sitedb"])
+            .arg(&db)
+            .arg("-usagedatadest")
+            .arg(&dest);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "limit {limit}: {err}");
+        assert!(!dest.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().contains("UsageData"))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        integrity_ok(&db);
     }
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("no space left"), "{err}");
-    assert!(!dest.exists());
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().contains("UsageData"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// Import into a site whose disk fills while the content is copied: DiskFull, the site's

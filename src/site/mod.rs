@@ -232,12 +232,19 @@ impl Site {
         // Identify before changing anything: a foreign or newer file is left untouched.
         let app_id: i64 = conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(|e| match Error::from(e) {
-                err if err.kind() == ErrorKind::NotASiteDatabase => Error::new(
-                    ErrorKind::NotASiteDatabase,
-                    format!("{shown} is not a ServiceConnection site database (not a SQLite file)"),
-                ),
-                err => err.context(&shown),
+            .map_err(|e| {
+                if let Some(err) = open_io_failure(&conn, &e, &shown.to_string()) {
+                    return err;
+                }
+                match Error::from(e) {
+                    err if err.kind() == ErrorKind::NotASiteDatabase => Error::new(
+                        ErrorKind::NotASiteDatabase,
+                        format!(
+                            "{shown} is not a ServiceConnection site database (not a SQLite file)"
+                        ),
+                    ),
+                    err => err.context(&shown),
+                }
             })?;
         if app_id != APPLICATION_ID {
             return Err(Error::new(
@@ -370,6 +377,29 @@ impl Site {
         )?;
         Ok(())
     }
+}
+
+/// The first read of a WAL database creates and sizes its shared-memory index
+/// (`<db>-shm`, 32 KiB), even for a read-only connection. When that fails SQLite only
+/// says "disk I/O error"; the operating system's reason tells the user what to do.
+fn open_io_failure(conn: &Connection, e: &rusqlite::Error, shown: &str) -> Option<Error> {
+    let rusqlite::Error::SqliteFailure(f, _) = e else {
+        return None;
+    };
+    if f.code != rusqlite::ErrorCode::SystemIoFailure {
+        return None;
+    }
+    // SAFETY: the handle is live while `conn` is borrowed; the call only reads state.
+    let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+    let why = match errno {
+        libc::EFBIG => "the file-size limit (ulimit -f) is below the 32 KiB SQLite needs for its index file beside the database",
+        libc::ENOSPC => "no space left on the device for the 32 KiB index file SQLite keeps beside the database",
+        _ => return None,
+    };
+    Some(Error::new(
+        ErrorKind::DiskFull,
+        format!("{shown}: the site database cannot be opened: {why}"),
+    ))
 }
 
 fn tmp_path(f: &crate::fsutil::AtomicFile) -> PathBuf {
