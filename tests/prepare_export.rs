@@ -448,6 +448,65 @@ fn missing_or_invalid_site_database_writes_nothing() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
+/// A site database damaged in the middle of its usage rows, as a bad sector or a
+/// half-copied file would leave it: whole pages overwritten (SQLite notices while
+/// counting), or only the records inside pages (it notices while reading the rows).
+/// Prepare, Export and the row stream stop with one clear Database error naming the file,
+/// leaving nothing behind and the file as it was.
+#[test]
+fn a_site_damaged_mid_table_stops_every_reader_cleanly() {
+    const PAGE: usize = 4096;
+    // (first byte damaged within each page, what is hit)
+    for (from, what) in [(0, "whole pages"), (PAGE / 2, "records only")] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 40_000);
+        {
+            // Checkpoint so every row lives in the main file, then damage it there.
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+                .unwrap();
+        }
+        let mut bytes = std::fs::read(&db).unwrap();
+        let at = (bytes.len() / 2) / PAGE * PAGE;
+        for p in 0..8 {
+            let page = &mut bytes[at + p * PAGE..at + (p + 1) * PAGE];
+            for (i, b) in page[from..].iter_mut().enumerate() {
+                *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+            }
+        }
+        std::fs::write(&db, &bytes).unwrap();
+        let before = std::fs::read(&db).unwrap();
+        let cab = dir.path().join("u.cab");
+        let csv = dir.path().join("u.csv");
+        let errors = [
+            prepare(&db, &cab, false, &mut never_cancel).expect_err("prepare"),
+            export_csv(&db, &csv, false, &mut never_cancel).expect_err("export"),
+            for_each_usage_row(&db, &mut |_| Ok(true)).expect_err("row stream"),
+        ];
+        for e in errors {
+            assert_eq!(e.kind(), ErrorKind::Database, "{what}: {e}");
+            let text = e.to_string();
+            assert!(text.contains("malformed"), "{what}: {e}");
+            assert!(
+                text.contains("site.db"),
+                "{what}: the file is not named: {e}"
+            );
+            assert_eq!(text.lines().count(), 1, "{what}: {e}");
+        }
+        assert!(!cab.exists() && !csv.exists());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.') || n.starts_with("u."))
+            .collect();
+        assert!(names.is_empty(), "{what}: left behind: {names:?}");
+        assert!(
+            std::fs::read(&db).unwrap() == before,
+            "{what}: the file was changed"
+        );
+    }
+}
+
 #[test]
 fn cancellation_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();

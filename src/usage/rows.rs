@@ -404,21 +404,25 @@ fn read_batches(
     full: &mut dyn FnMut(RawBatch) -> Result<Option<RawBatch>>,
 ) -> Result<()> {
     let conn = site.connection();
+    // SQLite's own failures (a damaged file, say) name the database; the callbacks'
+    // errors are passed on as they are.
+    let shown = site.path().display();
+    let named = |e: Error| e.context(&shown);
     // One snapshot for the identity, the count and the rows (WAL readers never block
     // writers).
     let txn = conn.unchecked_transaction()?;
     let info = site.identity()?;
     let query = RowQuery::for_level(info.diagnostics_level);
-    let total = query.count(&txn)?;
+    let total = query.count(&txn).map_err(named)?;
     if !start(info, total)? {
         return Ok(());
     }
-    let mut stmt = RawStatement::prepare(&txn, query.rows_sql)?;
+    let mut stmt = RawStatement::prepare(&txn, query.rows_sql).map_err(named)?;
     if let Some(bound) = query.bound {
         stmt.bind_i64(1, bound)?;
     }
     let mut batch = RawBatch::new();
-    while stmt.step()? {
+    while stmt.step().map_err(named)? {
         let id = stmt.integer(0).ok_or_else(|| {
             Error::new(
                 ErrorKind::Database,
