@@ -148,6 +148,16 @@ impl Drop for XfsImage {
     }
 }
 
+/// `serviceconnectiontool -prepare` of `db` to `dest`.
+fn prepare_command(db: &Path, dest: &Path) -> Command {
+    let mut cmd = Command::new(TOOL);
+    cmd.args(["-prepare", "-sitedb"])
+        .arg(db)
+        .arg("-usagedatadest")
+        .arg(dest);
+    cmd
+}
+
 /// Every file under `dir` with its bytes, for "nothing was touched".
 fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -276,11 +286,7 @@ fn prepare_under_a_file_size_limit_fails_cleanly() {
         // A fresh checkpointed site has no index file yet: the open must create it.
         let _ = std::fs::remove_file(db.with_extension("db-shm"));
         let dest = dir.path().join("UsageData.cab");
-        let mut cmd = Command::new(TOOL);
-        cmd.args(["-prepare", "-sitedb"])
-            .arg(&db)
-            .arg("-usagedatadest")
-            .arg(&dest);
+        let mut cmd = prepare_command(&db, &dest);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -671,11 +677,7 @@ fn prepare_from_an_unreadable_site_database_is_permission_denied() {
     hand_over(dir.path());
     std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
     let dest = dir.path().join("UsageData.cab");
-    let mut cmd = Command::new(TOOL);
-    cmd.args(["-prepare", "-sitedb"])
-        .arg(&db)
-        .arg("-usagedatadest")
-        .arg(&dest);
+    let mut cmd = prepare_command(&db, &dest);
     as_unprivileged(&mut cmd);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
