@@ -129,6 +129,47 @@ impl XfsImage {
         Some(XfsImage { _dir: dir, path })
     }
 
+    /// Make the device fail like a dying drive: remounted read-only, the page cache
+    /// dropped (so file data must come from the device again) except for the `cached`
+    /// files, read back in first, then its image truncated to `keep` bytes: the loop
+    /// device answers every read beyond with EIO.
+    fn fail_beyond(&self, keep: u64, cached: &[&Path]) {
+        let s = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(s.success(), "remount read-only");
+        std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+        for f in cached {
+            std::fs::read(f).unwrap();
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self._dir.path().join("xfs.img"))
+            .unwrap()
+            .set_len(keep)
+            .unwrap();
+    }
+
+    /// Byte offset on the device of `file`'s first extent, and its length (`xfs_bmap`).
+    fn first_extent(file: &Path) -> (u64, u64) {
+        let out = Command::new("xfs_bmap").arg(file).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "	0: [0..32767]: 192..32959" (512-byte units)
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("0:"))
+            .unwrap_or_else(|| panic!("xfs_bmap {}: {text}", file.display()));
+        let nums: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse().unwrap())
+            .collect();
+        // [index, file start, file end, device start, device end]
+        (nums[3] * 512, (nums[4] - nums[3] + 1) * 512)
+    }
+
     /// Free bytes on the file system.
     fn free(&self) -> u64 {
         let c = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap();
@@ -396,6 +437,56 @@ fn import_on_a_reflink_file_system_places_clones() {
     assert!(std::fs::read(&placed).unwrap() == original);
     assert!(original == packs::bytes(7, SIZE));
     integrity_ok(&db);
+}
+
+/// Import from a dying transfer drive: the pack's content cannot be read back (the
+/// device answers EIO half-way through the file, as a failing USB stick does). The pack is
+/// refused with one clear line naming the file and the I/O error; the site is exactly as
+/// it was; once the packs are readable again the import succeeds.
+#[test]
+fn import_from_a_drive_failing_with_eio_changes_nothing() {
+    let Some(usb) = XfsImage::mount(300) else {
+        return;
+    };
+    let local = tempfile::tempdir().unwrap();
+    let (db, src, spec) = site_and_pack(local.path(), 16 * 1024 * 1024);
+    // The packs go on the drive; the site stays on the local disk.
+    let on_usb = usb.path.join("UpdatePacks");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&on_usb)
+        .status()
+        .unwrap()
+        .success());
+    let pack = packs::pack_dir(&on_usb, site::HIERARCHY.parse().unwrap(), spec.id);
+    let big = pack.join("content/payload/big.bin");
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    let (start, len) = XfsImage::first_extent(&big);
+    let before = site_state(&db);
+    // The manifest and its signature still read (from the cache); the content's second
+    // half does not.
+    usb.fail_beyond(
+        (start + len / 2) / 4096 * 4096,
+        &[
+            &pack.join("manifest.json"),
+            &pack.join("manifest.json.minisig"),
+        ],
+    );
+    let (kind, message) = refusal(import(&ImportOptions::new(&db, &on_usb), &mut |_| true));
+    assert_eq!(kind, "Io", "{message}");
+    assert!(message.contains("big.bin"), "{message}");
+    assert!(
+        message.contains("Input/output error") || message.contains("I/O error"),
+        "{message}"
+    );
+    one_clear_line(&message);
+    assert_eq!(site_state(&db), before, "the site changed");
+    integrity_ok(&db);
+    // The same packs from a good copy go in.
+    let r = import(&ImportOptions::new(&db, &src), &mut |_| true).unwrap();
+    assert_eq!(r[0].status, ImportStatus::Imported, "{r:#?}");
 }
 
 /// Connect onto a full USB drive: the pack fails with a clear "no space" message, nothing
