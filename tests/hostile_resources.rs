@@ -489,6 +489,63 @@ fn import_from_a_drive_failing_with_eio_changes_nothing() {
     assert_eq!(r[0].status, ImportStatus::Imported, "{r:#?}");
 }
 
+/// Connect reading a usage cab from a dying drive (EIO half-way through the cab): that
+/// upload fails with an I/O error naming the file, not as "not a usage cab", and the
+/// other hierarchy's cab, elsewhere, still goes through.
+#[test]
+fn connect_with_a_cab_on_a_drive_failing_with_eio_reports_it_and_goes_on() {
+    let Some(usb) = XfsImage::mount(300) else {
+        return;
+    };
+    let local = tempfile::tempdir().unwrap();
+    let bad_site = site::create_site_with(
+        local.path(),
+        "bad.db",
+        DiagnosticsLevel::Full,
+        40_000,
+        Some(uuid::Uuid::new_v4()),
+    );
+    let good_site = site::create_site(local.path(), DiagnosticsLevel::Enhanced, 100);
+    let bad_cab = usb.path.join("UsageData.cab");
+    let good_cab = local.path().join("UsageData.cab");
+    for (db, cab) in [(&bad_site, &bad_cab), (&good_site, &good_cab)] {
+        serviceconnection::usage::prepare(db, cab, false, &mut |_| true).unwrap();
+    }
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    let (start, len) = XfsImage::first_extent(&bad_cab);
+    usb.fail_beyond((start + len / 2) / 4096 * 4096, &[]);
+
+    let store = service::TestStore::new();
+    let svc = service::TestService::start(&store, &[]);
+    let dest = local.path().join("UpdatePacks");
+    let mut o = serviceconnection::connect::ConnectOptions::new(&bad_cab, &dest, svc.url());
+    o.additional_sources = vec![good_cab.clone()];
+    o.retry_base_delay_ms = 10;
+    let rep = serviceconnection::connect::connect(&o, &mut |_| true).unwrap();
+    let bad = rep.uploads.iter().find(|u| u.cab == bad_cab).unwrap();
+    assert_eq!(bad.kind, Some(ErrorKind::Io), "{bad:#?}");
+    assert_eq!(
+        bad.status,
+        serviceconnection::connect::UploadStatus::Failed,
+        "an unreadable cab is a failure, not a file passed over: {bad:#?}"
+    );
+    assert!(!rep.is_success());
+    let message = bad.message.clone().unwrap_or_default();
+    assert!(message.contains("UsageData.cab"), "{message}");
+    assert!(
+        message.contains("Input/output error") || message.contains("I/O error"),
+        "{message}"
+    );
+    one_clear_line(&message);
+    let good = rep.uploads.iter().find(|u| u.cab == good_cab).unwrap();
+    assert_eq!(
+        good.status,
+        serviceconnection::connect::UploadStatus::Uploaded,
+        "{good:#?}"
+    );
+}
+
 /// Connect onto a full USB drive: the pack fails with a clear "no space" message, nothing
 /// sits at a final name, and the report says so.
 #[test]

@@ -99,7 +99,18 @@ pub(crate) async fn upload_all(
         }
         match checked {
             Err(e) => {
-                report.status = UploadStatus::Skipped;
+                // A file that is not a usable usage cab is passed over; one that could not
+                // be read (a failing drive, no permission) is a failure the user must see.
+                report.status = if matches!(
+                    e.kind(),
+                    ErrorKind::InvalidCab
+                        | ErrorKind::InvalidManifest
+                        | ErrorKind::IntegrityMismatch
+                ) {
+                    UploadStatus::Skipped
+                } else {
+                    UploadStatus::Failed
+                };
                 report.kind = Some(e.kind());
                 report.message = Some(format!("not uploaded: {}", e.message()));
                 planned.push((report, None));

@@ -21,12 +21,25 @@ pub fn read_usage_cab<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
     })
 }
 
+/// Classify an error met while reading the cab: one that carries an operating-system
+/// error code (EIO from a failing drive, say) is a failure to read, not a verdict on the
+/// cab, so it becomes an I/O error; the rest are the cab's own fault (`as_cab_error`).
+fn read_failure(e: std::io::Error, as_cab_error: impl FnOnce(std::io::Error) -> Error) -> Error {
+    if e.raw_os_error().is_some() {
+        Error::io("reading the cab", &e)
+    } else {
+        as_cab_error(e)
+    }
+}
+
 fn read_usage_cab_inner<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
     let mut cabinet = cab::Cabinet::new(reader).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidCab,
-            format!("not a usage cab: the file is not a valid cabinet ({e})"),
-        )
+        read_failure(e, |e| {
+            Error::new(
+                ErrorKind::InvalidCab,
+                format!("not a usage cab: the file is not a valid cabinet ({e})"),
+            )
+        })
     })?;
     let names: Vec<String> = cabinet
         .folder_entries()
@@ -39,22 +52,20 @@ fn read_usage_cab_inner<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
         ));
     }
     let mut bytes = Vec::new();
+    let manifest_error = |e: std::io::Error| {
+        read_failure(e, |e| {
+            Error::new(
+                ErrorKind::InvalidCab,
+                format!("the cab's {USAGE_MANIFEST_FILE} cannot be read: {e}"),
+            )
+        })
+    };
     cabinet
         .read_file(USAGE_MANIFEST_FILE)
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidCab,
-                format!("the cab's {USAGE_MANIFEST_FILE} cannot be read: {e}"),
-            )
-        })?
+        .map_err(manifest_error)?
         .take(MAX_USAGE_MANIFEST_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidCab,
-                format!("the cab's {USAGE_MANIFEST_FILE} cannot be read: {e}"),
-            )
-        })?;
+        .map_err(manifest_error)?;
     if bytes.len() as u64 > MAX_USAGE_MANIFEST_BYTES {
         return Err(Error::new(
             ErrorKind::InvalidManifest,
@@ -73,16 +84,20 @@ fn read_usage_cab_inner<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
             ));
         }
         let r = cabinet.read_file(&f.name).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidCab,
-                format!("'{}' in the cab cannot be read: {e}", f.name),
-            )
+            read_failure(e, |e| {
+                Error::new(
+                    ErrorKind::InvalidCab,
+                    format!("'{}' in the cab cannot be read: {e}", f.name),
+                )
+            })
         })?;
         let (size, sha) = sha256_reader(r).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidCab,
-                format!("'{}' in the cab is corrupt: {e}", f.name),
-            )
+            read_failure(e, |e| {
+                Error::new(
+                    ErrorKind::InvalidCab,
+                    format!("'{}' in the cab is corrupt: {e}", f.name),
+                )
+            })
         })?;
         if size != f.size || sha != f.sha256 {
             return Err(Error::new(
