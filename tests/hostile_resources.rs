@@ -62,12 +62,7 @@ impl Tmpfs {
     }
 
     fn remount_read_only(&self) {
-        let s = Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(&self.path)
-            .status()
-            .unwrap();
-        assert!(s.success(), "remount read-only");
+        remount_read_only(&self.path);
     }
 
     /// Fill the file system, then free `leave` bytes, so the next large write fails.
@@ -87,6 +82,16 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
+}
+
+/// Remount the file system at `mount_point` read-only.
+fn remount_read_only(mount_point: &Path) {
+    let s = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(mount_point)
+        .status()
+        .unwrap();
+    assert!(s.success(), "remount read-only");
 }
 
 /// A freshly made XFS file system with reflink support, in an image file on a loop device;
@@ -134,12 +139,7 @@ impl XfsImage {
     /// files, read back in first, then its image truncated to `keep` bytes: the loop
     /// device answers every read beyond with EIO.
     fn fail_beyond(&self, keep: u64, cached: &[&Path]) {
-        let s = Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(&self.path)
-            .status()
-            .unwrap();
-        assert!(s.success(), "remount read-only");
+        remount_read_only(&self.path);
         std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
         for f in cached {
             std::fs::read(f).unwrap();
