@@ -20,6 +20,13 @@ impl SiteVersion {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// Whether this site version lies in a pack's range: `min` ≤ self, and self ≤ `max`
+    /// when the pack has a maximum. The one rule for the service's offers, Import's
+    /// verdict and the re-evaluation after an upgrade.
+    pub fn is_within(&self, min: &SiteVersion, max: Option<&SiteVersion>) -> bool {
+        min <= self && max.is_none_or(|max| self <= max)
+    }
 }
 
 impl FromStr for SiteVersion {

@@ -344,11 +344,7 @@ pub fn import(opts: &ImportOptions, progress: ProgressFn) -> Result<Vec<ImportRe
             r.name = Some(m.name.clone());
             r.version = Some(m.version.to_string());
             r.pack_type = Some(m.pack_type.as_str().to_string());
-            let state = if m.applies_to(&info.site_version) {
-                UpdateState::ReadyToInstall
-            } else {
-                UpdateState::NotApplicable
-            };
+            let state = UpdateState::for_applicability(m.applies_to(&info.site_version));
             let mut repair = false;
             if let Some(prev) = seen.get(&guid) {
                 let e = if *prev == t.sha256 {

@@ -115,7 +115,7 @@ impl PackManifest {
 
     /// Whether the pack applies to a site at `v` (min ≤ v, and v ≤ max when a max is set).
     pub fn applies_to(&self, v: &SiteVersion) -> bool {
-        &self.min_site_version <= v && self.max_site_version.as_ref().is_none_or(|max| v <= max)
+        v.is_within(&self.min_site_version, self.max_site_version.as_ref())
     }
 }
 

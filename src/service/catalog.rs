@@ -74,7 +74,7 @@ pub struct CatalogPack {
 impl CatalogPack {
     /// Whether the pack applies to a site at `v` (min ≤ v, and v ≤ max when a max is set).
     pub fn applies_to(&self, v: &SiteVersion) -> bool {
-        &self.min_site_version <= v && self.max_site_version.as_ref().is_none_or(|max| v <= max)
+        v.is_within(&self.min_site_version, self.max_site_version.as_ref())
     }
     /// Whether the pack is offered to hierarchy `h` at all (untargeted, or targeted at it).
     pub fn targets(&self, h: &uuid::Uuid) -> bool {

@@ -21,6 +21,16 @@ pub enum UpdateState {
 }
 
 impl UpdateState {
+    /// The state a verified update is recorded in: `ReadyToInstall` when it applies to
+    /// the site's version, else `NotApplicable`.
+    pub fn for_applicability(applies: bool) -> UpdateState {
+        if applies {
+            UpdateState::ReadyToInstall
+        } else {
+            UpdateState::NotApplicable
+        }
+    }
+
     pub fn code(self) -> i64 {
         match self {
             UpdateState::Available => 2,
@@ -289,12 +299,7 @@ pub fn reevaluate_applicability(
                 Some(Err(_)) => continue,
                 None => None,
             };
-            let applies = &min <= v && max.as_ref().is_none_or(|m| v <= m);
-            let now = if applies {
-                UpdateState::ReadyToInstall
-            } else {
-                UpdateState::NotApplicable
-            };
+            let now = UpdateState::for_applicability(v.is_within(&min, max.as_ref()));
             if now != state {
                 changed.push((guid, now));
             }
