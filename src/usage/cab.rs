@@ -48,15 +48,23 @@ const TYPE_MSZIP: u16 = 1;
 /// `_A_ARCH`, as `gcab` and makecab set it.
 const ATTRIB_ARCH: u16 = 0x20;
 
+/// The small files of the second folder, known once the CSV is written.
+pub(crate) struct MetaFiles {
+    /// `SiteVersion.txt`.
+    pub site_version: Vec<u8>,
+    /// `manifest.json`.
+    pub manifest: Vec<u8>,
+}
+
 /// Write a usage cab to `out`. `write_csv` streams the CSV and returns its record count;
-/// `manifest` turns the CSV's file entry into the manifest bytes. `what` names the
-/// destination in error messages.
+/// `meta` turns the CSV's file entry into `SiteVersion.txt` and the manifest (both from
+/// what the CSV was read from, so the three agree). `what` names the destination in error
+/// messages.
 pub(crate) fn write_usage_cab<W: Write + Seek>(
     mut out: W,
     what: &str,
-    site_version_txt: &[u8],
     write_csv: &mut dyn FnMut(&mut dyn Write) -> Result<u64>,
-    manifest: &mut dyn FnMut(UsageFile) -> Vec<u8>,
+    meta: &mut dyn FnMut(UsageFile) -> MetaFiles,
 ) -> Result<W> {
     let io = |e: io::Error| map_io(what, &e);
     let names = [USAGE_DATA_FILE, SITE_VERSION_FILE, USAGE_MANIFEST_FILE];
@@ -87,11 +95,14 @@ pub(crate) fn write_usage_cab<W: Write + Seek>(
         Ok((entry, csv_folder))
     })?;
     let csv_size = entry.size;
-    let manifest_bytes = manifest(entry);
+    let MetaFiles {
+        site_version: site_version_txt,
+        manifest: manifest_bytes,
+    } = meta(entry);
     let meta_start = data_start + csv_folder.compressed;
     let meta_folder = {
         let mut folder = FolderWriter::inline(&mut out, meta_start);
-        folder.write_all(site_version_txt).map_err(io)?;
+        folder.write_all(&site_version_txt).map_err(io)?;
         folder.write_all(&manifest_bytes).map_err(io)?;
         folder.finish().map_err(io)?.1
     };
@@ -416,7 +427,6 @@ mod tests {
         let out = write_usage_cab(
             Cursor::new(Vec::new()),
             "test",
-            b"5.00.9128.1000",
             &mut |w| {
                 // Odd-sized writes cross block boundaries at every offset.
                 for chunk in csv.chunks(7919) {
@@ -424,7 +434,10 @@ mod tests {
                 }
                 Ok(1)
             },
-            &mut |f| format!("{{\"size\":{}}}", f.size).into_bytes(),
+            &mut |f| MetaFiles {
+                site_version: b"5.00.9128.1000".to_vec(),
+                manifest: format!("{{\"size\":{}}}", f.size).into_bytes(),
+            },
         )
         .unwrap();
         out.into_inner()

@@ -61,13 +61,9 @@ pub fn prepare(
     let records = std::cell::Cell::new(0u64);
     {
         let buf = BufWriter::with_capacity(1 << 20, out.file());
-        let mut site_version_txt = Vec::new();
-        let version = site.identity()?.site_version;
-        site_version_txt.extend_from_slice(version.as_str().as_bytes());
         let mut buf = cab::write_usage_cab(
             buf,
             &what,
-            &site_version_txt,
             &mut |w| {
                 let o = csv::write_usage_csv(&site, w, Phase::Prepare, &what, &mut *progress)?;
                 records.set(o.records);
@@ -75,18 +71,23 @@ pub fn prepare(
                 Ok(o.records)
             },
             &mut |file| {
+                // The identity read with the rows, so SiteVersion.txt, the manifest and
+                // the CSV come from one snapshot of the site.
                 let i = info.borrow();
                 let i = i.as_ref().expect("CSV written before the manifest");
-                UsageManifest {
-                    format_version: manifest::USAGE_FORMAT_VERSION,
-                    hierarchy_id: i.hierarchy_id,
-                    site_version: i.site_version.clone(),
-                    diagnostics_level: i.diagnostics_level,
-                    created: crate::site::now_rfc3339(),
-                    tool_version: crate::tool_version(),
-                    files: vec![file],
+                cab::MetaFiles {
+                    site_version: i.site_version.as_str().as_bytes().to_vec(),
+                    manifest: UsageManifest {
+                        format_version: manifest::USAGE_FORMAT_VERSION,
+                        hierarchy_id: i.hierarchy_id,
+                        site_version: i.site_version.clone(),
+                        diagnostics_level: i.diagnostics_level,
+                        created: crate::site::now_rfc3339(),
+                        tool_version: crate::tool_version(),
+                        files: vec![file],
+                    }
+                    .to_bytes(),
                 }
-                .to_bytes()
             },
         )?;
         buf.flush()
