@@ -7,7 +7,8 @@
 //! Excel's *Data > From Text/CSV* reads UTF-8 without one).
 
 use super::rows::{
-    stream_raw_batches, IdentityHasher, RawBatch, RAW_TEXT_COLUMNS, USAGE_CSV_COLUMNS,
+    stream_raw_batches, IdentityHasher, RawBatch, HASHED_COLUMNS, RAW_TEXT_COLUMNS,
+    USAGE_CSV_COLUMNS,
 };
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress, ProgressFn};
@@ -213,10 +214,6 @@ impl<'a> CsvWriter<'a> {
         self.out.flush().map_err(|e| map_io(self.what, &e))
     }
 }
-
-/// The text columns of a [`RawBatch`] that leave the site hashed (site_code, site_name,
-/// server_name).
-const HASHED_COLUMNS: [usize; 3] = [4, 5, 6];
 
 /// RFC 4180: a field is quoted when it holds a comma, quote, CR or LF.
 fn needs_quotes(b: &[u8]) -> bool {

@@ -160,9 +160,9 @@ pub(crate) fn stream_rows(
                 put_text(&mut rec.metric, f(1));
                 put_text(&mut rec.instance, f(2));
                 put_text(&mut rec.value, f(3));
-                put_hashed(&mut rec.site_code, f(4), h);
-                put_hashed(&mut rec.site_name, f(5), h);
-                put_hashed(&mut rec.server_name, f(6), h);
+                put_hashed(&mut rec.site_code, f(HASHED_COLUMNS[0]), h);
+                put_hashed(&mut rec.site_name, f(HASHED_COLUMNS[1]), h);
+                put_hashed(&mut rec.server_name, f(HASHED_COLUMNS[2]), h);
                 put_text(&mut rec.collected_utc, f(7));
                 n += 1;
                 if !row(&rec)? {
@@ -250,6 +250,9 @@ pub(crate) struct RawBatch {
 
 /// Text columns per row in a [`RawBatch`].
 pub(crate) const RAW_TEXT_COLUMNS: usize = 8;
+/// The text columns of a [`RawBatch`] that leave the site hashed: site_code, site_name,
+/// server_name.
+pub(crate) const HASHED_COLUMNS: [usize; 3] = [4, 5, 6];
 
 impl RawBatch {
     fn new() -> Self {
