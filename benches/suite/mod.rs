@@ -984,7 +984,7 @@ pub fn run(scale: &Scale) -> String {
             } else {
                 "curl --parallel, sha256sum -c"
             };
-            let data = if p == 0 {
+            let pack_data = if p == 0 {
                 format!("{} pack, 1 file", mib(pack.bytes))
             } else {
                 format!("{} pack, {} files", mib(pack.bytes), pack.files.len())
@@ -995,7 +995,7 @@ pub fn run(scale: &Scale) -> String {
                 main,
                 k,
                 name,
-                data,
+                pack_data.clone(),
                 0.5,
                 theirs_tool,
                 &a,
@@ -1043,18 +1043,13 @@ pub fn run(scale: &Scale) -> String {
             );
             say(name);
             let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
-            let data = if p == 0 {
-                format!("{} pack, 1 file", mib(pack.bytes))
-            } else {
-                format!("{} pack, {} files", mib(pack.bytes), pack.files.len())
-            };
             record(
                 &mut rows,
                 &mut ramp_rss,
                 main,
                 k,
                 name,
-                data,
+                pack_data,
                 0.3,
                 "sha256sum -c, cp -r",
                 &a,
