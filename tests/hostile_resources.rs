@@ -243,6 +243,15 @@ fn site_state(db: &Path) -> (String, Vec<(PathBuf, Vec<u8>)>) {
 /// A site in `dir` trusting `publisher`, and an update-pack source beside it holding one
 /// pack of `size` bytes for the site's hierarchy.
 fn site_and_pack(dir: &Path, size: usize) -> (PathBuf, PathBuf, PackSpec) {
+    let spec = PackSpec::update("Big", "5.00.9132.1000", "5.00.9106.1000")
+        .with_files(vec![("payload/big.bin".into(), packs::bytes(7, size))]);
+    let (db, src) = site_with_pack(dir, &spec);
+    (db, src, spec)
+}
+
+/// A site in `dir` trusting a fresh publisher, and `dir/UpdatePacks` holding `spec`
+/// signed by it for the site's hierarchy.
+fn site_with_pack(dir: &Path, spec: &PackSpec) -> (PathBuf, PathBuf) {
     let db = site::create_site(dir, DiagnosticsLevel::Enhanced, 10);
     let publisher = Publisher::new();
     Site::open(&db)
@@ -250,10 +259,8 @@ fn site_and_pack(dir: &Path, size: usize) -> (PathBuf, PathBuf, PackSpec) {
         .add_trusted_publisher(publisher.public_key(), "test")
         .unwrap();
     let src = dir.join("UpdatePacks");
-    let spec = PackSpec::update("Big", "5.00.9132.1000", "5.00.9106.1000")
-        .with_files(vec![("payload/big.bin".into(), packs::bytes(7, size))]);
-    write_pack(&src, site::HIERARCHY.parse().unwrap(), &spec, &publisher);
-    (db, src, spec)
+    write_pack(&src, site::HIERARCHY.parse().unwrap(), spec, &publisher);
+    (db, src)
 }
 
 /// The one refusal of a run, as (kind, message), whether it came as an error or a result.
@@ -705,18 +712,11 @@ fn prepare_with_the_usb_folder_removed_mid_run_fails_cleanly() {
 #[test]
 fn import_with_the_source_removed_mid_run_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let db = site::create_site(dir.path(), DiagnosticsLevel::Enhanced, 10);
-    let publisher = Publisher::new();
-    Site::open(&db)
-        .unwrap()
-        .add_trusted_publisher(publisher.public_key(), "test")
-        .unwrap();
-    let src = dir.path().join("UpdatePacks");
     let spec = PackSpec::update("Two", "5.00.9132.1000", "5.00.9106.1000").with_files(vec![
         ("a/first.bin".into(), packs::bytes(1, 3 * 1024 * 1024)),
         ("b/second.bin".into(), packs::bytes(2, 1000)),
     ]);
-    write_pack(&src, site::HIERARCHY.parse().unwrap(), &spec, &publisher);
+    let (db, src) = site_with_pack(dir.path(), &spec);
     let before = site_state(&db);
     let mut pulled = false;
     let r = import(&ImportOptions::new(&db, &src), &mut |p| {
