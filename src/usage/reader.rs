@@ -23,22 +23,20 @@ pub fn read_usage_cab<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
 
 /// Classify an error met while reading the cab: one that carries an operating-system
 /// error code (EIO from a failing drive, say) is a failure to read, not a verdict on the
-/// cab, so it becomes an I/O error; the rest are the cab's own fault (`as_cab_error`).
-fn read_failure(e: std::io::Error, as_cab_error: impl FnOnce(std::io::Error) -> Error) -> Error {
+/// cab, so it becomes an I/O error; the rest are the cab's own fault: `InvalidCab` with
+/// the message `describe` makes.
+fn read_failure(e: std::io::Error, describe: impl FnOnce(&std::io::Error) -> String) -> Error {
     if e.raw_os_error().is_some() {
         Error::io("reading the cab", &e)
     } else {
-        as_cab_error(e)
+        Error::new(ErrorKind::InvalidCab, describe(&e))
     }
 }
 
 fn read_usage_cab_inner<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
     let mut cabinet = cab::Cabinet::new(reader).map_err(|e| {
         read_failure(e, |e| {
-            Error::new(
-                ErrorKind::InvalidCab,
-                format!("not a usage cab: the file is not a valid cabinet ({e})"),
-            )
+            format!("not a usage cab: the file is not a valid cabinet ({e})")
         })
     })?;
     let names: Vec<String> = cabinet
@@ -54,10 +52,7 @@ fn read_usage_cab_inner<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
     let mut bytes = Vec::new();
     let manifest_error = |e: std::io::Error| {
         read_failure(e, |e| {
-            Error::new(
-                ErrorKind::InvalidCab,
-                format!("the cab's {USAGE_MANIFEST_FILE} cannot be read: {e}"),
-            )
+            format!("the cab's {USAGE_MANIFEST_FILE} cannot be read: {e}")
         })
     };
     cabinet
@@ -85,20 +80,11 @@ fn read_usage_cab_inner<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
         }
         let r = cabinet.read_file(&f.name).map_err(|e| {
             read_failure(e, |e| {
-                Error::new(
-                    ErrorKind::InvalidCab,
-                    format!("'{}' in the cab cannot be read: {e}", f.name),
-                )
+                format!("'{}' in the cab cannot be read: {e}", f.name)
             })
         })?;
-        let (size, sha) = sha256_reader(r).map_err(|e| {
-            read_failure(e, |e| {
-                Error::new(
-                    ErrorKind::InvalidCab,
-                    format!("'{}' in the cab is corrupt: {e}", f.name),
-                )
-            })
-        })?;
+        let (size, sha) = sha256_reader(r)
+            .map_err(|e| read_failure(e, |e| format!("'{}' in the cab is corrupt: {e}", f.name)))?;
         if size != f.size || sha != f.sha256 {
             return Err(Error::new(
                 ErrorKind::IntegrityMismatch,
