@@ -1,6 +1,9 @@
 //! File-system helpers shared by every step: atomic output files and safe relative paths.
+//! What differs by operating system lives in `crate::platform`; the path rules here are
+//! the same everywhere, because a pack made on Linux must import on Windows.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::platform;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
@@ -14,7 +17,10 @@ pub const PARTIAL_SUFFIX: &str = ".sct-partial";
 /// its temporary file, so a failed run leaves nothing at (or near) the destination.
 pub struct AtomicFile {
     temp: tempfile::NamedTempFile,
+    /// The final name, in the form handed to the operating system.
     dest: PathBuf,
+    /// The final name as the caller gave it, for messages.
+    shown: PathBuf,
     overwrite: bool,
 }
 
@@ -22,6 +28,17 @@ impl AtomicFile {
     /// Check the destination the way a user expects (folder exists, not a directory,
     /// not already there unless `overwrite`) and open a temporary file beside it.
     pub fn create(dest: &Path, overwrite: bool) -> Result<Self> {
+        Self::create_with(dest, overwrite, false)
+    }
+
+    /// [`create`](Self::create) for a secret (the service's signing key): the temporary
+    /// file is readable by its owner only from the moment it exists (0600 on Unix, a DACL
+    /// with the current user alone on Windows), and the rename keeps that.
+    pub fn create_private(dest: &Path, overwrite: bool) -> Result<Self> {
+        Self::create_with(dest, overwrite, true)
+    }
+
+    fn create_with(dest: &Path, overwrite: bool, private: bool) -> Result<Self> {
         let parent = parent_dir(dest);
         if !parent.is_dir() {
             return Err(Error::new(
@@ -50,19 +67,20 @@ impl AtomicFile {
         let prefix = format!(".{}.", name.to_string_lossy());
         let mut builder = tempfile::Builder::new();
         builder.prefix(&prefix).suffix(PARTIAL_SUFFIX);
-        // Outputs get the mode a user expects from any tool (0666 less the umask), not
-        // tempfile's private 0600; secrets (the service's key) tighten it themselves.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            builder.permissions(std::fs::Permissions::from_mode(0o666));
+        // The temporary file and the final name are used in their long-path form, so a
+        // destination deeper than 260 characters works on Windows too.
+        let dir = platform::long_path_form(parent);
+        let temp = if private {
+            builder.make_in(&dir, |p| platform::create_private(p))
+        } else {
+            platform::public_output(&mut builder);
+            builder.tempfile_in(&dir)
         }
-        let temp = builder
-            .tempfile_in(parent)
-            .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), &e))?;
+        .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), &e))?;
         Ok(AtomicFile {
             temp,
-            dest: dest.to_path_buf(),
+            dest: dir.join(name),
+            shown: dest.to_path_buf(),
             overwrite,
         })
     }
@@ -77,13 +95,15 @@ impl AtomicFile {
     }
 
     pub fn dest(&self) -> &Path {
-        &self.dest
+        &self.shown
     }
 
     /// Flush to stable storage and move into place. Without `overwrite`, a file that
-    /// appeared at the destination meanwhile is never replaced.
+    /// appeared at the destination meanwhile is never replaced. Where another process
+    /// briefly holds the destination (a virus scanner on Windows), the rename is retried
+    /// for a few seconds before it fails.
     pub fn commit(mut self) -> Result<()> {
-        let what = || format!("writing {}", self.dest.display());
+        let what = || format!("writing {}", self.shown.display());
         self.temp
             .as_file_mut()
             .flush()
@@ -92,30 +112,48 @@ impl AtomicFile {
             .as_file()
             .sync_all()
             .map_err(|e| Error::io(what(), &e))?;
-        let dest = self.dest.clone();
-        if self.overwrite {
-            self.temp.persist(&dest).map_err(|e| {
-                Error::io(format!("moving into place {}", dest.display()), &e.error)
-            })?;
-        } else {
-            self.temp.persist_noclobber(&dest).map_err(|e| {
-                if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!(
-                            "destination {} already exists (use force to overwrite it)",
-                            dest.display()
-                        ),
-                    )
-                } else {
-                    Error::io(format!("moving into place {}", dest.display()), &e.error)
-                }
-            })?;
+        let (dest, shown) = (self.dest.clone(), self.shown.clone());
+        let mut temp = self.temp;
+        let mut pause = std::time::Duration::from_millis(10);
+        let mut tries = 0;
+        loop {
+            let result = if self.overwrite {
+                temp.persist(&dest)
+            } else {
+                temp.persist_noclobber(&dest)
+            };
+            let e = match result {
+                Ok(_) => break,
+                Err(e) => e,
+            };
+            if !self.overwrite && e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "destination {} already exists (use force to overwrite it)",
+                        shown.display()
+                    ),
+                ));
+            }
+            tries += 1;
+            if tries >= RENAME_TRIES || !platform::rename_may_succeed_later(&e.error) {
+                return Err(Error::io(
+                    format!("moving into place {}", shown.display()),
+                    &e.error,
+                ));
+            }
+            temp = e.file;
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
         }
         sync_dir(parent_dir(&dest));
         Ok(())
     }
 }
+
+/// How often [`AtomicFile::commit`] tries a rename another process is in the way of
+/// (about three seconds in all with the doubling pauses).
+const RENAME_TRIES: u32 = 10;
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -134,11 +172,10 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Best-effort fsync of a directory so a rename survives power loss.
+/// Best-effort flush of a directory so a rename survives power loss (a no-op on Windows,
+/// where each file is flushed before its rename instead: see `crate::platform`).
 pub fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    platform::sync_dir(dir)
 }
 
 /// Validate a relative path that came from outside (a manifest, a URL): non-empty,
