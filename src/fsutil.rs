@@ -180,7 +180,9 @@ pub fn sync_dir(dir: &Path) {
 
 /// Validate a relative path that came from outside (a manifest, a URL): non-empty,
 /// `/`-separated, not absolute, no `..`, `.`, empty, drive or backslash components, no
-/// NUL or control characters. Returns it as a `PathBuf` to join under a trusted root.
+/// NUL or control characters, and every component a name Windows can hold
+/// ([`portable_name_problem`]) on every platform, so a pack made on Linux imports on
+/// Windows. Returns it as a `PathBuf` to join under a trusted root.
 pub fn safe_relative_path(p: &str) -> Result<PathBuf> {
     let unsafe_path = |why: &str| {
         Error::new(
@@ -209,11 +211,92 @@ pub fn safe_relative_path(p: &str) -> Result<PathBuf> {
             "" => return Err(unsafe_path("empty component")),
             "." => return Err(unsafe_path("'.' component")),
             ".." => return Err(unsafe_path("'..' component")),
-            _ => out.push(part),
+            _ => {
+                if let Some(why) = portable_name_problem(part) {
+                    return Err(unsafe_path(&why));
+                }
+                out.push(part)
+            }
         }
     }
     debug_assert!(out.components().all(|c| matches!(c, Component::Normal(_))));
     Ok(out)
+}
+
+/// Why one path component cannot be a file or folder name on Windows (checked on every
+/// platform): a character Windows forbids (`< > " | ? *`, besides `\`, `:` and control
+/// characters refused before), a trailing dot or space (Windows drops them, so the name
+/// would silently change), or a name Windows reserves for a device (`CON`, `PRN`, `AUX`,
+/// `NUL`, `COM0`–`COM9`, `LPT0`–`LPT9` and their superscript-digit forms, `CONIN$`,
+/// `CONOUT$`), with any extension (`nul.txt` opens the NUL device).
+pub fn portable_name_problem(name: &str) -> Option<String> {
+    if let Some(c) = name.chars().find(|c| matches!(c, '<' | '>' | '"' | '|' | '?' | '*')) {
+        return Some(format!("the name '{name}' contains '{c}', which Windows does not allow"));
+    }
+    if name.ends_with('.') || name.ends_with(' ') {
+        return Some(format!(
+            "the name '{name}' ends with a dot or a space, which Windows drops"
+        ));
+    }
+    // Windows looks at the name up to its first dot, without trailing spaces.
+    let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
+    let upper = stem.to_ascii_uppercase();
+    let reserved = match upper.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$" => true,
+        _ => ["COM", "LPT"].iter().any(|dev| {
+            upper.strip_prefix(dev).is_some_and(|rest| {
+                let mut chars = rest.chars();
+                matches!(
+                    (chars.next(), chars.next()),
+                    (Some('0'..='9' | '\u{b9}' | '\u{b2}' | '\u{b3}'), None)
+                )
+            })
+        }),
+    };
+    reserved.then(|| format!("'{name}' is a name Windows reserves for a device"))
+}
+
+/// A file name as a case-insensitive file system (NTFS, FAT, APFS by default) compares
+/// it: each character upper-cased when that gives one character (as NTFS's up-case table
+/// does; `ß` stays `ß`).
+fn case_fold(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let mut up = c.to_uppercase();
+            match (up.next(), up.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+/// In a set of `/`-separated relative paths (a pack's files), the first two that differ
+/// only in letter case, in the whole path or in a folder on the way (`A/x` and `a/y`):
+/// they would be one file (or folder) on Windows and macOS, so one would overwrite the
+/// other or the pack would not match its manifest. Callers refuse such a set on every
+/// platform.
+pub fn case_collision<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<(&'a str, &'a str)> {
+    let mut seen: std::collections::HashMap<String, &'a str> = std::collections::HashMap::new();
+    for path in paths {
+        let ends = path
+            .match_indices('/')
+            .map(|(i, _)| i)
+            .chain(std::iter::once(path.len()));
+        for end in ends {
+            let prefix = &path[..end];
+            match seen.entry(case_fold(prefix)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(prefix);
+                }
+                std::collections::hash_map::Entry::Occupied(o) if *o.get() != prefix => {
+                    return Some((o.get(), prefix));
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
+            }
+        }
+    }
+    None
 }
 
 /// Refuse if any existing component of `root/rel` below `root` is a symbolic link.

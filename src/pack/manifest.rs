@@ -102,11 +102,35 @@ impl PackManifest {
             if !crate::hashing::is_sha256_hex(&f.sha256) {
                 return Err(bad(format!("file '{}' has a malformed sha256", f.path)));
             }
-            if !seen.insert(f.path.to_ascii_lowercase()) {
+            if !seen.insert(f.path.as_str()) {
                 return Err(bad(format!("file '{}' is listed twice", f.path)));
             }
         }
-        Ok(())
+        // A file cannot also be a folder of another file (`a` and `a/b`).
+        for f in &self.files {
+            let mut parent = f.path.as_str();
+            while let Some((p, _)) = parent.rsplit_once('/') {
+                if seen.contains(p) {
+                    return Err(bad(format!(
+                        "'{p}' is listed as a file and is also the folder of '{}'",
+                        f.path
+                    )));
+                }
+                parent = p;
+            }
+        }
+        // Names that differ only in case are one file on Windows: refused everywhere.
+        match crate::fsutil::case_collision(self.files.iter().map(|f| f.path.as_str())) {
+            Some((a, b)) => Err(Error::new(
+                ErrorKind::UnsafePath,
+                format!(
+                    "unsafe path: the pack lists both '{}' and '{}', which differ only in letter case and would be one file on Windows",
+                    a.escape_debug(),
+                    b.escape_debug()
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn total_size(&self) -> u64 {

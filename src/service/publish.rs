@@ -159,15 +159,14 @@ pub fn scan_content(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     // Sites may live on case-insensitive file systems (Windows): two names that differ
-    // only by case would overwrite each other there.
-    let mut seen = std::collections::HashMap::new();
-    for (rel, _) in &out {
-        if let Some(other) = seen.insert(rel.to_lowercase(), rel) {
-            return Err(Error::invalid_argument(format!(
-                "content folder {} has both '{other}' and '{rel}'; names must differ by more than case",
-                dir.display()
-            )));
-        }
+    // only by case (`A.bin` beside `a.bin`, or `Docs/x` beside `docs/y`) would be one
+    // file or folder there.
+    if let Some((other, rel)) = crate::fsutil::case_collision(out.iter().map(|(r, _)| r.as_str()))
+    {
+        return Err(Error::invalid_argument(format!(
+            "content folder {} has both '{other}' and '{rel}'; names must differ by more than case",
+            dir.display()
+        )));
     }
     Ok(out)
 }
