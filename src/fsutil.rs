@@ -348,6 +348,70 @@ mod tests {
         }
     }
 
+    /// Names Windows cannot hold are refused on every platform (a pack made on Linux must
+    /// import on Windows); names that merely look like them are not.
+    #[test]
+    fn windows_name_rules_apply_everywhere() {
+        for bad in [
+            "CON",
+            "con",
+            "Aux.txt",
+            "nul.tar.gz",
+            "NUL .txt",
+            "COM1",
+            "com9.log",
+            "LPT1",
+            "lpt0.bin",
+            "COM\u{b9}",
+            "lpt\u{b3}.txt",
+            "CONIN$",
+            "conout$.x",
+            "PRN",
+            "a.",
+            "a ",
+            "dir./x",
+            "dir /x",
+            "a/nul",
+            "a?b",
+            "a*b",
+            "a<b",
+            "a>b",
+            "a|b",
+            "a\"b",
+        ] {
+            let e = safe_relative_path(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnsafePath, "{bad:?}");
+            assert!(e.message().contains("Windows") || e.message().contains("':'"), "{e}");
+        }
+        for good in [
+            "CONSOLE",
+            "COM10",
+            "LPT",
+            "nul_x.txt",
+            "con-x.txt",
+            "xCON",
+            "a.b",
+            ".hidden",
+            " lead",
+            "Setup.exe",
+            "dir/COM1x/y.bin",
+            "\u{e9}t\u{e9}.txt",
+        ] {
+            assert!(safe_relative_path(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn case_collisions() {
+        assert_eq!(case_collision(["a/B.bin", "a/b.bin"]), Some(("a/B.bin", "a/b.bin")));
+        assert_eq!(case_collision(["A/x", "a/y"]), Some(("A", "a")));
+        assert_eq!(case_collision(["\u{c4}.txt", "\u{e4}.txt"]), Some(("\u{c4}.txt", "\u{e4}.txt")));
+        assert_eq!(case_collision(["x/a", "x/b", "y/a", "X1"]), None);
+        // NTFS upper-cases one character to one: `ß` is not `SS`.
+        assert_eq!(case_collision(["STRASSE", "stra\u{df}e"]), None);
+        assert_eq!(case_collision(Vec::<&str>::new()), None);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn outputs_follow_the_umask() {

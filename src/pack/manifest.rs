@@ -149,3 +149,52 @@ impl PackFile {
         crate::fsutil::safe_relative_path(&self.path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(paths: &[&str]) -> PackManifest {
+        PackManifest {
+            format_version: PACK_FORMAT_VERSION,
+            id: uuid::Uuid::new_v4(),
+            name: "Update".into(),
+            version: "5.00.9100.1000".parse().unwrap(),
+            pack_type: PackType::Update,
+            min_site_version: "5.00.9000.1000".parse().unwrap(),
+            max_site_version: None,
+            hierarchies: Vec::new(),
+            publisher: Publisher {
+                name: "p".into(),
+                key_id: "0123456789ABCDEF".into(),
+            },
+            created: "2026-01-01T00:00:00Z".into(),
+            files: paths
+                .iter()
+                .map(|p| PackFile {
+                    path: p.to_string(),
+                    size: 1,
+                    sha256: "0".repeat(64),
+                })
+                .collect(),
+        }
+    }
+
+    /// Paths that would collide or be unusable on Windows are refused on every platform.
+    #[test]
+    fn windows_unsafe_file_lists_are_refused() {
+        assert!(manifest(&["a/b.bin", "a/c.bin", "d.bin"]).validate().is_ok());
+        for (paths, kind, words) in [
+            (&["Setup.exe", "setup.EXE"][..], ErrorKind::UnsafePath, "letter case"),
+            (&["Docs/a", "docs/b"][..], ErrorKind::UnsafePath, "letter case"),
+            (&["a.bin", "a.bin"][..], ErrorKind::InvalidManifest, "twice"),
+            (&["a", "a/b"][..], ErrorKind::InvalidManifest, "also the folder"),
+            (&["x/nul.txt"][..], ErrorKind::UnsafePath, "reserves"),
+            (&["x/y. "][..], ErrorKind::UnsafePath, "dot or a space"),
+        ] {
+            let e = manifest(paths).validate().unwrap_err();
+            assert_eq!(e.kind(), kind, "{paths:?}: {e}");
+            assert!(e.message().contains(words), "{paths:?}: {e}");
+        }
+    }
+}
