@@ -1,6 +1,9 @@
 //! File-system helpers shared by every step: atomic output files and safe relative paths.
+//! What differs by operating system lives in `crate::platform`; the path rules here are
+//! the same everywhere, because a pack made on Linux must import on Windows.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::platform;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
@@ -14,7 +17,10 @@ pub const PARTIAL_SUFFIX: &str = ".sct-partial";
 /// its temporary file, so a failed run leaves nothing at (or near) the destination.
 pub struct AtomicFile {
     temp: tempfile::NamedTempFile,
+    /// The final name, in the form handed to the operating system.
     dest: PathBuf,
+    /// The final name as the caller gave it, for messages.
+    shown: PathBuf,
     overwrite: bool,
 }
 
@@ -22,6 +28,17 @@ impl AtomicFile {
     /// Check the destination the way a user expects (folder exists, not a directory,
     /// not already there unless `overwrite`) and open a temporary file beside it.
     pub fn create(dest: &Path, overwrite: bool) -> Result<Self> {
+        Self::create_with(dest, overwrite, false)
+    }
+
+    /// [`create`](Self::create) for a secret (the service's signing key): the temporary
+    /// file is readable by its owner only from the moment it exists (0600 on Unix, a DACL
+    /// with the current user alone on Windows), and the rename keeps that.
+    pub fn create_private(dest: &Path, overwrite: bool) -> Result<Self> {
+        Self::create_with(dest, overwrite, true)
+    }
+
+    fn create_with(dest: &Path, overwrite: bool, private: bool) -> Result<Self> {
         let parent = parent_dir(dest);
         if !parent.is_dir() {
             return Err(Error::new(
@@ -50,19 +67,20 @@ impl AtomicFile {
         let prefix = format!(".{}.", name.to_string_lossy());
         let mut builder = tempfile::Builder::new();
         builder.prefix(&prefix).suffix(PARTIAL_SUFFIX);
-        // Outputs get the mode a user expects from any tool (0666 less the umask), not
-        // tempfile's private 0600; secrets (the service's key) tighten it themselves.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            builder.permissions(std::fs::Permissions::from_mode(0o666));
+        // The temporary file and the final name are used in their long-path form, so a
+        // destination deeper than 260 characters works on Windows too.
+        let dir = platform::long_path_form(parent);
+        let temp = if private {
+            builder.make_in(&dir, |p| platform::create_private(p))
+        } else {
+            platform::public_output(&mut builder);
+            builder.tempfile_in(&dir)
         }
-        let temp = builder
-            .tempfile_in(parent)
-            .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), &e))?;
+        .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), &e))?;
         Ok(AtomicFile {
             temp,
-            dest: dest.to_path_buf(),
+            dest: dir.join(name),
+            shown: dest.to_path_buf(),
             overwrite,
         })
     }
@@ -77,13 +95,15 @@ impl AtomicFile {
     }
 
     pub fn dest(&self) -> &Path {
-        &self.dest
+        &self.shown
     }
 
     /// Flush to stable storage and move into place. Without `overwrite`, a file that
-    /// appeared at the destination meanwhile is never replaced.
+    /// appeared at the destination meanwhile is never replaced. Where another process
+    /// briefly holds the destination (a virus scanner on Windows), the rename is retried
+    /// for a few seconds before it fails.
     pub fn commit(mut self) -> Result<()> {
-        let what = || format!("writing {}", self.dest.display());
+        let what = || format!("writing {}", self.shown.display());
         self.temp
             .as_file_mut()
             .flush()
@@ -92,30 +112,48 @@ impl AtomicFile {
             .as_file()
             .sync_all()
             .map_err(|e| Error::io(what(), &e))?;
-        let dest = self.dest.clone();
-        if self.overwrite {
-            self.temp.persist(&dest).map_err(|e| {
-                Error::io(format!("moving into place {}", dest.display()), &e.error)
-            })?;
-        } else {
-            self.temp.persist_noclobber(&dest).map_err(|e| {
-                if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!(
-                            "destination {} already exists (use force to overwrite it)",
-                            dest.display()
-                        ),
-                    )
-                } else {
-                    Error::io(format!("moving into place {}", dest.display()), &e.error)
-                }
-            })?;
+        let (dest, shown) = (self.dest.clone(), self.shown.clone());
+        let mut temp = self.temp;
+        let mut pause = std::time::Duration::from_millis(10);
+        let mut tries = 0;
+        loop {
+            let result = if self.overwrite {
+                temp.persist(&dest)
+            } else {
+                temp.persist_noclobber(&dest)
+            };
+            let e = match result {
+                Ok(_) => break,
+                Err(e) => e,
+            };
+            if !self.overwrite && e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "destination {} already exists (use force to overwrite it)",
+                        shown.display()
+                    ),
+                ));
+            }
+            tries += 1;
+            if tries >= RENAME_TRIES || !platform::rename_may_succeed_later(&e.error) {
+                return Err(Error::io(
+                    format!("moving into place {}", shown.display()),
+                    &e.error,
+                ));
+            }
+            temp = e.file;
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
         }
         sync_dir(parent_dir(&dest));
         Ok(())
     }
 }
+
+/// How often [`AtomicFile::commit`] tries a rename another process is in the way of
+/// (about three seconds in all with the doubling pauses).
+const RENAME_TRIES: u32 = 10;
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -134,16 +172,17 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Best-effort fsync of a directory so a rename survives power loss.
+/// Best-effort flush of a directory so a rename survives power loss (a no-op on Windows,
+/// where each file is flushed before its rename instead: see `crate::platform`).
 pub fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    platform::sync_dir(dir)
 }
 
 /// Validate a relative path that came from outside (a manifest, a URL): non-empty,
 /// `/`-separated, not absolute, no `..`, `.`, empty, drive or backslash components, no
-/// NUL or control characters. Returns it as a `PathBuf` to join under a trusted root.
+/// NUL or control characters, and every component a name Windows can hold
+/// ([`portable_name_problem`]) on every platform, so a pack made on Linux imports on
+/// Windows. Returns it as a `PathBuf` to join under a trusted root.
 pub fn safe_relative_path(p: &str) -> Result<PathBuf> {
     let unsafe_path = |why: &str| {
         Error::new(
@@ -172,11 +211,92 @@ pub fn safe_relative_path(p: &str) -> Result<PathBuf> {
             "" => return Err(unsafe_path("empty component")),
             "." => return Err(unsafe_path("'.' component")),
             ".." => return Err(unsafe_path("'..' component")),
-            _ => out.push(part),
+            _ => {
+                if let Some(why) = portable_name_problem(part) {
+                    return Err(unsafe_path(&why));
+                }
+                out.push(part)
+            }
         }
     }
     debug_assert!(out.components().all(|c| matches!(c, Component::Normal(_))));
     Ok(out)
+}
+
+/// Why one path component cannot be a file or folder name on Windows (checked on every
+/// platform): a character Windows forbids (`< > " | ? *`, besides `\`, `:` and control
+/// characters refused before), a trailing dot or space (Windows drops them, so the name
+/// would silently change), or a name Windows reserves for a device (`CON`, `PRN`, `AUX`,
+/// `NUL`, `COM0`–`COM9`, `LPT0`–`LPT9` and their superscript-digit forms, `CONIN$`,
+/// `CONOUT$`), with any extension (`nul.txt` opens the NUL device).
+pub fn portable_name_problem(name: &str) -> Option<String> {
+    if let Some(c) = name.chars().find(|c| matches!(c, '<' | '>' | '"' | '|' | '?' | '*')) {
+        return Some(format!("the name '{name}' contains '{c}', which Windows does not allow"));
+    }
+    if name.ends_with('.') || name.ends_with(' ') {
+        return Some(format!(
+            "the name '{name}' ends with a dot or a space, which Windows drops"
+        ));
+    }
+    // Windows looks at the name up to its first dot, without trailing spaces.
+    let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
+    let upper = stem.to_ascii_uppercase();
+    let reserved = match upper.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$" => true,
+        _ => ["COM", "LPT"].iter().any(|dev| {
+            upper.strip_prefix(dev).is_some_and(|rest| {
+                let mut chars = rest.chars();
+                matches!(
+                    (chars.next(), chars.next()),
+                    (Some('0'..='9' | '\u{b9}' | '\u{b2}' | '\u{b3}'), None)
+                )
+            })
+        }),
+    };
+    reserved.then(|| format!("'{name}' is a name Windows reserves for a device"))
+}
+
+/// A file name as a case-insensitive file system (NTFS, FAT, APFS by default) compares
+/// it: each character upper-cased when that gives one character (as NTFS's up-case table
+/// does; `ß` stays `ß`).
+fn case_fold(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let mut up = c.to_uppercase();
+            match (up.next(), up.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+/// In a set of `/`-separated relative paths (a pack's files), the first two that differ
+/// only in letter case, in the whole path or in a folder on the way (`A/x` and `a/y`):
+/// they would be one file (or folder) on Windows and macOS, so one would overwrite the
+/// other or the pack would not match its manifest. Callers refuse such a set on every
+/// platform.
+pub fn case_collision<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<(&'a str, &'a str)> {
+    let mut seen: std::collections::HashMap<String, &'a str> = std::collections::HashMap::new();
+    for path in paths {
+        let ends = path
+            .match_indices('/')
+            .map(|(i, _)| i)
+            .chain(std::iter::once(path.len()));
+        for end in ends {
+            let prefix = &path[..end];
+            match seen.entry(case_fold(prefix)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(prefix);
+                }
+                std::collections::hash_map::Entry::Occupied(o) if *o.get() != prefix => {
+                    return Some((o.get(), prefix));
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
+            }
+        }
+    }
+    None
 }
 
 /// Refuse if any existing component of `root/rel` below `root` is a symbolic link.
@@ -226,6 +346,70 @@ mod tests {
             let e = safe_relative_path(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::UnsafePath, "{bad:?}");
         }
+    }
+
+    /// Names Windows cannot hold are refused on every platform (a pack made on Linux must
+    /// import on Windows); names that merely look like them are not.
+    #[test]
+    fn windows_name_rules_apply_everywhere() {
+        for bad in [
+            "CON",
+            "con",
+            "Aux.txt",
+            "nul.tar.gz",
+            "NUL .txt",
+            "COM1",
+            "com9.log",
+            "LPT1",
+            "lpt0.bin",
+            "COM\u{b9}",
+            "lpt\u{b3}.txt",
+            "CONIN$",
+            "conout$.x",
+            "PRN",
+            "a.",
+            "a ",
+            "dir./x",
+            "dir /x",
+            "a/nul",
+            "a?b",
+            "a*b",
+            "a<b",
+            "a>b",
+            "a|b",
+            "a\"b",
+        ] {
+            let e = safe_relative_path(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnsafePath, "{bad:?}");
+            assert!(e.message().contains("Windows") || e.message().contains("':'"), "{e}");
+        }
+        for good in [
+            "CONSOLE",
+            "COM10",
+            "LPT",
+            "nul_x.txt",
+            "con-x.txt",
+            "xCON",
+            "a.b",
+            ".hidden",
+            " lead",
+            "Setup.exe",
+            "dir/COM1x/y.bin",
+            "\u{e9}t\u{e9}.txt",
+        ] {
+            assert!(safe_relative_path(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn case_collisions() {
+        assert_eq!(case_collision(["a/B.bin", "a/b.bin"]), Some(("a/B.bin", "a/b.bin")));
+        assert_eq!(case_collision(["A/x", "a/y"]), Some(("A", "a")));
+        assert_eq!(case_collision(["\u{c4}.txt", "\u{e4}.txt"]), Some(("\u{c4}.txt", "\u{e4}.txt")));
+        assert_eq!(case_collision(["x/a", "x/b", "y/a", "X1"]), None);
+        // NTFS upper-cases one character to one: `ß` is not `SS`.
+        assert_eq!(case_collision(["STRASSE", "stra\u{df}e"]), None);
+        assert_eq!(case_collision(Vec::<&str>::new()), None);
     }
 
     #[cfg(target_os = "linux")]

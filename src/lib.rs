@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod hashing;
 pub mod import;
 pub mod pack;
+mod platform;
 pub mod progress;
 pub mod service;
 pub mod signing;

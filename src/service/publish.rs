@@ -55,32 +55,21 @@ pub fn keygen(root: &Path) -> Result<crate::signing::PublicKey> {
         Catalog::open(&store.catalog_path())?;
     }
     let key = SecretKey::generate()?;
-    // AtomicFile's temporary file is created with mode 0600 and keeps it on rename.
-    let mut f = AtomicFile::create(&store.secret_key_path(), false)?;
+    // Owner-only from the moment the file exists (0600, or on Windows a protected DACL
+    // with the current user alone), and the rename keeps it.
+    let mut f = AtomicFile::create_private(&store.secret_key_path(), false)?;
     f.write_all(key.to_file_text()?.as_bytes())
         .map_err(|e| Error::io(format!("writing {}", store.secret_key_path().display()), &e))?;
-    set_mode(f.temp_path(), 0o600)?;
     f.commit()?;
+    // Public: the mode (or inherited ACL) every output gets.
     let mut p = AtomicFile::create(&store.public_key_path(), false)?;
     p.write_all(key.public_key().to_file_text().as_bytes())
         .map_err(|e| Error::io(format!("writing {}", store.public_key_path().display()), &e))?;
-    set_mode(p.temp_path(), 0o644)?;
     p.commit()?;
     for d in [store.packs_dir(), store.staging_dir(), store.uploads_dir()] {
         mkdirs(&d)?;
     }
     Ok(key.public_key().clone())
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io(format!("setting permissions of {}", path.display()), &e))
-}
-#[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) -> Result<()> {
-    Ok(())
 }
 
 /// What to publish.
@@ -170,15 +159,14 @@ pub fn scan_content(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     // Sites may live on case-insensitive file systems (Windows): two names that differ
-    // only by case would overwrite each other there.
-    let mut seen = std::collections::HashMap::new();
-    for (rel, _) in &out {
-        if let Some(other) = seen.insert(rel.to_lowercase(), rel) {
-            return Err(Error::invalid_argument(format!(
-                "content folder {} has both '{other}' and '{rel}'; names must differ by more than case",
-                dir.display()
-            )));
-        }
+    // only by case (`A.bin` beside `a.bin`, or `Docs/x` beside `docs/y`) would be one
+    // file or folder there.
+    if let Some((other, rel)) = crate::fsutil::case_collision(out.iter().map(|(r, _)| r.as_str()))
+    {
+        return Err(Error::invalid_argument(format!(
+            "content folder {} has both '{other}' and '{rel}'; names must differ by more than case",
+            dir.display()
+        )));
     }
     Ok(out)
 }
