@@ -110,11 +110,7 @@ mod tests {
         ] {
             assert_eq!(kind_of(code as i32).0, kind, "Windows error {code}");
         }
-        for code in [
-            F::ERROR_NOT_READY,
-            F::ERROR_DEVICE_NOT_CONNECTED,
-            F::ERROR_DEV_NOT_EXIST,
-        ] {
+        for code in [F::ERROR_NOT_READY, F::ERROR_DEVICE_NOT_CONNECTED, F::ERROR_DEV_NOT_EXIST] {
             assert!(kind_of(code as i32).1.contains("not ready or was removed"));
         }
         assert!(kind_of(F::ERROR_SHARING_VIOLATION as i32)
@@ -137,11 +133,7 @@ mod tests {
             .open(&path)
             .unwrap();
         let e = std::fs::File::open(&path).unwrap_err();
-        assert_eq!(
-            Error::io("reading held.cab", &e).kind(),
-            ErrorKind::Busy,
-            "{e}"
-        );
+        assert_eq!(Error::io("reading held.cab", &e).kind(), ErrorKind::Busy, "{e}");
         let mut f = crate::fsutil::AtomicFile::create(&path, true).unwrap();
         f.write_all(b"new").unwrap();
         let e = f.commit().unwrap_err();
@@ -151,11 +143,7 @@ mod tests {
         );
         drop(held);
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "temporary left"
-        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary left");
     }
 
     /// The durability step works on a folder (Windows refuses `File::open` of a folder,
@@ -197,11 +185,7 @@ mod tests {
         assert!(protected, "the DACL inherits from the folder");
         assert_eq!(
             aces,
-            vec![(
-                true,
-                windows_sys::Win32::Storage::FileSystem::FILE_ALL_ACCESS,
-                true
-            )],
+            vec![(true, windows_sys::Win32::Storage::FileSystem::FILE_ALL_ACCESS, true)],
             "expected one entry: full control for the current user"
         );
         // The public key is an ordinary output: it inherits the folder's entries.
@@ -226,10 +210,7 @@ mod tests {
             windows_sys::Win32::System::Console::CTRL_C_EVENT
         ));
         assert!(FLAG.load(Ordering::SeqCst));
-        assert!(
-            !super::console_event(99),
-            "unknown events go to the next handler"
-        );
+        assert!(!super::console_event(99), "unknown events go to the next handler");
     }
 
     #[cfg(windows)]
@@ -237,10 +218,7 @@ mod tests {
     fn verbatim_paths_for_drive_letters_and_unc() {
         use std::path::Path;
         let v = |p: &str| super::verbatim_path(Path::new(p)).unwrap();
-        assert_eq!(
-            v(r"E:\UpdatePacks\a\..\b"),
-            Path::new(r"\\?\E:\UpdatePacks\b")
-        );
+        assert_eq!(v(r"E:\UpdatePacks\a\..\b"), Path::new(r"\\?\E:\UpdatePacks\b"));
         assert_eq!(v("E:/UpdatePacks/x"), Path::new(r"\\?\E:\UpdatePacks\x"));
         assert_eq!(
             v(r"\\server\share\UpdatePacks"),
@@ -288,10 +266,7 @@ mod tests {
             #[cfg(windows)]
             assert_eq!(super::link_count(&src).unwrap(), 2);
             #[cfg(unix)]
-            assert_eq!(
-                std::os::unix::fs::MetadataExt::nlink(&src.metadata().unwrap()),
-                2
-            );
+            assert_eq!(std::os::unix::fs::MetadataExt::nlink(&src.metadata().unwrap()), 2);
         } else {
             eprintln!("skipped: this file system has no hard links");
         }
@@ -323,8 +298,9 @@ mod tests {
         let made = std::os::unix::fs::symlink(&target, &link)
             .and_then(|()| std::os::unix::fs::symlink(dir.path().join("real"), &dlink));
         #[cfg(windows)]
-        let made = std::os::windows::fs::symlink_file(&target, &link)
-            .and_then(|()| std::os::windows::fs::symlink_dir(dir.path().join("real"), &dlink));
+        let made = std::os::windows::fs::symlink_file(&target, &link).and_then(|()| {
+            std::os::windows::fs::symlink_dir(dir.path().join("real"), &dlink)
+        });
         if let Err(e) = made {
             eprintln!("skipped: symbolic links cannot be created here ({e})");
             return;

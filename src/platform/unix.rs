@@ -138,10 +138,7 @@ extern "C" fn handle_signal(_: libc::c_int) {
 /// Ctrl+C (SIGINT) and SIGTERM set `flag`, which the running operation polls through its
 /// progress callback to cancel cleanly; a second one ends the process at once (exit 130).
 pub(crate) fn on_interrupt(flag: &'static AtomicBool) {
-    FLAG.store(
-        flag as *const AtomicBool as *mut AtomicBool,
-        Ordering::SeqCst,
-    );
+    FLAG.store(flag as *const AtomicBool as *mut AtomicBool, Ordering::SeqCst);
     let handler = handle_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler is async-signal-safe (see above).
     unsafe {

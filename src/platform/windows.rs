@@ -52,8 +52,9 @@ pub(crate) fn classify(code: i32) -> Option<OsClass> {
 /// the moment they appear) holds the file without sharing it. Replacing a file that is
 /// open without `FILE_SHARE_DELETE` fails with `ERROR_ACCESS_DENIED`, so that counts too.
 pub(crate) fn rename_may_succeed_later(e: &std::io::Error) -> bool {
-    e.raw_os_error()
-        .is_some_and(|c| classify(c) == Some(OsClass::InUse) || c == F::ERROR_ACCESS_DENIED as i32)
+    e.raw_os_error().is_some_and(|c| {
+        classify(c) == Some(OsClass::InUse) || c == F::ERROR_ACCESS_DENIED as i32
+    })
 }
 
 /// Windows cannot open a folder as a file (`File::open` of a folder is "access denied"),
@@ -80,10 +81,7 @@ pub(crate) fn public_output(_builder: &mut tempfile::Builder<'_, '_>) {}
 /// The verbatim (`\\?\`) form of `path`, absolute and normalised, NUL-terminated, for Win32
 /// calls: no 260-character limit, and `\\server\share\x` becomes `\\?\UNC\server\share\x`.
 pub(crate) fn verbatim(path: &Path) -> std::io::Result<Vec<u16>> {
-    let mut out = verbatim_path(path)?
-        .as_os_str()
-        .encode_wide()
-        .collect::<Vec<u16>>();
+    let mut out = verbatim_path(path)?.as_os_str().encode_wide().collect::<Vec<u16>>();
     out.push(0);
     Ok(out)
 }
@@ -170,11 +168,7 @@ fn owner_only_acl(sid: S::PSID) -> std::io::Result<Vec<u64>> {
             + S::GetLengthSid(sid) as usize;
         let mut buf = vec![0u64; size.div_ceil(8)];
         let acl = buf.as_mut_ptr() as *mut S::ACL;
-        check(S::InitializeAcl(
-            acl,
-            (buf.len() * 8) as u32,
-            S::ACL_REVISION,
-        ))?;
+        check(S::InitializeAcl(acl, (buf.len() * 8) as u32, S::ACL_REVISION))?;
         check(S::AddAccessAllowedAce(
             acl,
             S::ACL_REVISION,
@@ -403,12 +397,7 @@ pub(crate) fn reflink(src: &File, dst: &File) -> bool {
             Reserved: 0,
             Flags: integrity.Flags,
         };
-        if !ioctl(
-            dst,
-            Ioctl::FSCTL_SET_INTEGRITY_INFORMATION,
-            Some(&set),
-            &mut [],
-        ) {
+        if !ioctl(dst, Ioctl::FSCTL_SET_INTEGRITY_INFORMATION, Some(&set), &mut []) {
             return false;
         }
         if info.FileAttributes & FS::FILE_ATTRIBUTE_SPARSE_FILE != 0
@@ -432,12 +421,7 @@ pub(crate) fn reflink(src: &File, dst: &File) -> bool {
                 TargetFileOffset: offset as i64,
                 ByteCount: n as i64,
             };
-            if !ioctl(
-                dst,
-                Ioctl::FSCTL_DUPLICATE_EXTENTS_TO_FILE,
-                Some(&d),
-                &mut [],
-            ) {
+            if !ioctl(dst, Ioctl::FSCTL_DUPLICATE_EXTENTS_TO_FILE, Some(&d), &mut []) {
                 return false;
             }
             offset += n;
@@ -485,10 +469,7 @@ unsafe extern "system" fn handle_console(ctrl: u32) -> windows_sys::core::BOOL {
 /// operation polls through its progress callback to cancel cleanly, exactly like SIGINT
 /// on Unix; a second Ctrl+C ends the process at once (exit 130).
 pub(crate) fn on_interrupt(flag: &'static AtomicBool) {
-    FLAG.store(
-        flag as *const AtomicBool as *mut AtomicBool,
-        Ordering::SeqCst,
-    );
+    FLAG.store(flag as *const AtomicBool as *mut AtomicBool, Ordering::SeqCst);
     // SAFETY: the handler is a valid `extern "system"` function for the process's life.
     unsafe {
         Console::SetConsoleCtrlHandler(Some(handle_console), 1);
@@ -547,8 +528,9 @@ mod tests {
                 let mut ace: *mut core::ffi::c_void = std::ptr::null_mut();
                 check(S::GetAce(dacl, i, &mut ace)).unwrap();
                 let ace = ace as *const S::ACCESS_ALLOWED_ACE;
-                let allowed = u32::from((*ace).Header.AceType)
-                    == windows_sys::Win32::System::SystemServices::ACCESS_ALLOWED_ACE_TYPE;
+                let allowed =
+                    u32::from((*ace).Header.AceType)
+                        == windows_sys::Win32::System::SystemServices::ACCESS_ALLOWED_ACE_TYPE;
                 let sid = std::ptr::addr_of!((*ace).SidStart) as S::PSID;
                 aces.push((allowed, (*ace).Mask, S::EqualSid(sid, user.sid()) != 0));
             }
