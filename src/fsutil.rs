@@ -230,8 +230,13 @@ pub fn safe_relative_path(p: &str) -> Result<PathBuf> {
 /// `NUL`, `COM0`–`COM9`, `LPT0`–`LPT9` and their superscript-digit forms, `CONIN$`,
 /// `CONOUT$`), with any extension (`nul.txt` opens the NUL device).
 pub fn portable_name_problem(name: &str) -> Option<String> {
-    if let Some(c) = name.chars().find(|c| matches!(c, '<' | '>' | '"' | '|' | '?' | '*')) {
-        return Some(format!("the name '{name}' contains '{c}', which Windows does not allow"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '<' | '>' | '"' | '|' | '?' | '*'))
+    {
+        return Some(format!(
+            "the name '{name}' contains '{c}', which Windows does not allow"
+        ));
     }
     if name.ends_with('.') || name.ends_with(' ') {
         return Some(format!(
@@ -381,7 +386,10 @@ mod tests {
         ] {
             let e = safe_relative_path(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::UnsafePath, "{bad:?}");
-            assert!(e.message().contains("Windows") || e.message().contains("':'"), "{e}");
+            assert!(
+                e.message().contains("Windows") || e.message().contains("':'"),
+                "{e}"
+            );
         }
         for good in [
             "CONSOLE",
@@ -403,9 +411,15 @@ mod tests {
 
     #[test]
     fn case_collisions() {
-        assert_eq!(case_collision(["a/B.bin", "a/b.bin"]), Some(("a/B.bin", "a/b.bin")));
+        assert_eq!(
+            case_collision(["a/B.bin", "a/b.bin"]),
+            Some(("a/B.bin", "a/b.bin"))
+        );
         assert_eq!(case_collision(["A/x", "a/y"]), Some(("A", "a")));
-        assert_eq!(case_collision(["\u{c4}.txt", "\u{e4}.txt"]), Some(("\u{c4}.txt", "\u{e4}.txt")));
+        assert_eq!(
+            case_collision(["\u{c4}.txt", "\u{e4}.txt"]),
+            Some(("\u{c4}.txt", "\u{e4}.txt"))
+        );
         assert_eq!(case_collision(["x/a", "x/b", "y/a", "X1"]), None);
         // NTFS upper-cases one character to one: `ß` is not `SS`.
         assert_eq!(case_collision(["STRASSE", "stra\u{df}e"]), None);

@@ -701,7 +701,10 @@ async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
     let what = || format!("writing {}", part.path.display());
     part.file.flush().await.map_err(|e| Error::io(what(), &e))?;
     if crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME {
-        part.file.sync_all().await.map_err(|e| Error::io(what(), &e))?;
+        part.file
+            .sync_all()
+            .await
+            .map_err(|e| Error::io(what(), &e))?;
     }
     tokio::fs::rename(&part.path, final_path)
         .await

@@ -375,7 +375,7 @@ fn place_file(
             std::fs::remove_file(dest)
                 .map_err(|e| Error::io(format!("removing {}", dest.display()), &e))?;
         }
-        placed = crate::platform::hard_link_open_file(&src, dest);
+        placed = crate::platform::hard_link_open_file(&src, &root.join(&job.src_rel), dest);
         if placed {
             dst = Some(
                 File::open(dest)

@@ -183,12 +183,26 @@ mod tests {
     /// Paths that would collide or be unusable on Windows are refused on every platform.
     #[test]
     fn windows_unsafe_file_lists_are_refused() {
-        assert!(manifest(&["a/b.bin", "a/c.bin", "d.bin"]).validate().is_ok());
+        assert!(manifest(&["a/b.bin", "a/c.bin", "d.bin"])
+            .validate()
+            .is_ok());
         for (paths, kind, words) in [
-            (&["Setup.exe", "setup.EXE"][..], ErrorKind::UnsafePath, "letter case"),
-            (&["Docs/a", "docs/b"][..], ErrorKind::UnsafePath, "letter case"),
+            (
+                &["Setup.exe", "setup.EXE"][..],
+                ErrorKind::UnsafePath,
+                "letter case",
+            ),
+            (
+                &["Docs/a", "docs/b"][..],
+                ErrorKind::UnsafePath,
+                "letter case",
+            ),
             (&["a.bin", "a.bin"][..], ErrorKind::InvalidManifest, "twice"),
-            (&["a", "a/b"][..], ErrorKind::InvalidManifest, "also the folder"),
+            (
+                &["a", "a/b"][..],
+                ErrorKind::InvalidManifest,
+                "also the folder",
+            ),
             (&["x/nul.txt"][..], ErrorKind::UnsafePath, "reserves"),
             (&["x/y. "][..], ErrorKind::UnsafePath, "dot or a space"),
         ] {

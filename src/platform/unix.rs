@@ -80,9 +80,10 @@ pub(crate) fn is_os_link_refusal(e: &std::io::Error) -> bool {
 
 /// Hard-link the already opened `src` (not whatever its path names now) as `dest`
 /// (Linux: `linkat` through `/proc/self/fd`). False when the file system cannot (another
-/// device, no hard links, no `/proc`), and the caller copies instead.
+/// device, no hard links, no `/proc`), and the caller copies instead. `_src_path` is what
+/// `src` was opened as (Windows needs it; the descriptor suffices here).
 #[cfg(target_os = "linux")]
-pub(crate) fn hard_link_open_file(src: &File, dest: &Path) -> bool {
+pub(crate) fn hard_link_open_file(src: &File, _src_path: &Path, dest: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::io::AsRawFd;
     let Ok(from) = std::ffi::CString::new(format!("/proc/self/fd/{}", src.as_raw_fd())) else {
@@ -104,7 +105,7 @@ pub(crate) fn hard_link_open_file(src: &File, dest: &Path) -> bool {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn hard_link_open_file(_src: &File, _dest: &Path) -> bool {
+pub(crate) fn hard_link_open_file(_src: &File, _src_path: &Path, _dest: &Path) -> bool {
     false
 }
 
@@ -138,7 +139,10 @@ extern "C" fn handle_signal(_: libc::c_int) {
 /// Ctrl+C (SIGINT) and SIGTERM set `flag`, which the running operation polls through its
 /// progress callback to cancel cleanly; a second one ends the process at once (exit 130).
 pub(crate) fn on_interrupt(flag: &'static AtomicBool) {
-    FLAG.store(flag as *const AtomicBool as *mut AtomicBool, Ordering::SeqCst);
+    FLAG.store(
+        flag as *const AtomicBool as *mut AtomicBool,
+        Ordering::SeqCst,
+    );
     let handler = handle_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler is async-signal-safe (see above).
     unsafe {

@@ -52,9 +52,8 @@ pub(crate) fn classify(code: i32) -> Option<OsClass> {
 /// the moment they appear) holds the file without sharing it. Replacing a file that is
 /// open without `FILE_SHARE_DELETE` fails with `ERROR_ACCESS_DENIED`, so that counts too.
 pub(crate) fn rename_may_succeed_later(e: &std::io::Error) -> bool {
-    e.raw_os_error().is_some_and(|c| {
-        classify(c) == Some(OsClass::InUse) || c == F::ERROR_ACCESS_DENIED as i32
-    })
+    e.raw_os_error()
+        .is_some_and(|c| classify(c) == Some(OsClass::InUse) || c == F::ERROR_ACCESS_DENIED as i32)
 }
 
 /// Windows cannot open a folder as a file (`File::open` of a folder is "access denied"),
@@ -81,7 +80,10 @@ pub(crate) fn public_output(_builder: &mut tempfile::Builder<'_, '_>) {}
 /// The verbatim (`\\?\`) form of `path`, absolute and normalised, NUL-terminated, for Win32
 /// calls: no 260-character limit, and `\\server\share\x` becomes `\\?\UNC\server\share\x`.
 pub(crate) fn verbatim(path: &Path) -> std::io::Result<Vec<u16>> {
-    let mut out = verbatim_path(path)?.as_os_str().encode_wide().collect::<Vec<u16>>();
+    let mut out = verbatim_path(path)?
+        .as_os_str()
+        .encode_wide()
+        .collect::<Vec<u16>>();
     out.push(0);
     Ok(out)
 }
@@ -168,7 +170,11 @@ fn owner_only_acl(sid: S::PSID) -> std::io::Result<Vec<u64>> {
             + S::GetLengthSid(sid) as usize;
         let mut buf = vec![0u64; size.div_ceil(8)];
         let acl = buf.as_mut_ptr() as *mut S::ACL;
-        check(S::InitializeAcl(acl, (buf.len() * 8) as u32, S::ACL_REVISION))?;
+        check(S::InitializeAcl(
+            acl,
+            (buf.len() * 8) as u32,
+            S::ACL_REVISION,
+        ))?;
         check(S::AddAccessAllowedAce(
             acl,
             S::ACL_REVISION,
@@ -332,16 +338,34 @@ fn final_path(f: &File) -> Option<Vec<u16>> {
     }
 }
 
-/// Hard-link the already opened `src` as `dest` (NTFS; `CreateHardLinkW` on the open
-/// file's current path). False when the file system cannot (FAT and exFAT sticks, another
-/// volume), and the caller copies instead. The caller hashes the placed file, so a source
-/// renamed between the two calls is caught.
-pub(crate) fn hard_link_open_file(src: &File, dest: &Path) -> bool {
-    let (Some(from), Ok(to)) = (final_path(src), verbatim(dest)) else {
+/// Hard-link the already opened `src` as `dest` (NTFS: `CreateHardLinkW` on the open
+/// file's current path, or on `src_path` where that cannot be had). The new name must
+/// then be the very file opened (same volume and file index), or it is removed again:
+/// a source renamed or replaced meanwhile is never placed. False when the file system
+/// cannot (FAT and exFAT sticks, another volume), and the caller copies instead.
+pub(crate) fn hard_link_open_file(src: &File, src_path: &Path, dest: &Path) -> bool {
+    let from = match final_path(src) {
+        Some(p) => p,
+        None => match verbatim(src_path) {
+            Ok(p) => p,
+            Err(_) => return false,
+        },
+    };
+    let Ok(to) = verbatim(dest) else {
         return false;
     };
     // SAFETY: both are NUL-terminated UTF-16 strings that outlive the call.
-    unsafe { FS::CreateHardLinkW(to.as_ptr(), from.as_ptr(), std::ptr::null()) != 0 }
+    if unsafe { FS::CreateHardLinkW(to.as_ptr(), from.as_ptr(), std::ptr::null()) } == 0 {
+        return false;
+    }
+    let same = match (file_id(src), File::open(dest).and_then(|d| file_id(&d))) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        let _ = std::fs::remove_file(dest);
+    }
+    same
 }
 
 fn ioctl<I>(f: &File, code: u32, input: Option<&I>, out: &mut [u8]) -> bool {
@@ -397,7 +421,12 @@ pub(crate) fn reflink(src: &File, dst: &File) -> bool {
             Reserved: 0,
             Flags: integrity.Flags,
         };
-        if !ioctl(dst, Ioctl::FSCTL_SET_INTEGRITY_INFORMATION, Some(&set), &mut []) {
+        if !ioctl(
+            dst,
+            Ioctl::FSCTL_SET_INTEGRITY_INFORMATION,
+            Some(&set),
+            &mut [],
+        ) {
             return false;
         }
         if info.FileAttributes & FS::FILE_ATTRIBUTE_SPARSE_FILE != 0
@@ -421,7 +450,12 @@ pub(crate) fn reflink(src: &File, dst: &File) -> bool {
                 TargetFileOffset: offset as i64,
                 ByteCount: n as i64,
             };
-            if !ioctl(dst, Ioctl::FSCTL_DUPLICATE_EXTENTS_TO_FILE, Some(&d), &mut []) {
+            if !ioctl(
+                dst,
+                Ioctl::FSCTL_DUPLICATE_EXTENTS_TO_FILE,
+                Some(&d),
+                &mut [],
+            ) {
                 return false;
             }
             offset += n;
@@ -469,7 +503,10 @@ unsafe extern "system" fn handle_console(ctrl: u32) -> windows_sys::core::BOOL {
 /// operation polls through its progress callback to cancel cleanly, exactly like SIGINT
 /// on Unix; a second Ctrl+C ends the process at once (exit 130).
 pub(crate) fn on_interrupt(flag: &'static AtomicBool) {
-    FLAG.store(flag as *const AtomicBool as *mut AtomicBool, Ordering::SeqCst);
+    FLAG.store(
+        flag as *const AtomicBool as *mut AtomicBool,
+        Ordering::SeqCst,
+    );
     // SAFETY: the handler is a valid `extern "system"` function for the process's life.
     unsafe {
         Console::SetConsoleCtrlHandler(Some(handle_console), 1);
@@ -477,19 +514,42 @@ pub(crate) fn on_interrupt(flag: &'static AtomicBool) {
 }
 
 #[cfg(test)]
-pub(crate) use tests::{acl_of, console_event};
+pub(crate) use tests::{acl_of, console_event, sid_string, under_wine};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// (DACL protected from inheritance, its entries as (allowed?, mask, is the current user)).
-    pub(crate) fn acl_of(path: &Path) -> (bool, Vec<(bool, u32, bool)>) {
+    /// A SID in its string form (`S-1-5-21-…`).
+    pub(crate) fn sid_string(sid: S::PSID) -> String {
+        // SAFETY: the string is allocated by the call and freed with LocalFree.
+        unsafe {
+            let mut p: windows_sys::core::PWSTR = std::ptr::null_mut();
+            check(S::Authorization::ConvertSidToStringSidW(sid, &mut p)).unwrap();
+            let len = (0..).take_while(|&i| *p.add(i) != 0).count();
+            let s = String::from_utf16_lossy(std::slice::from_raw_parts(p, len));
+            F::LocalFree(p.cast());
+            s
+        }
+    }
+
+    /// Whether this runs under Wine (its ntdll exports `wine_get_version`).
+    pub(crate) fn under_wine() -> bool {
+        use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
+        // SAFETY: both names are NUL-terminated; nothing is called through the pointer.
+        unsafe {
+            let h = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
+            !h.is_null() && GetProcAddress(h, c"wine_get_version".as_ptr().cast()).is_some()
+        }
+    }
+
+    /// The file's DACL as GetSecurityInfo reads it back: (protected from inheritance,
+    /// entries as (access allowed?, access mask, SID string)).
+    pub(crate) fn acl_of(path: &Path) -> (bool, Vec<(bool, u32, String)>) {
         let f = OpenOptions::new()
             .access_mode(FS::READ_CONTROL)
             .open(path)
             .unwrap();
-        let user = CurrentUser::get().unwrap();
         // SAFETY: GetSecurityInfo allocates the descriptor (freed with LocalFree below);
         // the DACL and ACEs point into it.
         unsafe {
@@ -528,13 +588,12 @@ mod tests {
                 let mut ace: *mut core::ffi::c_void = std::ptr::null_mut();
                 check(S::GetAce(dacl, i, &mut ace)).unwrap();
                 let ace = ace as *const S::ACCESS_ALLOWED_ACE;
-                let allowed =
-                    u32::from((*ace).Header.AceType)
-                        == windows_sys::Win32::System::SystemServices::ACCESS_ALLOWED_ACE_TYPE;
+                let allowed = u32::from((*ace).Header.AceType)
+                    == windows_sys::Win32::System::SystemServices::ACCESS_ALLOWED_ACE_TYPE;
                 let sid = std::ptr::addr_of!((*ace).SidStart) as S::PSID;
-                aces.push((allowed, (*ace).Mask, S::EqualSid(sid, user.sid()) != 0));
+                aces.push((allowed, (*ace).Mask, sid_string(sid)));
             }
-            windows_sys::Win32::Foundation::LocalFree(sd);
+            F::LocalFree(sd);
             (control & S::SE_DACL_PROTECTED != 0, aces)
         }
     }

@@ -161,8 +161,7 @@ pub fn scan_content(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     // Sites may live on case-insensitive file systems (Windows): two names that differ
     // only by case (`A.bin` beside `a.bin`, or `Docs/x` beside `docs/y`) would be one
     // file or folder there.
-    if let Some((other, rel)) = crate::fsutil::case_collision(out.iter().map(|(r, _)| r.as_str()))
-    {
+    if let Some((other, rel)) = crate::fsutil::case_collision(out.iter().map(|(r, _)| r.as_str())) {
         return Err(Error::invalid_argument(format!(
             "content folder {} has both '{other}' and '{rel}'; names must differ by more than case",
             dir.display()
