@@ -9,7 +9,9 @@ mod service;
 #[path = "common/tls.rs"]
 mod tls;
 
-use proxy::{Action, Flaky, TinyProxy};
+#[cfg(unix)]
+use proxy::TinyProxy;
+use proxy::{Action, Flaky};
 use service::{pseudo_random, write_content, TestService, TestStore};
 use serviceconnection::api::{PackType, Selection};
 use serviceconnection::connect::{
@@ -872,6 +874,7 @@ fn assert_no_secret(dest: &Path, text: &str) {
     }
 }
 
+#[cfg(unix)] // tinyproxy is a Linux program
 #[test]
 fn through_tinyproxy_without_and_with_basic_auth() {
     let sc = scene();
@@ -917,6 +920,7 @@ fn through_tinyproxy_without_and_with_basic_auth() {
     assert_no_secret(&dest, &format!("{r:?} {o:?}"));
 }
 
+#[cfg(unix)] // tinyproxy is a Linux program
 #[test]
 fn wrong_proxy_password_is_a_proxy_auth_error() {
     let sc = scene();
@@ -975,6 +979,7 @@ fn wrong_proxy_port_is_a_proxy_connect_error() {
     assert_no_secret(&dest, &format!("{e} {e:?}"));
 }
 
+#[cfg(unix)] // the test CA is made with the openssl command
 #[test]
 fn tls_needs_the_private_ca_and_works_with_it() {
     let sc = scene();
@@ -1344,6 +1349,7 @@ fn partial_files_are_continued_restarted_or_discarded() {
 
 /// An https:// service through the proxy (a CONNECT tunnel): works, and a refusal of the
 /// credentials is named as such although the proxy refuses the tunnel with a 401.
+#[cfg(unix)] // tinyproxy and the openssl command are Linux programs
 #[test]
 fn https_through_tinyproxy_tunnel() {
     let sc = scene();
