@@ -21,6 +21,7 @@ use serviceconnection::connect::{
 use serviceconnection::pack::manifest::{CONTENT_DIR, MANIFEST_FILE, SIGNATURE_FILE};
 use serviceconnection::progress::{Phase, Progress};
 use serviceconnection::{ErrorKind, NewSite, Site};
+#[cfg(unix)]
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -864,9 +865,13 @@ fn unreachable_service_still_writes_the_report() {
     assert_eq!(on_disk.uploads[0].status, UploadStatus::Failed);
 }
 
+// For the tinyproxy and TLS tests (Unix: tinyproxy and openssl are Linux programs here).
+#[cfg(unix)]
 const PROXY_USER: &str = "meg";
+#[cfg(unix)]
 const PROXY_PASSWORD: &str = "Pr0xy-S3cret-xyz";
 
+#[cfg(unix)]
 fn assert_no_secret(dest: &Path, text: &str) {
     assert!(!text.contains(PROXY_PASSWORD), "password leaked: {text}");
     if let Ok(report) = std::fs::read_to_string(dest.join(REPORT_FILE)) {
