@@ -94,6 +94,7 @@ pub const INSECURE_NOTE: &str =
     "SIGNATURE NOT VERIFIED (insecure_skip_signature_check): the publisher of this pack was not authenticated";
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImportOptions {
     pub site_db: PathBuf,
     /// The update-pack folder Connect wrote (holds `<hierarchy-id>/` folders).
@@ -239,6 +240,7 @@ pub fn import(opts: &ImportOptions, progress: ProgressFn) -> Result<Vec<ImportRe
         }
         Ok(_) => {}
     }
+    let _held = crate::site::reentry::hold(&opts.site_db, "an import")?;
     let mut site = Site::open(&opts.site_db)?;
     let info = site.identity()?;
     let wait = opts

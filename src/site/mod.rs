@@ -7,6 +7,7 @@
 //! are refused without touching the file. Writers wait for each other through SQLite's
 //! busy timeout (WAL journal), so concurrent runs are serialised, never corrupting.
 
+pub mod reentry;
 pub mod sample;
 mod schema;
 pub mod trust;
@@ -110,6 +111,7 @@ impl std::str::FromStr for ScpMode {
 
 /// What it takes to create a site.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewSite {
     pub site_code: String,
     pub site_version: SiteVersion,
@@ -360,6 +362,7 @@ impl Site {
     /// transaction, re-evaluate which recorded updates apply to it
     /// ([`updates::reevaluate_applicability`]). Returns the updates whose state changed.
     pub fn set_site_version(&self, v: &SiteVersion) -> Result<Vec<(uuid::Uuid, UpdateState)>> {
+        reentry::check(&self.path)?;
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "UPDATE site SET site_version = ?1 WHERE id = 1",
@@ -371,6 +374,7 @@ impl Site {
     }
 
     pub fn set_diagnostics_level(&self, level: DiagnosticsLevel) -> Result<()> {
+        reentry::check(&self.path)?;
         self.conn.execute(
             "UPDATE site SET diagnostics_level = ?1 WHERE id = 1",
             [level.as_str()],

@@ -15,11 +15,13 @@
 #include "serviceconnection.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static int checks = 0;
 
@@ -290,13 +292,30 @@ static void test_bad_paths(const char *dir) {
     printf("ok bad paths\n");
 }
 
-static void test_forced_panic(const char *site) {
+static void test_forced_panic(const char *dir, const char *site) {
     char *out = SENTINEL;
+    /* The library must not write to its host's streams: stderr goes to a file meanwhile. */
+    char *captured = path_in(dir, "stderr.txt");
+    fflush(stderr);
+    int saved = dup(2);
+    int fd = open(captured, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    CHECK(saved >= 0 && fd >= 0 && dup2(fd, 2) == 2, "redirect stderr");
+    close(fd);
     setenv("SCT_FFI_TEST_PANIC", "1", 1);
-    EXPECT_STATUS(sct_site_info(site, &out), SCT_PANIC);
+    setenv("RUST_BACKTRACE", "1", 1); /* the default hook would add a backtrace */
+    sct_status got = sct_site_info(site, &out);
     unsetenv("SCT_FFI_TEST_PANIC");
+    unsetenv("RUST_BACKTRACE");
+    dup2(saved, 2);
+    close(saved);
+    EXPECT_STATUS(got, SCT_PANIC);
+    struct stat st;
+    CHECK(stat(captured, &st) == 0 && st.st_size == 0, "the library wrote %lld bytes to stderr",
+          (long long)st.st_size);
+    free(captured);
     CHECK(out == SENTINEL, "no out-parameter written after a panic");
     check_last_error_contains(SCT_PANIC, "SCT_FFI_TEST_PANIC");
+    check_last_error_contains(SCT_PANIC, "src/ffi/panic.rs:");
     /* The process and the library carry on. */
     EXPECT_STATUS(sct_site_info(site, &out), SCT_OK);
     CHECK(out != SENTINEL && has(out, "\"site_code\":\"PS1\""), "info after the panic: %s", out);
@@ -687,7 +706,7 @@ int main(int argc, char **argv) {
         test_null_arguments(site);
         test_bad_paths(dir);
         test_site_and_sample_data(dir, site);
-        test_forced_panic(site);
+        test_forced_panic(dir, site);
         test_trust(dir, site);
         test_threads(dir);
         test_same_site_threads(dir);

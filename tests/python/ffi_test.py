@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import sys
+import tempfile
 import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_bool, c_char, c_char_p, c_int,
                     c_size_t, c_uint32, c_uint64, c_void_p)
@@ -259,12 +260,32 @@ def test_site(tmp, site):
     print("ok site, sample data, cancellation")
 
 
+def with_captured_stderr(fn):
+    """Run fn() with file descriptor 2 redirected to a file; return (result, bytes written)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            result = fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        return result, captured.read()
+
+
 def test_forced_panic(site):
     os.environ["SCT_FFI_TEST_PANIC"] = "1"
+    os.environ["RUST_BACKTRACE"] = "1"  # the default hook would add a backtrace
     try:
-        expect_error(SCT_PANIC, lib.sct_site_info, b(site), contains="SCT_FFI_TEST_PANIC")
+        msg, written = with_captured_stderr(
+            lambda: expect_error(SCT_PANIC, lib.sct_site_info, b(site), contains="SCT_FFI_TEST_PANIC"))
     finally:
         del os.environ["SCT_FFI_TEST_PANIC"]
+        del os.environ["RUST_BACKTRACE"]
+    assert written == b"", f"the library wrote to the host's stderr: {written!r}"
+    assert "src/ffi/panic.rs:" in msg, f"the panic's location is kept in the message: {msg!r}"
     assert call_json(lib.sct_site_info, b(site))["site_code"] == "PS1"
     print("ok forced panic caught")
 
