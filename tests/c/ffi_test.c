@@ -324,6 +324,64 @@ static void test_forced_panic(const char *dir, const char *site) {
     printf("ok forced panic caught\n");
 }
 
+/* Misspelt options are refused with the field's name, never silently ignored. */
+static void test_unknown_option_fields(const char *dir, const char *site) {
+    char *out = SENTINEL;
+    char *other = path_in(dir, "typo.db");
+    EXPECT_STATUS(sct_site_create(other, "{\"site_code\":\"PS2\",\"site_version\":\"5.00.9128.1000\",\"sitename\":\"x\"}",
+                                  &out),
+                  SCT_INVALID_ARGUMENT);
+    check_last_error_contains(SCT_INVALID_ARGUMENT, "unknown field `sitename`");
+    CHECK(!exists(other) && out == SENTINEL, "nothing created");
+    char opts[2048];
+    snprintf(opts, sizeof opts, "{\"site_db\":\"%s\",\"source\":\"%s\",\"insecure_skip_signature_chek\":true}",
+             site, dir);
+    EXPECT_STATUS(sct_import(opts, NULL, NULL, &out), SCT_INVALID_ARGUMENT);
+    check_last_error_contains(SCT_INVALID_ARGUMENT, "unknown field `insecure_skip_signature_chek`");
+    snprintf(opts, sizeof opts,
+             "{\"source\":\"%s\",\"dest\":\"%s/never\",\"service_uri\":\"http://127.0.0.1:9\",\"paralelism\":2}", dir,
+             dir);
+    EXPECT_STATUS(sct_connect(opts, NULL, NULL, &out), SCT_INVALID_ARGUMENT);
+    check_last_error_contains(SCT_INVALID_ARGUMENT, "unknown field `paralelism`");
+    CHECK(out == SENTINEL, "no out-parameter written");
+    free(other);
+    printf("ok unknown option fields refused\n");
+}
+
+/* A write to the same site from inside a callback of a write on it fails at once. */
+struct reentry_state {
+    const char *site;
+    int calls;
+    sct_status status;
+    char *message;
+};
+
+static int reentering_progress(void *user_data, const sct_progress *p) {
+    (void)p;
+    struct reentry_state *s = user_data;
+    if (s->calls++ == 0) {
+        char *json = NULL;
+        s->status = sct_trust_add(s->site, env("SCT_PUBLISHER_PUB"), "from a callback", &json);
+        sct_string_free(json);
+        s->message = sct_last_error_message();
+    }
+    return 0;
+}
+
+static void test_reentrance(const char *site) {
+    struct reentry_state s = {site, 0, SCT_OK, NULL};
+    uint64_t rows = 0;
+    EXPECT_STATUS(sct_generate_sample_data(site, 10, 77, reentering_progress, &s, &rows), SCT_OK);
+    CHECK(s.status == SCT_BUSY, "write from inside the callback: %s", sct_status_name((uint32_t)s.status));
+    CHECK(s.message && strstr(s.message, "same thread"), "message: %s", s.message ? s.message : "(none)");
+    sct_string_free(s.message);
+    char *out = NULL;
+    EXPECT_STATUS(sct_trust_list(site, &out), SCT_OK);
+    CHECK(strcmp(out, "[]") == 0, "the refused write changed nothing: %s", out);
+    sct_string_free(out);
+    printf("ok same-thread re-entrance fails at once\n");
+}
+
 static void test_site_and_sample_data(const char *dir, const char *site) {
     char *out = SENTINEL;
     EXPECT_STATUS(sct_site_create(site, SITE_OPTIONS, &out), SCT_OK);
@@ -707,6 +765,8 @@ int main(int argc, char **argv) {
         test_bad_paths(dir);
         test_site_and_sample_data(dir, site);
         test_forced_panic(dir, site);
+        test_unknown_option_fields(dir, site);
+        test_reentrance(site);
         test_trust(dir, site);
         test_threads(dir);
         test_same_site_threads(dir);

@@ -24,6 +24,7 @@ SCT_INVALID_ARGUMENT = 7001
 SCT_NOT_FOUND = 7002
 SCT_ALREADY_EXISTS = 7003
 SCT_NOT_A_SITE_DATABASE = 7004
+SCT_BUSY = 7006
 SCT_CANCELLED = 7021
 SCT_NULL_PARAMETER = 7100
 SCT_INVALID_UTF8 = 7101
@@ -290,6 +291,55 @@ def test_forced_panic(site):
     print("ok forced panic caught")
 
 
+def test_unknown_option_fields(tmp, site):
+    """A misspelt option is refused, naming the field, in every options type."""
+    other = os.path.join(tmp, "typo.db")
+    expect_error(SCT_INVALID_ARGUMENT, lib.sct_site_create, b(other),
+                 b'{"site_code":"PS2","site_version":"5.00.9128.1000","diagnostic_level":"Full"}',
+                 contains="unknown field `diagnostic_level`")
+    assert not os.path.exists(other)
+    msg = expect_error(SCT_INVALID_ARGUMENT, lib.sct_import,
+                       b(json.dumps({"site_db": site, "source": tmp, "insecure_skip_signature_chek": True})),
+                       NO_PROGRESS, None, contains="unknown field `insecure_skip_signature_chek`")
+    assert "\n" not in msg
+    connect = {"source": tmp, "dest": os.path.join(tmp, "never"), "service_uri": "http://127.0.0.1:9",
+               "selction": "All"}
+    expect_error(SCT_INVALID_ARGUMENT, lib.sct_connect, b(json.dumps(connect)), NO_PROGRESS, None,
+                 contains="unknown field `selction`")
+    del connect["selction"]
+    connect["proxy"] = {"uri": "127.0.0.1:9", "user": "meg", "password": "hunter2"}
+    msg = expect_error(SCT_INVALID_ARGUMENT, lib.sct_connect, b(json.dumps(connect)), NO_PROGRESS, None,
+                       contains="unknown field `user`")
+    assert "hunter2" not in msg
+    assert not os.path.exists(os.path.join(tmp, "never"))
+    print("ok unknown option fields refused")
+
+
+def test_reentrance(site):
+    """A write to the same site from inside a callback of a write on it fails at once."""
+    pub = os.environ["SCT_PUBLISHER_PUB"]
+    seen = []
+
+    @PROGRESS_CB
+    def on_progress(_user_data, _p):
+        if not seen:
+            out = c_void_p()
+            status = lib.sct_trust_add(b(site), b(pub), None, byref(out))
+            seen.append((status, last_error()))
+            # Reads are fine from inside the callback.
+            seen.append(call_json(lib.sct_site_info, b(site))["site_code"])
+        return 0
+
+    rows = c_uint64()
+    assert lib.sct_generate_sample_data(b(site), 10, 99, on_progress, None, byref(rows)) == SCT_OK, last_error()
+    (status, message), code = seen
+    assert status == SCT_BUSY, status_name(status)
+    assert "same thread" in message and "callback" in message, message
+    assert code == "PS1"
+    assert call_json(lib.sct_trust_list, b(site)) == [], "the refused write changed nothing"
+    print("ok same-thread re-entrance fails at once")
+
+
 def test_trust(tmp, site):
     pub = os.environ["SCT_PUBLISHER_PUB"]
     entry = call_json(lib.sct_trust_add, b(site), b(pub), b"reference service")
@@ -454,6 +504,8 @@ def main():
         test_bad_paths(tmp)
         test_site(tmp, site)
         test_forced_panic(site)
+        test_unknown_option_fields(tmp, site)
+        test_reentrance(site)
         test_trust(tmp, site)
         test_threads(tmp)
         test_same_site_threads(tmp)
