@@ -33,8 +33,10 @@ function Invoke-ServiceConnection {
 
     .PARAMETER Download
     Which packs to ask for: Latest (the default: only the newest update for the site version,
-    no hotfixes), SiteVersion (updates and hotfixes newer than the site version), Hotfix (every
-    hotfix) or All (everything published for the hierarchy).
+    no hotfixes), SiteVersion (every update and hotfix newer than the site version, including
+    later steps of an upgrade chain that do not apply yet; Import records those as
+    NotApplicable until the site reaches them), Hotfix (every hotfix) or All (everything
+    published for the hierarchy).
 
     .PARAMETER Proxy
     Proxy server as host or host:port (http:// assumed, port 80 by default), such as
