@@ -459,15 +459,39 @@ def test_flow(tmp):
     cancel = ProgressRecorder(cancel_after=1)
     expect_error(SCT_CANCELLED, lib.sct_connect, b(json.dumps(opts)), cancel.cb, None)
     assert files_under(cancelled_dest) == [], "cancelled Connect left files"
+    # Cancelled mid-download (throttled so the pack cannot finish first): what stays is
+    # exactly what the header says: .sct-partial files and verified content files, but no
+    # manifest.json for the unfinished pack and no connect-report.json.
     dest = os.path.join(tmp, "packs")
     opts["dest"] = dest
+    mid = {"calls": 0}
+
+    @PROGRESS_CB
+    def cancel_mid_download(_user_data, p):
+        mid["calls"] += 1
+        return 1 if p.contents.phase == 4 and 0 < p.contents.done < p.contents.total else 0
+
+    throttled = dict(opts, max_bytes_per_second=100_000)
+    expect_error(SCT_CANCELLED, lib.sct_connect, b(json.dumps(throttled)), cancel_mid_download, None)
+    kept = files_under(dest)
+    assert any(f.endswith(".sct-partial") for f in kept), f"received bytes kept for resuming: {kept}"
+    assert not [f for f in kept if os.path.basename(f) in ("manifest.json", "connect-report.json")], kept
+    unfinished = call_json(lib.sct_import, b(json.dumps(
+        {"site_db": site, "source": dest, "insecure_skip_signature_check": True})), NO_PROGRESS, None)
+    assert [r["status"] for r in unfinished] == ["Refused"], f"Import never trusts an unfinished pack: {unfinished}"
+    assert call_json(lib.sct_list_updates, b(site)) == []
+    assert all(f.endswith(".sct-partial") or "/content/" in f or f.endswith(".minisig") for f in kept), kept
+
     rec = ProgressRecorder()
     report = call_json(lib.sct_connect, b(json.dumps(opts)), rec.cb, None)
     assert [u["status"] for u in report["uploads"]] == ["Uploaded"]
     assert report["uploads"][0]["hierarchy_id"] == hierarchy
     packs = {p["package_guid"]: p for p in report["packs"]}
     assert pack in packs and packs[pack]["status"] == "Downloaded", report
-    assert all(f["status"] == "Downloaded" for f in packs[pack]["files"])
+    statuses = {f["status"] for f in packs[pack]["files"]}
+    assert statuses <= {"Downloaded", "Resumed", "AlreadyComplete"}, statuses
+    assert statuses & {"Resumed", "AlreadyComplete"}, f"the re-run used the kept bytes: {statuses}"
+    assert report["bytes_transferred"] < packs[pack]["size"], report["bytes_transferred"]
     assert rec.threads == {threading.get_ident()}
     assert os.path.isfile(os.path.join(dest, "connect-report.json"))
     print("ok connect")
