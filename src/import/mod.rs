@@ -542,6 +542,7 @@ fn place_and_commit(
 
     let mut meter = place::Meter {
         progress,
+        phase: crate::progress::Phase::Verify,
         done: 0,
         total: candidates
             .iter()
@@ -580,6 +581,14 @@ fn place_and_commit(
         return Ok(());
     }
 
+    // Phase 6: recording and moving into place, in bytes of the packs staged.
+    meter.phase = crate::progress::Phase::Import;
+    meter.done = 0;
+    meter.total = staged
+        .iter()
+        .map(|&i| candidates[i].trusted.manifest.total_size())
+        .sum();
+    meter.report("", 0, 0)?;
     let now = crate::site::now_rfc3339();
     let outcome = (|| -> Result<()> {
         let tx = site
@@ -643,6 +652,8 @@ fn place_and_commit(
             if placement.renamed.len() == 1 {
                 pause_point("renamed-first");
             }
+            meter.done += m.total_size();
+            meter.report(&m.id.to_string(), m.total_size(), m.total_size())?;
         }
         crate::fsutil::sync_dir(library);
         pause_point("renamed");
@@ -659,6 +670,9 @@ fn place_and_commit(
             }
             Ok(())
         }
+        // Cancelled while placing: rolled back, and dropping `placement` removes what was
+        // placed, so the site is unchanged.
+        Err(e) if e.kind() == ErrorKind::Cancelled => Err(e),
         Err(e) => {
             // Rolled back; dropping `placement` removes what was placed.
             let e = e.context("the packs could not be recorded in the site database");

@@ -132,9 +132,13 @@ pub(crate) fn recover(site_db: &Path, conn: &rusqlite::Connection) -> Result<Vec
     Ok(removed)
 }
 
-/// Progress over all bytes to verify in one run; `false` from the callback cancels.
+/// Progress in bytes over one run's packs; `false` from the callback cancels. Import
+/// reports two phases through it: `Verify` while staging (every byte is hashed as it is
+/// placed in a staging folder: the bytes verified so far), then `Import` while the
+/// verified packs are recorded and moved into the content library (the bytes placed).
 pub(crate) struct Meter<'a, 'b> {
     pub progress: &'a mut ProgressFn<'b>,
+    pub phase: Phase,
     pub done: u64,
     pub total: u64,
 }
@@ -142,7 +146,7 @@ pub(crate) struct Meter<'a, 'b> {
 impl Meter<'_, '_> {
     pub(crate) fn report(&mut self, item: &str, item_done: u64, item_total: u64) -> Result<()> {
         let p = Progress {
-            phase: Phase::Import,
+            phase: self.phase,
             item: item.to_string(),
             item_done,
             item_total,
