@@ -138,6 +138,7 @@ class ProgressRecorder:
 
     def __init__(self, cancel_after=0):
         self.calls = 0
+        self.reports = []  # (phase, done, total)
         self.phases = set()
         self.threads = set()
         self.items_ok = True
@@ -146,6 +147,7 @@ class ProgressRecorder:
 
     def _on_progress(self, _user_data, p):
         self.calls += 1
+        self.reports.append((p.contents.phase, p.contents.done, p.contents.total))
         self.phases.add(p.contents.phase)
         self.threads.add(threading.get_ident())
         if p.contents.item is None:
@@ -411,6 +413,15 @@ def test_same_site_threads(tmp):
     print("ok 3 threads on one site, serialised")
 
 
+def assert_rows_reported_as_they_go(rec, phase, rows):
+    """Prepare (1) / Export (2) report rows while they run, not only at the ends."""
+    assert rec.phases == {phase}, rec.phases
+    assert all(total == rows for _, _, total in rec.reports), rec.reports
+    dones = [done for _, done, _ in rec.reports]
+    assert dones == sorted(dones) and dones[-1] == rows, dones
+    assert any(0 < d < rows for d in dones), f"no report while the rows were written: {dones}"
+
+
 def test_flow(tmp):
     url = os.environ["SCT_SERVICE_URL"]
     pack = os.environ["SCT_EXPECT_PACK"]
@@ -418,7 +429,8 @@ def test_flow(tmp):
     info = call_json(lib.sct_site_create, b(site), b(SITE_OPTIONS))
     hierarchy = info["hierarchy_id"]
     rows = c_uint64()
-    assert lib.sct_generate_sample_data(b(site), 700, 5, NO_PROGRESS, None, byref(rows)) == SCT_OK
+    # Enough rows that Prepare and Export report several times as they go.
+    assert lib.sct_generate_sample_data(b(site), 30_000, 5, NO_PROGRESS, None, byref(rows)) == SCT_OK
     basic, enhanced, _full = call_json(lib.sct_site_info, b(site))["usage_rows"]
     leaving = basic + enhanced
 
@@ -437,8 +449,10 @@ def test_flow(tmp):
     print(f"ok usage rows ({leaving})")
 
     csv = os.path.join(tmp, "UsageData.csv")
-    exported = call_json(lib.sct_export_csv, b(site), b(csv), False, NO_PROGRESS, None)
+    rec = ProgressRecorder()
+    exported = call_json(lib.sct_export_csv, b(site), b(csv), False, rec.cb, None)
     assert exported["format"] == "Csv" and exported["record_count"] == leaving
+    assert_rows_reported_as_they_go(rec, 2, leaving)
 
     usb = os.path.join(tmp, "usb")
     os.mkdir(usb)
@@ -450,7 +464,7 @@ def test_flow(tmp):
     prepared = call_json(lib.sct_prepare, b(site), b(cab), False, rec.cb, None)
     assert prepared["format"] == "Cab" and prepared["record_count"] == leaving
     assert prepared["hierarchy_id"] == hierarchy and prepared["size"] == os.path.getsize(cab)
-    assert rec.calls > 0 and 1 in rec.phases
+    assert_rows_reported_as_they_go(rec, 1, leaving)
     expect_error(SCT_ALREADY_EXISTS, lib.sct_prepare, b(site), b(cab), False, NO_PROGRESS, None)
     print("ok prepare and export")
 
@@ -503,7 +517,13 @@ def test_flow(tmp):
     cancel = ProgressRecorder(cancel_after=1)
     expect_error(SCT_CANCELLED, lib.sct_import, import_opts, cancel.cb, None)
     assert call_json(lib.sct_list_updates, b(site)) == []
-    results = call_json(lib.sct_import, import_opts, NO_PROGRESS, None)
+    rec = ProgressRecorder()
+    results = call_json(lib.sct_import, import_opts, rec.cb, None)
+    phases = [phase for phase, _, _ in rec.reports]
+    assert set(phases) == {5, 6} and phases == sorted(phases), "Verify (5), then placement (6)"
+    verified = [(done, total) for phase, done, total in rec.reports if phase == 5]
+    assert verified[-1][0] == verified[-1][1] > 0, verified
+    assert [r["status"] for r in results] == ["Imported"]
     assert [(r["package_guid"], r["status"], r["state"]) for r in results] == [
         (pack, "Imported", "ReadyToInstall")], results
     updates = call_json(lib.sct_list_updates, b(site))
