@@ -1699,7 +1699,11 @@ fn progress_reports_verify_then_placement_and_cancelling_placement_changes_nothi
     })
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled);
-    assert_eq!(snapshot(&e), before, "cancelled while placing: nothing changed");
+    assert_eq!(
+        snapshot(&e),
+        before,
+        "cancelled while placing: nothing changed"
+    );
     assert!(seen.iter().any(|p| p.phase == Phase::Import && p.done > 0));
 
     let mut seen: Vec<Progress> = Vec::new();
@@ -1712,7 +1716,11 @@ fn progress_reports_verify_then_placement_and_cancelling_placement_changes_nothi
     assert_eq!(status_of(&r, b.id), ImportStatus::Imported);
     let verify: Vec<&Progress> = seen.iter().filter(|p| p.phase == Phase::Verify).collect();
     let place: Vec<&Progress> = seen.iter().filter(|p| p.phase == Phase::Import).collect();
-    assert_eq!(verify.len() + place.len(), seen.len(), "only phases 5 and 6");
+    assert_eq!(
+        verify.len() + place.len(),
+        seen.len(),
+        "only phases 5 and 6"
+    );
     let first_place = seen.iter().position(|p| p.phase == Phase::Import).unwrap();
     assert!(
         seen[..first_place].iter().all(|p| p.phase == Phase::Verify),
@@ -1730,5 +1738,77 @@ fn progress_reports_verify_then_placement_and_cancelling_placement_changes_nothi
     assert!(place.windows(2).all(|w| w[0].done <= w[1].done));
     assert_eq!(place.last().unwrap().done, total);
     let items: Vec<&str> = place.iter().map(|p| p.item.as_str()).collect();
-    assert!(items.contains(&a.id.to_string().as_str()) && items.contains(&b.id.to_string().as_str()));
+    assert!(
+        items.contains(&a.id.to_string().as_str()) && items.contains(&b.id.to_string().as_str())
+    );
+}
+
+/// Two site databases in one folder would share one content library. The first to
+/// import owns it; the second is refused at Import, naming the first, and a third is
+/// refused at creation. Moved to a folder of its own, the second site imports normally.
+#[test]
+fn a_second_site_database_in_the_folder_is_refused_naming_the_owner() {
+    let e = env();
+    let spec = PackSpec::update("Update 2409", "5.00.9132.1000", "5.00.9106.1000");
+    e.add(&spec);
+    let folder = e.db.parent().unwrap().to_path_buf();
+    let second = folder.join("second.db");
+    let new_site = |path: &Path| {
+        Site::create(
+            path,
+            &NewSite {
+                site_code: "PS2".into(),
+                site_version: SITE_VERSION.parse().unwrap(),
+                diagnostics_level: Default::default(),
+                hierarchy_id: Some(e.hierarchy),
+                site_name: None,
+                scp_mode: Default::default(),
+            },
+        )
+    };
+    // Nothing is shared before the first import: creating it there is allowed.
+    new_site(&second)
+        .unwrap()
+        .add_trusted_publisher(e.publisher.public_key(), "test publisher")
+        .unwrap();
+
+    // The first site's flow.
+    assert_eq!(status_of(&e.run(), spec.id), ImportStatus::Imported);
+    assert_placed(&e, &spec);
+    let before = snapshot(&e);
+
+    // The second site's flow: refused as a whole, naming the owner; nothing changes.
+    let err = import(&ImportOptions::new(&second, &e.src), &mut progress::ignore).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(
+        err.message().contains(&e.db.display().to_string())
+            && err.message().contains("folder of its own"),
+        "{err}"
+    );
+    assert!(!err.message().contains("sct-staging"), "{err}");
+    assert!(Site::open(&second)
+        .unwrap()
+        .list_updates()
+        .unwrap()
+        .is_empty());
+    assert_eq!(snapshot(&e), before);
+
+    // A third site database is refused at creation, leaving no file.
+    let third = folder.join("third.db");
+    let err = new_site(&third).err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.message().contains("site.db"), "{err}");
+    assert!(!third.exists());
+
+    // The first site carries on.
+    assert_eq!(status_of(&e.run(), spec.id), ImportStatus::AlreadyImported);
+
+    // The second site, moved to a folder of its own, imports normally.
+    let own = e._dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    let moved = own.join("second.db");
+    std::fs::rename(&second, &moved).unwrap();
+    let r = import(&ImportOptions::new(&moved, &e.src), &mut progress::ignore).unwrap();
+    assert_eq!(status_of(&r, spec.id), ImportStatus::Imported, "{r:#?}");
+    assert!(own.join(CONTENT_LIBRARY).join(spec.id.to_string()).is_dir());
 }

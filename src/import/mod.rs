@@ -247,6 +247,9 @@ pub fn import(opts: &ImportOptions, progress: ProgressFn) -> Result<Vec<ImportRe
         .lock_wait_ms
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_LOCK_WAIT);
+    // One site database per folder: the content library beside it is its own. Checked
+    // before anything is written (`claim` checks again when content is placed).
+    crate::site::library::check_owner(&opts.site_db)?;
     let _lock = lock::ImportLock::acquire(&opts.site_db, wait)?;
     pause_point("locked");
     place::recover(&opts.site_db, site.connection())?;
@@ -539,6 +542,7 @@ fn place_and_commit(
     placement.journaled = true;
     pause_point("journaled");
     placement.create_library(&missing)?;
+    crate::site::library::claim(&opts.site_db)?;
 
     let mut meter = place::Meter {
         progress,

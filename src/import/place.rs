@@ -123,6 +123,7 @@ pub(crate) fn recover(site_db: &Path, conn: &rusqlite::Connection) -> Result<Vec
     }
     sync_dir(&j.library);
     for d in j.created.iter().rev() {
+        crate::site::library::release_if_unused(d);
         // Only if empty: anything placed there since belongs to someone.
         if std::fs::remove_dir(d).is_ok() {
             removed.push(d.clone());
@@ -567,6 +568,7 @@ impl Placement {
         }
         sync_dir(&self.library);
         for d in self.created.iter().rev() {
+            crate::site::library::release_if_unused(d);
             // Only if still empty: never remove anything another run put there.
             let _ = std::fs::remove_dir(d);
         }

@@ -7,6 +7,7 @@
 //! are refused without touching the file. Writers wait for each other through SQLite's
 //! busy timeout (WAL journal), so concurrent runs are serialised, never corrupting.
 
+pub mod library;
 pub mod reentry;
 pub mod sample;
 mod schema;
@@ -171,6 +172,7 @@ impl Site {
             .clone()
             .unwrap_or_else(|| format!("Site {code}"));
         let tmp = crate::fsutil::AtomicFile::create(path, false)?;
+        library::check_free_for_new_site(path)?;
         {
             let conn = Connection::open(tmp_path(&tmp))?;
             schema::create(&conn)?;
