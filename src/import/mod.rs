@@ -39,14 +39,16 @@
 //! 4. **Stage.** Each pack's content is copied into
 //!    `EasySetupPayload/Offline/.<guid>.sct-staging/`, hashing while copying (each byte is
 //!    read once), then files and folders are fsynced. Where the library's file system
-//!    supports it, a file is reflinked (`FICLONE`) instead and the clone is hashed. Hard
-//!    links are never used: the library file would be the transfer drive's file, so a
-//!    later change on the drive would change verified content behind the site's back (and
-//!    a drive is rarely on the same file system anyway).
+//!    supports it, a file is reflinked (`FICLONE`) instead and the clone is hashed; else,
+//!    when the update-pack folder is on the same file system, it is hard-linked and the
+//!    linked inode is hashed (the library file then shares the pack file's inode, so pack
+//!    files must not be edited in place after importing: the README says so). Progress:
+//!    phase 5 (Verify) counts the bytes hashed here.
 //! 5. **Commit.** One SQLite `BEGIN IMMEDIATE` transaction inserts every pack's rows
 //!    (`update_packages`, `update_package_files`), then every staging folder is renamed to
 //!    its final `<guid>` folder, the library folder is fsynced, and the transaction
-//!    commits. The rows appear only with complete content.
+//!    commits. The rows appear only with complete content. Progress: phase 6 (Import)
+//!    counts the bytes of the packs moved into place.
 //! 6. **Clean.** The journal is removed.
 //!
 //! A crash before 5's commit leaves no committed row; the journal lets the next import
@@ -57,6 +59,11 @@
 //! never gets past staging; cancellation (the progress callback returns false) and any
 //! failure before the commit undo everything, so the site is unchanged. Because all packs
 //! of a run commit together, a run is all or nothing across packs too.
+//!
+//! Before any of this, the run is refused (`Conflict`) when another site database in the
+//! same folder owns the content library (`site::library`: one site database per
+//! folder), and the site database is registered as being written by this thread
+//! (`site::reentry`), so a progress callback writing to it fails at once.
 //!
 //! Test hook: with `SCT_TEST_PAUSE_IMPORT=<stage>:<flag-file>` set, the import appends
 //! `SCT_TEST_PAUSED <stage>` to the flag file on reaching `<stage>` and then blocks until
