@@ -227,7 +227,8 @@ extern "C" {
 // Cancellation (the progress callback returned non-zero) returns `SCT_CANCELLED` and
 // keeps exactly what the next run resumes from, none of which anything trusts:
 // `.sct-partial` files holding bytes received, content files already verified at their
-// final names, and `manifest.json.minisig`. No `manifest.json` is written for a pack
+// final names, `manifest.json.minisig`, the folders it created, and the lock file
+// `<dest>/.sct-connect.lock` (every run leaves it). No `manifest.json` is written for a pack
 // that was not finished (a pack a cancelled run was re-checking loses its
 // `manifest.json` until the next run has verified it again), so Import refuses such a
 // folder; packs finished before the cancellation are complete and keep theirs. No
