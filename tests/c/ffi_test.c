@@ -733,6 +733,8 @@ static void test_flow(const char *dir) {
     CHECK(has(out, "\"status\":\"Imported\"") && has(out, pack), "%s", out);
     CHECK(has(out, "\"state\":\"ReadyToInstall\""), "%s", out);
     CHECK(ps.wrong_thread == 0, "Import progress on the calling thread");
+    CHECK(ps.phases_seen == ((1u << 5) | (1u << 6)), "Import reports Verify (5) and Import (6), seen %#x",
+          ps.phases_seen);
     sct_string_free(out);
     CHECK(count_files(library) > 0, "content copied into the content library");
     EXPECT_STATUS(sct_list_updates(site, &out), SCT_OK);
