@@ -42,7 +42,7 @@ fn is_site_database(path: &Path) -> bool {
 
 /// Whether the library holds anything yet (a pack folder, a staging folder).
 fn library_has_content(site_db: &Path) -> bool {
-    let offline = parent_dir(site_db).join(crate::import::CONTENT_LIBRARY);
+    let offline = parent_dir(site_db).join(super::updates::CONTENT_LIBRARY);
     std::fs::read_dir(offline).is_ok_and(|mut d| d.next().is_some())
 }
 
@@ -169,7 +169,7 @@ mod tests {
         let b = d.path().join("b.db");
         new_site(&a).unwrap();
         new_site(&b).unwrap(); // nothing shared yet
-        std::fs::create_dir_all(d.path().join(crate::import::CONTENT_LIBRARY)).unwrap();
+        std::fs::create_dir_all(d.path().join(crate::site::updates::CONTENT_LIBRARY)).unwrap();
         assert!(claim(&a).unwrap().is_some());
         assert!(claim(&a).unwrap().is_none(), "already the owner");
         let e = check_owner(&b).unwrap_err();
@@ -190,7 +190,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = d.path().join("a.db");
         new_site(&a).unwrap();
-        let offline = d.path().join(crate::import::CONTENT_LIBRARY);
+        let offline = d.path().join(crate::site::updates::CONTENT_LIBRARY);
         std::fs::create_dir_all(offline.join("x")).unwrap();
         check_owner(&a).unwrap();
         std::fs::write(d.path().join("notes.db"), b"not a site database at all").unwrap();
