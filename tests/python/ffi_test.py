@@ -529,7 +529,12 @@ def test_flow(tmp):
     updates = call_json(lib.sct_list_updates, b(site))
     assert [(u["package_guid"], u["state"], u["state_code"]) for u in updates] == [
         (pack, "ReadyToInstall", 262146)]
+    # As the header says: relative to the site database's folder in the list, the same
+    # folder as an absolute path in the import result.
+    assert not os.path.isabs(updates[0]["content_path"]), updates[0]["content_path"]
     content = os.path.join(os.path.dirname(site), updates[0]["content_path"])
+    assert os.path.isabs(results[0]["content_path"])
+    assert os.path.samefile(content, results[0]["content_path"]), (content, results[0]["content_path"])
     assert os.path.isdir(content), content
     again = call_json(lib.sct_import, import_opts, NO_PROGRESS, None)
     assert [r["status"] for r in again] == ["AlreadyImported"]
