@@ -1807,3 +1807,39 @@ fn a_second_site_database_in_the_folder_is_refused_naming_the_owner() {
     assert_eq!(status_of(&r, spec.id), ImportStatus::Imported, "{r:#?}");
     assert!(own.join(CONTENT_LIBRARY).join(spec.id.to_string()).is_dir());
 }
+
+/// From inside an import's progress callback, a write to the same site database fails at
+/// once with `Busy`, saying why (it would wait for itself); reads work. The import then
+/// completes normally.
+#[test]
+fn writes_from_inside_the_import_callback_fail_at_once() {
+    let e = env();
+    let spec = PackSpec::update("Update 2409", "5.00.9132.1000", "5.00.9106.1000");
+    e.add(&spec);
+    let mut nested: Vec<(ErrorKind, String)> = Vec::new();
+    let mut read_ok = false;
+    let r = import(&e.opts(), &mut |_: &Progress| {
+        if nested.is_empty() {
+            let err = import(&e.opts(), &mut progress::ignore).unwrap_err();
+            nested.push((err.kind(), err.message().to_string()));
+            let err = e
+                .site()
+                .remove_trusted_publisher(&e.publisher.key_id())
+                .unwrap_err();
+            nested.push((err.kind(), err.message().to_string()));
+            read_ok = e.site().trusted_publishers().unwrap().len() == 1;
+        }
+        true
+    })
+    .unwrap();
+    assert_eq!(status_of(&r, spec.id), ImportStatus::Imported);
+    assert_eq!(nested.len(), 2);
+    for (kind, message) in &nested {
+        assert_eq!(*kind, ErrorKind::Busy, "{message}");
+        assert!(
+            message.contains("same thread") && message.contains("an import"),
+            "{message}"
+        );
+    }
+    assert!(read_ok, "reads work from inside the callback");
+}
