@@ -31,7 +31,8 @@
  *   once with SCT_BUSY, saying so, instead of waiting for itself.
  * - Returning non-zero from a progress callback cancels: the call returns SCT_CANCELLED.
  *   Prepare, Export, sample data and Import then leave nothing behind (the site and the
- *   destination are as they were). Connect keeps what a re-run resumes from and nothing
+ *   destination are as they were; Import's lock file `<site db>.sct-import.lock`, like
+ *   every run's, may stay). Connect keeps what a re-run resumes from and nothing
  *   that anything trusts: `.sct-partial` files and content files already verified at
  *   their final names; it writes no manifest.json for a pack it did not finish (Import
  *   refuses such a folder) and no connect-report.json.
