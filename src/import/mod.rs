@@ -550,7 +550,7 @@ fn place_and_commit(
     placement.journaled = true;
     pause_point("journaled");
     placement.create_library(&missing)?;
-    crate::site::library::claim(&opts.site_db)?;
+    placement.claimed = crate::site::library::claim(&opts.site_db)?;
 
     let mut meter = place::Meter {
         progress,

@@ -493,6 +493,8 @@ pub(crate) struct Placement {
     pub journaled: bool,
     pub staged: Vec<PathBuf>,
     pub renamed: Vec<PathBuf>,
+    /// The content library's owner file, when this run wrote it (`site::library::claim`).
+    pub claimed: Option<PathBuf>,
     committed: bool,
 }
 
@@ -505,6 +507,7 @@ impl Placement {
             journaled: false,
             staged: Vec::new(),
             renamed: Vec::new(),
+            claimed: None,
             committed: false,
         }
     }
@@ -567,8 +570,10 @@ impl Placement {
             remove_tree(p)?;
         }
         sync_dir(&self.library);
+        if let Some(owner) = self.claimed.take() {
+            let _ = std::fs::remove_file(owner);
+        }
         for d in self.created.iter().rev() {
-            crate::site::library::release_if_unused(d);
             // Only if still empty: never remove anything another run put there.
             let _ = std::fs::remove_dir(d);
         }

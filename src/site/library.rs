@@ -134,10 +134,10 @@ pub(crate) fn claim(site_db: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(file))
 }
 
-/// Before an import removes a library root folder it created (undoing a run, or
-/// recovering from a crashed one): drop the owner file if it is all the folder holds, so
-/// the folder goes as if the run had never started. A folder with anything else in it
-/// keeps its owner.
+/// Before recovery from a crashed import removes a library root folder that run created:
+/// drop the owner file if it is all the folder holds, so the folder goes as if the run
+/// had never started. A folder with anything else in it keeps its owner. (A run that is
+/// undone while it is still running removes the owner file it wrote itself.)
 pub(crate) fn release_if_unused(created_dir: &Path) {
     if created_dir.file_name() != Some(OsStr::new(LIBRARY_ROOT)) {
         return;
