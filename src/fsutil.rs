@@ -18,9 +18,9 @@ pub const PARTIAL_SUFFIX: &str = ".sct-partial";
 pub struct AtomicFile {
     temp: tempfile::NamedTempFile,
     /// The final name, in the form handed to the operating system.
-    dest: PathBuf,
+    os_dest: PathBuf,
     /// The final name as the caller gave it, for messages.
-    shown: PathBuf,
+    dest: PathBuf,
     overwrite: bool,
 }
 
@@ -71,7 +71,7 @@ impl AtomicFile {
         // destination deeper than 260 characters works on Windows too.
         let dir = platform::long_path_form(parent);
         let temp = if private {
-            builder.make_in(&dir, |p| platform::create_private(p))
+            builder.make_in(&dir, platform::create_private)
         } else {
             platform::public_output(&mut builder);
             builder.tempfile_in(&dir)
@@ -79,8 +79,8 @@ impl AtomicFile {
         .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), &e))?;
         Ok(AtomicFile {
             temp,
-            dest: dir.join(name),
-            shown: dest.to_path_buf(),
+            os_dest: dir.join(name),
+            dest: dest.to_path_buf(),
             overwrite,
         })
     }
@@ -95,7 +95,7 @@ impl AtomicFile {
     }
 
     pub fn dest(&self) -> &Path {
-        &self.shown
+        &self.dest
     }
 
     /// Flush to stable storage and move into place. Without `overwrite`, a file that
@@ -103,7 +103,7 @@ impl AtomicFile {
     /// briefly holds the destination (a virus scanner on Windows), the rename is retried
     /// for a few seconds before it fails.
     pub fn commit(mut self) -> Result<()> {
-        let what = || format!("writing {}", self.shown.display());
+        let what = || format!("writing {}", self.dest.display());
         self.temp
             .as_file_mut()
             .flush()
@@ -112,7 +112,7 @@ impl AtomicFile {
             .as_file()
             .sync_all()
             .map_err(|e| Error::io(what(), &e))?;
-        let (dest, shown) = (self.dest.clone(), self.shown.clone());
+        let (dest, shown) = (self.os_dest.clone(), self.dest.clone());
         let mut temp = self.temp;
         let mut pause = std::time::Duration::from_millis(10);
         let mut tries = 0;
