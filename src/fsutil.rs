@@ -136,11 +136,21 @@ impl AtomicFile {
                 ));
             }
             tries += 1;
-            if tries >= RENAME_TRIES || !platform::rename_may_succeed_later(&e.error) {
-                return Err(Error::io(
-                    format!("moving into place {}", shown.display()),
-                    &e.error,
-                ));
+            let retry = platform::rename_may_succeed_later(&e.error);
+            if tries >= RENAME_TRIES || !retry {
+                let err = Error::io(format!("moving into place {}", shown.display()), &e.error);
+                if retry && err.kind() == ErrorKind::PermissionDenied {
+                    // Windows says "access denied" for a file another process holds
+                    // open as well as for one that may not be replaced.
+                    return Err(Error::new(
+                        ErrorKind::PermissionDenied,
+                        format!(
+                            "moving into place {}: access denied: the file is in use by another process, read-only, or may not be replaced by this account",
+                            shown.display()
+                        ),
+                    ));
+                }
+                return Err(err);
             }
             temp = e.file;
             std::thread::sleep(pause);
