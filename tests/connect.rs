@@ -551,6 +551,7 @@ fn spawn_child(
     c.spawn().unwrap()
 }
 
+#[cfg(unix)] // only the disk-full test reads a child's result
 fn child_result(out: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
@@ -1149,6 +1150,8 @@ fn a_second_concurrent_run_on_the_same_destination_is_refused() {
 
 /// A full disk (here: the file-size limit of the process, which fails writes the same
 /// way) is permanent: the file fails at once with a clear message, no retry.
+/// RLIMIT_FSIZE stands in for a full disk; Windows has no per-process file-size limit.
+#[cfg(unix)]
 #[test]
 fn disk_full_fails_fast_with_a_clear_message() {
     child_mode();

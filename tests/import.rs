@@ -1095,7 +1095,6 @@ fn child_results(child: Child) -> Vec<ImportResult> {
     serde_json::from_str(line).unwrap()
 }
 
-#[cfg(unix)]
 #[test]
 fn concurrent_imports_from_several_processes_import_each_pack_once() {
     let e = env();
@@ -1119,7 +1118,6 @@ fn concurrent_imports_from_several_processes_import_each_pack_once() {
     }
 }
 
-#[cfg(unix)]
 #[test]
 fn second_import_waits_for_the_lock_then_refuses_busy_with_a_clear_message() {
     let e = env();
@@ -1154,7 +1152,6 @@ const STAGES: &[&str] = &[
     "committed",
 ];
 
-#[cfg(unix)]
 #[test]
 fn import_killed_at_any_point_leaves_the_site_unchanged_or_complete_and_a_rerun_completes() {
     kill_at_every_stage(&|| {
@@ -1663,7 +1660,6 @@ fn connect_output_with_a_used_guid_but_different_content_is_a_conflict() {
     );
 }
 
-#[cfg(unix)]
 #[test]
 fn connect_output_import_killed_at_any_point_is_recovered_and_completed() {
     let c = connected();
