@@ -314,6 +314,18 @@ pub fn case_collision<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<(&
     None
 }
 
+/// Open a file for reading without following a link (symbolic link, junction, mount
+/// point) in its last component; [`is_link_refusal`] tells a refused link from other
+/// errors. (`O_NOFOLLOW` on Unix, `FILE_FLAG_OPEN_REPARSE_POINT` on Windows.)
+pub fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    platform::open_no_follow(path)
+}
+
+/// Whether an error from [`open_no_follow`] means the path was a link.
+pub fn is_link_refusal(e: &std::io::Error) -> bool {
+    platform::is_link_refusal(e)
+}
+
 /// Refuse if any existing component of `root/rel` below `root` is a symbolic link.
 pub fn ensure_no_symlinks(root: &Path, rel: &Path) -> Result<()> {
     let mut cur = root.to_path_buf();

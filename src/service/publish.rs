@@ -387,8 +387,8 @@ fn copy_hashing(src: &Path, content_root: &Path, rel: &str) -> Result<PackFile> 
     }
     // Scanned as a regular file; opened without following a link (symbolic link or
     // junction) that may have replaced it since.
-    let mut input = crate::platform::open_no_follow(src).map_err(|e| {
-        if crate::platform::is_link_refusal(&e) {
+    let mut input = crate::fsutil::open_no_follow(src).map_err(|e| {
+        if crate::fsutil::is_link_refusal(&e) {
             Error::new(
                 ErrorKind::UnsafePath,
                 format!(
