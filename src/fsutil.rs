@@ -114,7 +114,6 @@ impl AtomicFile {
             .map_err(|e| Error::io(what(), &e))?;
         let (dest, shown) = (self.os_dest.clone(), self.dest.clone());
         let mut temp = self.temp;
-        let mut pause = std::time::Duration::from_millis(10);
         let mut tries = 0;
         loop {
             let result = if self.overwrite {
@@ -137,7 +136,7 @@ impl AtomicFile {
             }
             tries += 1;
             let retry = platform::rename_may_succeed_later(&e.error);
-            if tries >= RENAME_TRIES || !retry {
+            let Some(pause) = rename_retry_pause(tries, &e.error) else {
                 let err = Error::io(format!("moving into place {}", shown.display()), &e.error);
                 if retry && err.kind() == ErrorKind::PermissionDenied {
                     // Windows says "access denied" for a file another process holds
@@ -151,19 +150,47 @@ impl AtomicFile {
                     ));
                 }
                 return Err(err);
-            }
+            };
             temp = e.file;
             std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(500));
         }
         sync_dir(parent_dir(&dest));
         Ok(())
     }
 }
 
-/// How often [`AtomicFile::commit`] tries a rename another process is in the way of
-/// (about three seconds in all with the doubling pauses).
+/// How often a rename another process is in the way of is tried (about three seconds in
+/// all with the doubling pauses of [`rename_retry_pause`]).
 const RENAME_TRIES: u32 = 10;
+
+/// After the `tries`-th failed rename with `e`: how long to wait before trying again, or
+/// `None` to give up (the error will not go away, or the tries are used up). On Windows a
+/// virus scanner or the search indexer opens new files the moment they appear and a
+/// rename fails while they hold them; on Unix renames never wait.
+pub(crate) fn rename_retry_pause(tries: u32, e: &std::io::Error) -> Option<std::time::Duration> {
+    (tries < RENAME_TRIES && platform::rename_may_succeed_later(e)).then(|| {
+        std::time::Duration::from_millis(10 << tries.min(6))
+            .min(std::time::Duration::from_millis(500))
+    })
+}
+
+/// `std::fs::rename`, tried again for a few seconds while another process briefly holds
+/// the file or folder (see [`rename_retry_pause`]).
+pub fn rename_retrying(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::rename(from, to) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tries += 1;
+                match rename_retry_pause(tries, &e) {
+                    Some(pause) => std::thread::sleep(pause),
+                    None => return Err(e),
+                }
+            }
+        }
+    }
+}
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -429,6 +456,29 @@ mod tests {
         ] {
             assert!(safe_relative_path(good).is_ok(), "{good:?}");
         }
+    }
+
+    /// Renames wait for a file another process holds only on Windows, and not forever.
+    #[test]
+    fn rename_retry_policy() {
+        let not_found = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(rename_retry_pause(1, &not_found), None);
+        #[cfg(windows)]
+        {
+            let held = std::io::Error::from_raw_os_error(
+                windows_sys::Win32::Foundation::ERROR_SHARING_VIOLATION as i32,
+            );
+            let pauses: Vec<_> = (1..20)
+                .map_while(|t| rename_retry_pause(t, &held))
+                .collect();
+            assert_eq!(pauses.len() as u32, RENAME_TRIES - 1);
+            assert!(pauses.iter().sum::<std::time::Duration>() < std::time::Duration::from_secs(5));
+        }
+        #[cfg(unix)]
+        assert_eq!(
+            rename_retry_pause(1, &std::io::Error::from_raw_os_error(libc::EBUSY)),
+            None
+        );
     }
 
     #[test]
