@@ -9,7 +9,9 @@ mod service;
 #[path = "common/tls.rs"]
 mod tls;
 
-use proxy::{Action, Flaky, TinyProxy};
+#[cfg(unix)]
+use proxy::TinyProxy;
+use proxy::{Action, Flaky};
 use service::{pseudo_random, write_content, TestService, TestStore};
 use serviceconnection::api::{PackType, Selection};
 use serviceconnection::connect::{
@@ -19,6 +21,7 @@ use serviceconnection::connect::{
 use serviceconnection::pack::manifest::{CONTENT_DIR, MANIFEST_FILE, SIGNATURE_FILE};
 use serviceconnection::progress::{Phase, Progress};
 use serviceconnection::{ErrorKind, NewSite, Site};
+#[cfg(unix)]
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -862,9 +865,13 @@ fn unreachable_service_still_writes_the_report() {
     assert_eq!(on_disk.uploads[0].status, UploadStatus::Failed);
 }
 
+// For the tinyproxy and TLS tests (Unix: tinyproxy and openssl are Linux programs here).
+#[cfg(unix)]
 const PROXY_USER: &str = "meg";
+#[cfg(unix)]
 const PROXY_PASSWORD: &str = "Pr0xy-S3cret-xyz";
 
+#[cfg(unix)]
 fn assert_no_secret(dest: &Path, text: &str) {
     assert!(!text.contains(PROXY_PASSWORD), "password leaked: {text}");
     if let Ok(report) = std::fs::read_to_string(dest.join(REPORT_FILE)) {
@@ -872,6 +879,7 @@ fn assert_no_secret(dest: &Path, text: &str) {
     }
 }
 
+#[cfg(unix)] // tinyproxy is a Linux program
 #[test]
 fn through_tinyproxy_without_and_with_basic_auth() {
     let sc = scene();
@@ -917,6 +925,7 @@ fn through_tinyproxy_without_and_with_basic_auth() {
     assert_no_secret(&dest, &format!("{r:?} {o:?}"));
 }
 
+#[cfg(unix)] // tinyproxy is a Linux program
 #[test]
 fn wrong_proxy_password_is_a_proxy_auth_error() {
     let sc = scene();
@@ -975,6 +984,7 @@ fn wrong_proxy_port_is_a_proxy_connect_error() {
     assert_no_secret(&dest, &format!("{e} {e:?}"));
 }
 
+#[cfg(unix)] // the test CA is made with the openssl command
 #[test]
 fn tls_needs_the_private_ca_and_works_with_it() {
     let sc = scene();
@@ -1344,6 +1354,7 @@ fn partial_files_are_continued_restarted_or_discarded() {
 
 /// An https:// service through the proxy (a CONNECT tunnel): works, and a refusal of the
 /// credentials is named as such although the proxy refuses the tunnel with a 401.
+#[cfg(unix)] // tinyproxy and the openssl command are Linux programs
 #[test]
 fn https_through_tinyproxy_tunnel() {
     let sc = scene();
