@@ -18,9 +18,9 @@ pub const PARTIAL_SUFFIX: &str = ".sct-partial";
 pub struct AtomicFile {
     temp: tempfile::NamedTempFile,
     /// The final name, in the form handed to the operating system.
-    dest: PathBuf,
+    os_dest: PathBuf,
     /// The final name as the caller gave it, for messages.
-    shown: PathBuf,
+    dest: PathBuf,
     overwrite: bool,
 }
 
@@ -71,7 +71,7 @@ impl AtomicFile {
         // destination deeper than 260 characters works on Windows too.
         let dir = platform::long_path_form(parent);
         let temp = if private {
-            builder.make_in(&dir, |p| platform::create_private(p))
+            builder.make_in(&dir, platform::create_private)
         } else {
             platform::public_output(&mut builder);
             builder.tempfile_in(&dir)
@@ -79,8 +79,8 @@ impl AtomicFile {
         .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), &e))?;
         Ok(AtomicFile {
             temp,
-            dest: dir.join(name),
-            shown: dest.to_path_buf(),
+            os_dest: dir.join(name),
+            dest: dest.to_path_buf(),
             overwrite,
         })
     }
@@ -95,7 +95,7 @@ impl AtomicFile {
     }
 
     pub fn dest(&self) -> &Path {
-        &self.shown
+        &self.dest
     }
 
     /// Flush to stable storage and move into place. Without `overwrite`, a file that
@@ -103,7 +103,7 @@ impl AtomicFile {
     /// briefly holds the destination (a virus scanner on Windows), the rename is retried
     /// for a few seconds before it fails.
     pub fn commit(mut self) -> Result<()> {
-        let what = || format!("writing {}", self.shown.display());
+        let what = || format!("writing {}", self.dest.display());
         self.temp
             .as_file_mut()
             .flush()
@@ -112,9 +112,8 @@ impl AtomicFile {
             .as_file()
             .sync_all()
             .map_err(|e| Error::io(what(), &e))?;
-        let (dest, shown) = (self.dest.clone(), self.shown.clone());
+        let (dest, shown) = (self.os_dest.clone(), self.dest.clone());
         let mut temp = self.temp;
-        let mut pause = std::time::Duration::from_millis(10);
         let mut tries = 0;
         loop {
             let result = if self.overwrite {
@@ -136,24 +135,62 @@ impl AtomicFile {
                 ));
             }
             tries += 1;
-            if tries >= RENAME_TRIES || !platform::rename_may_succeed_later(&e.error) {
-                return Err(Error::io(
-                    format!("moving into place {}", shown.display()),
-                    &e.error,
-                ));
-            }
+            let retry = platform::rename_may_succeed_later(&e.error);
+            let Some(pause) = rename_retry_pause(tries, &e.error) else {
+                let err = Error::io(format!("moving into place {}", shown.display()), &e.error);
+                if retry && err.kind() == ErrorKind::PermissionDenied {
+                    // Windows says "access denied" for a file another process holds
+                    // open as well as for one that may not be replaced.
+                    return Err(Error::new(
+                        ErrorKind::PermissionDenied,
+                        format!(
+                            "moving into place {}: access denied: the file is in use by another process, read-only, or may not be replaced by this account",
+                            shown.display()
+                        ),
+                    ));
+                }
+                return Err(err);
+            };
             temp = e.file;
             std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(500));
         }
         sync_dir(parent_dir(&dest));
         Ok(())
     }
 }
 
-/// How often [`AtomicFile::commit`] tries a rename another process is in the way of
-/// (about three seconds in all with the doubling pauses).
+/// How often a rename another process is in the way of is tried (about three seconds in
+/// all with the doubling pauses of [`rename_retry_pause`]).
 const RENAME_TRIES: u32 = 10;
+
+/// After the `tries`-th failed rename with `e`: how long to wait before trying again, or
+/// `None` to give up (the error will not go away, or the tries are used up). On Windows a
+/// virus scanner or the search indexer opens new files the moment they appear and a
+/// rename fails while they hold them; on Unix renames never wait.
+pub(crate) fn rename_retry_pause(tries: u32, e: &std::io::Error) -> Option<std::time::Duration> {
+    (tries < RENAME_TRIES && platform::rename_may_succeed_later(e)).then(|| {
+        std::time::Duration::from_millis(10 << tries.min(6))
+            .min(std::time::Duration::from_millis(500))
+    })
+}
+
+/// `std::fs::rename`, tried again for a few seconds while another process briefly holds
+/// the file or folder (see [`rename_retry_pause`]).
+pub fn rename_retrying(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::rename(from, to) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tries += 1;
+                match rename_retry_pause(tries, &e) {
+                    Some(pause) => std::thread::sleep(pause),
+                    None => return Err(e),
+                }
+            }
+        }
+    }
+}
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -304,6 +341,18 @@ pub fn case_collision<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<(&
     None
 }
 
+/// Open a file for reading without following a link (symbolic link, junction, mount
+/// point) in its last component; [`is_link_refusal`] tells a refused link from other
+/// errors. (`O_NOFOLLOW` on Unix, `FILE_FLAG_OPEN_REPARSE_POINT` on Windows.)
+pub fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    platform::open_no_follow(path)
+}
+
+/// Whether an error from [`open_no_follow`] means the path was a link.
+pub fn is_link_refusal(e: &std::io::Error) -> bool {
+    platform::is_link_refusal(e)
+}
+
 /// Refuse if any existing component of `root/rel` below `root` is a symbolic link.
 pub fn ensure_no_symlinks(root: &Path, rel: &Path) -> Result<()> {
     let mut cur = root.to_path_buf();
@@ -407,6 +456,29 @@ mod tests {
         ] {
             assert!(safe_relative_path(good).is_ok(), "{good:?}");
         }
+    }
+
+    /// Renames wait for a file another process holds only on Windows, and not forever.
+    #[test]
+    fn rename_retry_policy() {
+        let not_found = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(rename_retry_pause(1, &not_found), None);
+        #[cfg(windows)]
+        {
+            let held = std::io::Error::from_raw_os_error(
+                windows_sys::Win32::Foundation::ERROR_SHARING_VIOLATION as i32,
+            );
+            let pauses: Vec<_> = (1..20)
+                .map_while(|t| rename_retry_pause(t, &held))
+                .collect();
+            assert_eq!(pauses.len() as u32, RENAME_TRIES - 1);
+            assert!(pauses.iter().sum::<std::time::Duration>() < std::time::Duration::from_secs(5));
+        }
+        #[cfg(unix)]
+        assert_eq!(
+            rename_retry_pause(1, &std::io::Error::from_raw_os_error(libc::EBUSY)),
+            None
+        );
     }
 
     #[test]

@@ -557,11 +557,12 @@ fn ensure_tools() {
         return;
     }
     eprintln!("installing stock tools: {}", missing.join(" "));
-    assert!(
-        cfg!(unix),
-        "install {} (the stock tools this benchmark compares against)",
-        missing.join(" ")
-    );
+    if !cfg!(unix) {
+        panic!(
+            "install {} (the stock tools this benchmark compares against)",
+            missing.join(" ")
+        );
+    }
     #[cfg(unix)]
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;

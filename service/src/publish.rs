@@ -385,8 +385,21 @@ fn copy_hashing(src: &Path, content_root: &Path, rel: &str) -> Result<PackFile> 
     if let Some(parent) = dest.parent() {
         mkdirs(parent)?;
     }
-    let mut input = std::fs::File::open(src)
-        .map_err(|e| Error::io(format!("reading {}", src.display()), &e))?;
+    // Scanned as a regular file; opened without following a link (symbolic link or
+    // junction) that may have replaced it since.
+    let mut input = crate::fsutil::open_no_follow(src).map_err(|e| {
+        if crate::fsutil::is_link_refusal(&e) {
+            Error::new(
+                ErrorKind::UnsafePath,
+                format!(
+                    "{} is a symbolic link; a pack holds regular files only",
+                    src.display()
+                ),
+            )
+        } else {
+            Error::io(format!("reading {}", src.display()), &e)
+        }
+    })?;
     let out = std::fs::File::create(&dest)
         .map_err(|e| Error::io(format!("writing {}", dest.display()), &e))?;
     let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(256 * 1024, out));

@@ -706,9 +706,20 @@ async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
             .await
             .map_err(|e| Error::io(what(), &e))?;
     }
-    tokio::fs::rename(&part.path, final_path)
-        .await
-        .map_err(|e| Error::io(format!("moving into place {}", final_path.display()), &e))?;
+    // A virus scanner may hold the new file for a moment (Windows): tried again briefly.
+    let mut tries = 0;
+    while let Err(e) = tokio::fs::rename(&part.path, final_path).await {
+        tries += 1;
+        match crate::fsutil::rename_retry_pause(tries, &e) {
+            Some(pause) => tokio::time::sleep(pause).await,
+            None => {
+                return Err(Error::io(
+                    format!("moving into place {}", final_path.display()),
+                    &e,
+                ))
+            }
+        }
+    }
     Ok(())
 }
 

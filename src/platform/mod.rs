@@ -144,9 +144,13 @@ mod tests {
         );
         let mut f = crate::fsutil::AtomicFile::create(&path, true).unwrap();
         f.write_all(b"new").unwrap();
+        // Windows (and Wine) refuse to replace a file open without FILE_SHARE_DELETE
+        // with ERROR_ACCESS_DENIED (sometimes ERROR_SHARING_VIOLATION): after retrying,
+        // the message names both causes.
         let e = f.commit().unwrap_err();
         assert!(
-            matches!(e.kind(), ErrorKind::Busy | ErrorKind::PermissionDenied),
+            matches!(e.kind(), ErrorKind::Busy | ErrorKind::PermissionDenied)
+                && e.message().contains("in use by another process"),
             "{e}"
         );
         drop(held);
@@ -172,22 +176,28 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"{}");
     }
 
-    /// The service's key store: `publisher.key` readable by its owner alone.
+    /// A secret written through `AtomicFile::create_private` (the service's
+    /// `publisher.key`): readable by its owner alone.
+    fn write_secret(dir: &std::path::Path) -> std::path::PathBuf {
+        let key = dir.join("publisher.key");
+        let mut f = crate::fsutil::AtomicFile::create_private(&key, false).unwrap();
+        f.write_all(b"untrusted comment: secret key\n").unwrap();
+        f.commit().unwrap();
+        key
+    }
+
     #[cfg(unix)]
     #[test]
-    fn publisher_key_is_owner_only() {
+    fn secrets_are_owner_only() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        crate::service::publish::keygen(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join("publisher.key"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let key = write_secret(dir.path());
+        let mode = std::fs::metadata(key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    /// The service's key store: `publisher.key` has a protected DACL with one entry,
-    /// full control for the current user (read back with GetSecurityInfo).
+    /// A secret (the service's `publisher.key`) has a protected DACL with one entry, full
+    /// control for the current user (read back with GetSecurityInfo).
     ///
     /// Wine keeps no DACLs on its Unix files: it turns the one given at creation into mode
     /// bits and makes one up on reading (LocalSystem, the owner, and Everyone when others
@@ -195,11 +205,10 @@ mod tests {
     /// created with the default permissions has one, readable by all).
     #[cfg(windows)]
     #[test]
-    fn publisher_key_is_owner_only() {
+    fn secrets_are_owner_only() {
         const EVERYONE: &str = "S-1-1-0";
         let dir = tempfile::tempdir().unwrap();
-        crate::service::publish::keygen(dir.path()).unwrap();
-        let key = dir.path().join("publisher.key");
+        let key = write_secret(dir.path());
         let (protected, aces) = super::acl_of(&key);
         if super::under_wine() {
             eprintln!("Wine: checking only that Everyone has no entry ({aces:?})");
