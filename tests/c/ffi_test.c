@@ -28,6 +28,9 @@
 #include <direct.h>
 #define mkdir(path, mode) _mkdir(path)
 #define lstat stat
+/* _putenv_s also sets the process environment the library reads. */
+#define setenv(name, value, overwrite) _putenv_s(name, value)
+#define unsetenv(name) _putenv_s(name, "")
 #define SEP "\\"
 #else
 #define SEP "/"
