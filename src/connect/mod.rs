@@ -28,9 +28,12 @@
 //! environment are deliberately not used, so what happens is what the options say.
 
 mod client;
+mod console;
 mod download;
 mod report;
 mod upload;
+
+pub use console::{ConsoleReport, ConsoleStatus};
 
 use crate::api::Selection;
 use crate::error::{Error, ErrorKind, Result};
@@ -178,14 +181,23 @@ pub struct ConnectReport {
     /// Bytes received over the network for pack content in this run.
     #[serde(default)]
     pub bytes_transferred: u64,
+    /// The console content fetch (`<dest>/ConsoleContent/`); absent in reports of
+    /// versions that did not fetch it.
+    #[serde(default)]
+    pub console_content: Option<ConsoleReport>,
 }
 
 impl ConnectReport {
-    /// True when every cab uploaded and every offered pack is complete and verified.
+    /// True when every cab uploaded, every offered pack is complete and verified, and the
+    /// console content did not fail (none published is not a failure).
     pub fn is_success(&self) -> bool {
-        self.uploads
-            .iter()
-            .all(|u| u.status == UploadStatus::Uploaded)
+        self.console_content
+            .as_ref()
+            .is_none_or(|c| c.status != ConsoleStatus::Failed)
+            && self
+                .uploads
+                .iter()
+                .all(|u| u.status == UploadStatus::Uploaded)
             && self.packs.iter().all(|p| {
                 matches!(
                     p.status,
@@ -544,6 +556,23 @@ fn is_run_wide(kind: ErrorKind) -> bool {
 async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
     let started = crate::site::now_rfc3339();
     let uploads = upload::upload_all(&ctx, cabs).await?;
+    // Once per run, after the uploads; its failure never stops the packs. When every
+    // upload already failed for a run-wide cause (proxy, TLS), asking again only waits.
+    let run_wide = uploads
+        .iter()
+        .map(|(u, _)| u)
+        .filter(|u| u.status != UploadStatus::Skipped)
+        .try_fold(None, |_, u| match (u.status, u.kind) {
+            (UploadStatus::Failed, Some(k)) if is_run_wide(k) => {
+                Some(Some((k, u.message.clone().unwrap_or_default())))
+            }
+            _ => None,
+        })
+        .flatten();
+    let console_content = match run_wide {
+        Some((kind, why)) => console::not_fetched(&ctx, kind, &why),
+        None => console::fetch(&ctx).await?,
+    };
     // A pack offered to several hierarchies is downloaded once; the other hierarchies'
     // folders are filled by copying the verified files (each copy verified again).
     let mut first_dir: std::collections::HashMap<uuid::Uuid, PathBuf> = Default::default();
@@ -604,6 +633,7 @@ async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
             .sum(),
         uploads,
         packs,
+        console_content: Some(console_content),
     };
     report::write(&ctx.dest, &report)?;
     let attempted: Vec<&UploadReport> = report

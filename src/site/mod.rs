@@ -7,6 +7,7 @@
 //! are refused without touching the file. Writers wait for each other through SQLite's
 //! busy timeout (WAL journal), so concurrent runs are serialised, never corrupting.
 
+pub mod console;
 pub mod sample;
 mod schema;
 pub mod trust;
