@@ -36,7 +36,14 @@ use std::os::raw::{c_char, c_void};
 ///              "files": [{"path": "...", "size": <bytes>, "sha256": "<hex>",
 ///                         "status": "Downloaded"|"Resumed"|"AlreadyComplete"|"Failed",
 ///                         "bytes_transferred": <bytes>, "message": "..."|null}],
-///              "message": "..."|null}]}`
+///              "message": "..."|null}],
+///   "bytes_transferred": <bytes>,
+///   "console_content": {"status": "Downloaded"|"Unchanged"|"NonePublished"|"Failed",
+///                       "content_version": <n>|null, "published": "<RFC 3339>"|null,
+///                       "path": "<dest>/ConsoleContent", "bytes_transferred": <bytes>,
+///                       "resumed": false, "message": "..."|null}}`
+/// The console content (`<dest>/ConsoleContent/console-content.json` and `.minisig`) is
+/// fetched once per run after the uploads; `NonePublished` is not a failure.
 /// A cab or pack that failed is reported in the document with `SCT_OK`: check every
 /// `status`. A failure status means nothing useful could be done (bad options, the
 /// destination unusable, cancelled).

@@ -141,7 +141,16 @@ impl Site {
     /// The current console content (every message, expired ones marked).
     pub fn console_content(&self) -> Result<ConsoleContentView> {
         let now = chrono::Utc::now();
-        let head = self
+        // An older schema opened read-only has no console tables: nothing imported.
+        let has_table: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'console_content')",
+            [],
+            |r| r.get(0),
+        )?;
+        let head = if !has_table {
+            None
+        } else {
+            self
             .conn
             .query_row(
                 "SELECT content_version, published, imported_utc, publisher_key_id, document_sha256
@@ -157,7 +166,8 @@ impl Site {
                     ))
                 },
             )
-            .optional()?;
+            .optional()?
+        };
         let Some((v, published, imported, key, sha)) = head else {
             return Ok(ConsoleContentView {
                 imported: false,

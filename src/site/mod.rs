@@ -262,7 +262,7 @@ impl Site {
                 ),
             ));
         }
-        if version < SCHEMA_VERSION as i64 {
+        if version < 1 {
             if read_only {
                 return Err(Error::new(
                     ErrorKind::PermissionDenied,
@@ -270,7 +270,11 @@ impl Site {
                 ));
             }
             schema::migrate(&conn, version as u32)?;
+        } else if version < SCHEMA_VERSION as i64 && !read_only {
+            schema::migrate(&conn, version as u32)?;
         }
+        // A reader of an older schema (read-only, so not migrated) sees the tables added
+        // since as empty: every migration only adds tables (see `schema`).
         if !read_only {
             conn.pragma_update(None, "journal_mode", "WAL")?;
         }

@@ -118,7 +118,9 @@ CREATE TABLE console_messages (
 );
 "#;
 
-/// Migrations from version N to N+1, indexed by N-1. Append here (never edit a released
+/// Migrations from version N to N+1, indexed by N-1. A migration only adds tables, so a
+/// read-only opener of an older version (which cannot migrate) reads the missing ones as
+/// empty; a step that changes existing tables must revisit `Site::open_read_only`. Append here (never edit a released
 /// step) when the schema grows.
 const MIGRATIONS: &[&str] = &[V2_CONSOLE_CONTENT];
 
