@@ -167,12 +167,13 @@ extern "C" {
 //                         "bytes_transferred": <bytes>, "message": "..."|null}],
 //              "message": "..."|null}],
 //   "bytes_transferred": <bytes>,
-//   "console_content": {"status": "Downloaded"|"Unchanged"|"NonePublished"|"Failed",
+//   "console_content": {"status": "Downloaded"|"Unchanged"|"NonePublished"|"Failed"|"Skipped",
 //                       "content_version": <n>|null, "published": "<RFC 3339>"|null,
 //                       "path": "<dest>/ConsoleContent", "bytes_transferred": <bytes>,
 //                       "resumed": false, "message": "..."|null}}`
 // The console content (`<dest>/ConsoleContent/console-content.json` and `.minisig`) is
-// fetched once per run after the uploads; `NonePublished` is not a failure.
+// fetched once per run after the uploads; `NonePublished` is not a failure, `Skipped`
+// means no upload reached the service so it was not asked (the uploads say why).
 // A cab or pack that failed is reported in the document with `SCT_OK`: check every
 // `status`. A failure status means nothing useful could be done (bad options, the
 // destination unusable, cancelled).

@@ -389,7 +389,10 @@ fn connect_against_a_service_without_console_content_still_succeeds() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["console_content"]["status"], "NonePublished");
     assert_eq!(r["packs"][0]["status"], "Downloaded");
-    assert!(!env.drive().join(FOLDER).join(DOCUMENT_FILE).exists());
+    assert!(
+        !env.drive().join(FOLDER).exists(),
+        "an empty ConsoleContent folder"
+    );
     // Import of that drive: the pack, and no console content item at all.
     let results = env.import_from(&env.drive());
     assert_eq!(results.len(), 1, "{results:#?}");

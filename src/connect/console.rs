@@ -17,6 +17,7 @@
 //!   document, which Import reports, and which the next Connect replaces.
 //! - `404` (none published, or a service that predates console content) → `NonePublished`,
 //!   not a failure.
+//! - Every upload of the run failed to reach the service → `Skipped`, not tried.
 
 use super::client::Failure;
 use super::Ctx;
@@ -47,6 +48,9 @@ pub enum ConsoleStatus {
     NonePublished,
     /// It could not be fetched; the packs are not affected.
     Failed,
+    /// Not asked for: every upload of the run already failed to reach the service (the
+    /// uploads carry the reason; this adds no failure of its own).
+    Skipped,
 }
 
 /// The console content part of `connect-report.json`.
@@ -67,10 +71,10 @@ pub struct ConsoleReport {
     pub kind: Option<ErrorKind>,
 }
 
-/// The report when the fetch is not even tried (the uploads already failed run-wide).
+/// The report when the fetch is not even tried (no upload reached the service).
 pub(crate) fn not_fetched(ctx: &Ctx, kind: ErrorKind, why: &str) -> ConsoleReport {
     ConsoleReport {
-        status: ConsoleStatus::Failed,
+        status: ConsoleStatus::Skipped,
         content_version: None,
         published: None,
         path: ctx.dest.join(FOLDER),
@@ -116,8 +120,6 @@ pub(crate) async fn fetch(ctx: &Ctx) -> Result<ConsoleReport> {
 
 async fn attempt(ctx: &Ctx, dir: &Path, report: &mut ConsoleReport) -> Result<()> {
     ensure_no_symlinks(&ctx.dest, Path::new(FOLDER))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
     let doc_path = dir.join(DOCUMENT_FILE);
     let sig_path = dir.join(SIGNATURE_FILE);
     // The copy on the drive, if complete (document and signature both there).
@@ -206,6 +208,9 @@ async fn attempt(ctx: &Ctx, dir: &Path, report: &mut ConsoleReport) -> Result<()
         start = plen;
         report.resumed = true;
     }
+    // Created only now: a service that publishes nothing leaves no empty folder behind.
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
     let part_path = dir.join(format!("{DOCUMENT_FILE}.{etag}{PARTIAL_SUFFIX}"));
     remove_partials(dir, Some(&part_path))?;
     let mut file = std::fs::OpenOptions::new()
@@ -340,8 +345,11 @@ fn read_small(path: &Path) -> Result<Option<Vec<u8>>> {
 /// `console-content.json.<sha256>.sct-partial` files: (sha256, path, length).
 fn partials(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>> {
     let mut out = Vec::new();
-    let rd =
-        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), &e))?;
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), &e)),
+    };
     for e in rd.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };

@@ -557,19 +557,22 @@ async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
     let started = crate::site::now_rfc3339();
     let uploads = upload::upload_all(&ctx, cabs).await?;
     // Once per run, after the uploads; its failure never stops the packs. When every
-    // upload already failed for a run-wide cause (proxy, TLS), asking again only waits.
-    let run_wide = uploads
+    // upload already failed to reach the service (network, proxy, TLS), asking again only
+    // waits through the same retries: it is skipped, and the uploads say why.
+    let unreachable = uploads
         .iter()
         .map(|(u, _)| u)
         .filter(|u| u.status != UploadStatus::Skipped)
         .try_fold(None, |_, u| match (u.status, u.kind) {
-            (UploadStatus::Failed, Some(k)) if is_run_wide(k) => {
+            (UploadStatus::Failed, Some(k))
+                if is_run_wide(k) || matches!(k, ErrorKind::Network | ErrorKind::Timeout) =>
+            {
                 Some(Some((k, u.message.clone().unwrap_or_default())))
             }
             _ => None,
         })
         .flatten();
-    let console_content = match run_wide {
+    let console_content = match unreachable {
         Some((kind, why)) => console::not_fetched(&ctx, kind, &why),
         None => console::fetch(&ctx).await?,
     };
