@@ -652,3 +652,45 @@ fn publish_refuses_bad_documents_with_clear_errors_and_stores_nothing() {
     // The first good one is version 1.
     assert_eq!(publish_ok(&store, &draft("x")), 1);
 }
+
+#[test]
+fn a_schema_1_site_is_migrated_forward_and_read_only_readers_see_no_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Basic, 10);
+    // Make it what the previous release wrote: schema 1, no console tables.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "DROP TABLE console_messages; DROP TABLE console_servicing; DROP TABLE console_content;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let version = |db: &Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    // A reader (the command line's -consolecontent opens read-only) changes nothing.
+    let out = Command::new(TOOL)
+        .args(["-consolecontent", "-json", "-sitedb"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["imported"], false);
+    assert_eq!(version(&db), 1);
+    let out = Command::new(TOOL)
+        .args(["-listupdates", "-sitedb"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Opening it for writing migrates it in place, keeping its data.
+    let site = Site::open(&db).unwrap();
+    assert_eq!(version(&db), 2);
+    assert_eq!(site.info().unwrap().usage_rows.iter().sum::<u64>(), 10);
+    assert!(!site.console_content().unwrap().imported);
+}

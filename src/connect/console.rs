@@ -100,6 +100,9 @@ pub(crate) async fn fetch(ctx: &Ctx) -> Result<ConsoleReport> {
     };
     let mut raced = false;
     loop {
+        if ctx.http.cancel.is_cancelled() {
+            return Err(Error::cancelled());
+        }
         match attempt(ctx, &dir, &mut report).await {
             Ok(()) => return Ok(report),
             Err(e) if e.kind() == ErrorKind::Cancelled => return Err(e),
@@ -302,6 +305,11 @@ async fn attempt(ctx: &Ctx, dir: &Path, report: &mut ConsoleReport) -> Result<()
         ));
     }
 
+    // Cancelled meanwhile: write nothing (a cancelled run leaves no output to trust).
+    if ctx.http.cancel.is_cancelled() {
+        let _ = std::fs::remove_file(&part_path);
+        return Err(Error::cancelled());
+    }
     // The old document goes first, so no document ever sits beside a foreign signature.
     match std::fs::remove_file(&doc_path) {
         Ok(()) => crate::fsutil::sync_dir(dir),
