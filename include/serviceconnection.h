@@ -173,7 +173,7 @@ extern "C" {
 //                       "resumed": false, "message": "..."|null}}`
 // The console content (`<dest>/ConsoleContent/console-content.json` and `.minisig`) is
 // fetched once per run after the uploads; `NonePublished` is not a failure, `Skipped`
-// means no upload reached the service so it was not asked (the uploads say why).
+// means no upload of the run got through, so it was not asked (the uploads say why).
 // A cab or pack that failed is reported in the document with `SCT_OK`: check every
 // `status`. A failure status means nothing useful could be done (bad options, the
 // destination unusable, cancelled).

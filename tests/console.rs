@@ -678,7 +678,11 @@ fn a_schema_1_site_is_migrated_forward_and_read_only_readers_see_no_content() {
         .arg(&db)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["imported"], false);
     assert_eq!(version(&db), 1);
@@ -687,10 +691,41 @@ fn a_schema_1_site_is_migrated_forward_and_read_only_readers_see_no_content() {
         .arg(&db)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Opening it for writing migrates it in place, keeping its data.
     let site = Site::open(&db).unwrap();
     assert_eq!(version(&db), 2);
     assert_eq!(site.info().unwrap().usage_rows.iter().sum::<u64>(), 10);
     assert!(!site.console_content().unwrap().imported);
+}
+
+#[test]
+fn when_no_upload_gets_through_the_console_content_is_skipped_not_failed_twice() {
+    let store = service::TestStore::new();
+    publish_ok(&store, &draft("s"));
+    let token = store.token_file("tok-123");
+    let svc = service::TestService::start_args(
+        store.path(),
+        [std::ffi::OsStr::new("--token-file"), token.as_os_str()],
+    );
+    let env = Env::new(None);
+    let r = env.connect(svc.url());
+    assert!(!r.is_success());
+    assert_eq!(
+        r.uploads[0].status,
+        serviceconnection::connect::UploadStatus::Failed
+    );
+    let c = r.console_content.unwrap();
+    assert_eq!(c.status, ConsoleStatus::Skipped, "{c:#?}");
+    assert!(c.message.unwrap().starts_with("not fetched:"));
+    assert!(!env.drive().join(FOLDER).exists());
+    // With the token it goes through.
+    let mut o = ConnectOptions::new(&env.cab, env.drive(), svc.url());
+    o.token = Some("tok-123".into());
+    let r = connect(&o, &mut progress::ignore).unwrap();
+    assert_eq!(r.console_content.unwrap().status, ConsoleStatus::Downloaded);
 }

@@ -17,7 +17,7 @@
 //!   document, which Import reports, and which the next Connect replaces.
 //! - `404` (none published, or a service that predates console content) → `NonePublished`,
 //!   not a failure.
-//! - Every upload of the run failed to reach the service → `Skipped`, not tried.
+//! - Every upload of the run failed → `Skipped`, not tried (the uploads carry the reason).
 
 use super::client::Failure;
 use super::Ctx;
@@ -48,8 +48,8 @@ pub enum ConsoleStatus {
     NonePublished,
     /// It could not be fetched; the packs are not affected.
     Failed,
-    /// Not asked for: every upload of the run already failed to reach the service (the
-    /// uploads carry the reason; this adds no failure of its own).
+    /// Not asked for: every upload of the run failed (the uploads carry the reason; this
+    /// adds no failure of its own).
     Skipped,
 }
 
@@ -71,7 +71,7 @@ pub struct ConsoleReport {
     pub kind: Option<ErrorKind>,
 }
 
-/// The report when the fetch is not even tried (no upload reached the service).
+/// The report when the fetch is not even tried (no upload of the run got through).
 pub(crate) fn not_fetched(ctx: &Ctx, kind: ErrorKind, why: &str) -> ConsoleReport {
     ConsoleReport {
         status: ConsoleStatus::Skipped,

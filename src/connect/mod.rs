@@ -556,22 +556,22 @@ fn is_run_wide(kind: ErrorKind) -> bool {
 async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
     let started = crate::site::now_rfc3339();
     let uploads = upload::upload_all(&ctx, cabs).await?;
-    // Once per run, after the uploads; its failure never stops the packs. When every
-    // upload already failed to reach the service (network, proxy, TLS), asking again only
-    // waits through the same retries: it is skipped, and the uploads say why.
-    let unreachable = uploads
+    // Once per run, after the uploads; its failure never stops the packs. When no upload
+    // of the run got through (service unreachable, proxy, TLS, token refused, bad cabs),
+    // the run has failed already and asking again would only repeat the failure (and its
+    // retries): the fetch is skipped, and the uploads say why.
+    let attempted: Vec<&UploadReport> = uploads
         .iter()
         .map(|(u, _)| u)
         .filter(|u| u.status != UploadStatus::Skipped)
-        .try_fold(None, |_, u| match (u.status, u.kind) {
-            (UploadStatus::Failed, Some(k))
-                if is_run_wide(k) || matches!(k, ErrorKind::Network | ErrorKind::Timeout) =>
-            {
-                Some(Some((k, u.message.clone().unwrap_or_default())))
-            }
-            _ => None,
-        })
-        .flatten();
+        .collect();
+    let unreachable = match attempted.first() {
+        Some(first) if attempted.iter().all(|u| u.status == UploadStatus::Failed) => Some((
+            first.kind.unwrap_or(ErrorKind::Network),
+            first.message.clone().unwrap_or_default(),
+        )),
+        _ => None,
+    };
     let console_content = match unreachable {
         Some((kind, why)) => console::not_fetched(&ctx, kind, &why),
         None => console::fetch(&ctx).await?,

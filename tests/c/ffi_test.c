@@ -620,11 +620,11 @@ static void test_flow(const char *dir) {
     CHECK(has(out, pack), "the published pack %s is in %s", pack, out);
     CHECK(has(out, "\"status\":\"Downloaded\"") && !has(out, "\"status\":\"Failed\""), "%s", out);
     CHECK(ps.calls > 0 && ps.wrong_thread == 0, "Connect progress on the calling thread");
+    CHECK(has(out, "\"console_content\":{\"status\":\"Downloaded\",\"content_version\":1"), "%s", out);
     sct_string_free(out);
     char *report = path_in(dest, "connect-report.json");
     CHECK(exists(report), "connect-report.json written");
     free(report);
-    CHECK(has(out, "\"console_content\":{\"status\":\"Downloaded\",\"content_version\":1"), "%s", out);
     char *console_doc = path_in(dest, "ConsoleContent/console-content.json");
     CHECK(exists(console_doc), "console content fetched");
     free(console_doc);

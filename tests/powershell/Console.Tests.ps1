@@ -79,7 +79,9 @@ Describe 'Get-ConsoleContent' {
         ($withExpired | Where-Object Id -eq 'old-1').Expired | Should -BeTrue
         @(Get-ConsoleContent -SiteDatabase $Db -Include Messages -Severity Warning) | Should -BeNullOrEmpty
         (@(Get-ConsoleContent -SiteDatabase $Db -Include Messages -Severity Warning -IncludeExpired)).Id | Should -Be @('old-1')
-        (@(Get-ConsoleContent -SiteDatabase $Db -Include Servicing)).PSObject.TypeNames[0] | Should -Be 'ServiceConnection.ServicingRow'
+        $servicing = @(Get-ConsoleContent -SiteDatabase $Db -Include Servicing)
+        $servicing | Should -HaveCount 1
+        $servicing[0].PSObject.TypeNames[0] | Should -Be 'ServiceConnection.ServicingRow'
     }
 
     It 'has table views for both object types' {
