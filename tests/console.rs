@@ -20,6 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const TOOL: &str = env!("CARGO_BIN_EXE_serviceconnectiontool");
+
+/// A change made to a drive's `ConsoleContent` folder.
+type Mutation = Box<dyn Fn(&Path)>;
+/// A change made to a publisher's draft.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
 /// Another hierarchy than the test site's (`site::HIERARCHY`).
 const OTHER: &str = "9a1b2c3d-0000-4000-8000-00000000beef";
 
@@ -488,7 +493,7 @@ fn tampered_unsigned_and_untrusted_documents_are_refused_and_nothing_is_recorded
     let store = service::TestStore::new();
     publish_ok(&store, &draft("t"));
     let env = Env::new(Some(&store.public_key_path()));
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    let cases: Vec<(&str, Mutation, &str)> = vec![
         (
             "tampered",
             Box::new(|f: &Path| {
@@ -605,7 +610,7 @@ fn kill_9_during_import_leaves_the_previous_version_intact() {
 #[test]
 fn publish_refuses_bad_documents_with_clear_errors_and_stores_nothing() {
     let store = service::TestStore::new();
-    let bad: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let bad: Vec<(Edit, &str)> = vec![
         (
             Box::new(|v| v["content_version"] = 9.into()),
             "content_version",

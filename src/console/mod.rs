@@ -465,7 +465,8 @@ mod tests {
 
     #[test]
     fn each_rule_is_enforced_with_a_message_naming_it() {
-        let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|v| v["content_version"] = 3.into()),
                 "content_version",
