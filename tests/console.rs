@@ -313,6 +313,17 @@ fn the_whole_path_over_the_real_service() {
         .map(|v| v["content_version"].as_u64().unwrap())
         .collect();
     assert_eq!(versions, [1, 2]);
+    let out = Command::new(service::bin())
+        .args(["list", "--store"])
+        .arg(store.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("console content version 1") && text.contains("console content version 2"),
+        "{text}"
+    );
     drop(svc);
 }
 

@@ -227,12 +227,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                     serde_json::to_string_pretty(&list).expect("serializes")
                 );
             } else {
-                for v in list {
-                    println!(
-                        "console content version {}  published {}  {} servicing rows, {} messages  {} bytes  sha256 {}",
-                        v.content_version, v.published, v.servicing, v.messages, v.size, v.sha256
-                    );
-                }
+                print_console_versions(&list);
             }
         }
         Command::List {
@@ -298,9 +293,21 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                             targets
                         );
                     }
+                    // The text listing shows the console content versions too (after the
+                    // packs, so the pack lines keep their place); --console lists them alone.
+                    print_console_versions(&service::console::list(store.root())?);
                 }
             }
         }
     }
     Ok(())
+}
+
+fn print_console_versions(list: &[service::console::ConsoleVersion]) {
+    for v in list {
+        println!(
+            "console content version {}  published {}  {} servicing rows, {} messages  {} bytes  sha256 {}",
+            v.content_version, v.published, v.servicing, v.messages, v.size, v.sha256
+        );
+    }
 }
