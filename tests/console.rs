@@ -450,6 +450,22 @@ fn an_interrupted_download_is_resumed_with_a_range() {
     let c = env.connect(svc.url()).console_content.unwrap();
     assert_eq!(c.status, ConsoleStatus::Downloaded, "{c:#?}");
     assert_eq!(std::fs::read(folder.join(DOCUMENT_FILE)).unwrap(), full);
+
+    // A partial of an older publication: If-Range no longer matches, the newest comes whole.
+    publish_ok(&store, &draft("r2"));
+    let newest = std::fs::read(store.path().join("console/2").join(DOCUMENT_FILE)).unwrap();
+    std::fs::remove_file(folder.join(DOCUMENT_FILE)).unwrap();
+    std::fs::write(&partial, &full[..half]).unwrap();
+    let c = env.connect(svc.url()).console_content.unwrap();
+    assert_eq!(
+        (c.status, c.content_version),
+        (ConsoleStatus::Downloaded, Some(2)),
+        "{c:#?}"
+    );
+    assert!(!c.resumed);
+    assert_eq!(c.bytes_transferred, newest.len() as u64);
+    assert_eq!(std::fs::read(folder.join(DOCUMENT_FILE)).unwrap(), newest);
+    assert!(!partial.exists(), "the stale partial is removed");
 }
 
 #[test]
@@ -547,6 +563,31 @@ fn tampered_unsigned_and_untrusted_documents_are_refused_and_nothing_is_recorded
         }
         assert_eq!(env.held(), None, "{name}: something was recorded");
     }
+
+    // Hostile shapes of the folder: an oversized document is refused unread, a linked
+    // folder is never followed.
+    let big = env.dir.path().join("oversized");
+    let folder = stage_from_store(&store, 1, &big);
+    std::fs::File::options()
+        .write(true)
+        .open(folder.join(DOCUMENT_FILE))
+        .unwrap()
+        .set_len(serviceconnection::console::MAX_DOCUMENT_BYTES + 1)
+        .unwrap();
+    let item = env.console_item(&big).unwrap();
+    assert_eq!(item.status, ImportStatus::Refused);
+    assert!(item.reason.unwrap().contains("refused unread"));
+    #[cfg(unix)]
+    {
+        let linked = env.dir.path().join("linked");
+        std::fs::create_dir_all(&linked).unwrap();
+        let real = stage_from_store(&store, 1, &env.dir.path().join("real"));
+        std::os::unix::fs::symlink(&real, linked.join(FOLDER)).unwrap();
+        let item = env.console_item(&linked).unwrap();
+        assert_eq!(item.status, ImportStatus::Refused);
+        assert_eq!(item.error_kind.as_deref(), Some("UnsafePath"));
+    }
+    assert_eq!(env.held(), None);
 
     // A site that trusts another key: refused as untrusted, nothing recorded.
     let stranger = Env::new(Some(&service::TestStore::new().public_key_path()));

@@ -107,10 +107,7 @@ pub(crate) async fn fetch(ctx: &Ctx) -> Result<ConsoleReport> {
             Ok(()) => return Ok(report),
             Err(e) if e.kind() == ErrorKind::Cancelled => return Err(e),
             // A publication between the document and the signature: once more.
-            Err(e) if e.kind() == ErrorKind::Conflict && !raced => {
-                raced = true;
-                let _ = e;
-            }
+            Err(e) if e.kind() == ErrorKind::Conflict && !raced => raced = true,
             Err(e) => {
                 report.status = ConsoleStatus::Failed;
                 report.kind = Some(e.kind());
@@ -189,7 +186,7 @@ async fn attempt(ctx: &Ctx, dir: &Path, report: &mut ConsoleReport) -> Result<()
     // Continue the partial only on a 206 for exactly its bytes; anything else starts over.
     let mut start = 0u64;
     if status == StatusCode::PARTIAL_CONTENT {
-        let (psha, ppath, plen) = partial.clone().ok_or_else(|| {
+        let (psha, _, plen) = partial.clone().ok_or_else(|| {
             Error::new(
                 ErrorKind::Service,
                 "console content: the service answered 206 to a request without Range",
@@ -207,7 +204,6 @@ async fn attempt(ctx: &Ctx, dir: &Path, report: &mut ConsoleReport) -> Result<()
                 "console content: the service answered a range that was not asked for",
             ));
         }
-        let _ = ppath;
         start = plen;
         report.resumed = true;
     }
