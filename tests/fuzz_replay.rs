@@ -49,6 +49,14 @@ fn replay_usage_cab() {
 }
 
 #[test]
+fn replay_console_content() {
+    replay(
+        "console_content",
+        serviceconnection::fuzzing::fuzz_console_content,
+    );
+}
+
+#[test]
 fn replay_pack_manifest() {
     replay(
         "pack_manifest",
