@@ -4,7 +4,9 @@
 //! **Prepare** (site database → usage cab, [`usage`]), **Connect** (upload cabs, download
 //! signed update packs, [`connect`]), **Import** (verify and record packs, [`import`]).
 //! The same logic is exposed as a C ABI ([`ffi`]), the `serviceconnectiontool` command line
-//! ([`cli`]) and wrapped by the PowerShell module; [`service`] is the reference update service.
+//! ([`cli`]) and wrapped by the PowerShell module. The reference update service
+//! (`sct-service`) and the fuzzing entry points are separate crates of the workspace
+//! (`service/`, `fuzzing/`), so this library carries no server code.
 
 pub mod api;
 pub mod cli;
@@ -13,13 +15,10 @@ pub mod console;
 pub mod error;
 pub mod ffi;
 pub mod fsutil;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod hashing;
 pub mod import;
 pub mod pack;
 pub mod progress;
-pub mod service;
 pub mod signing;
 pub mod site;
 mod testhooks;

@@ -65,3 +65,34 @@ fn signature_with_a_short_trusted_comment_signature_is_refused_cleanly() {
         .unwrap()
         .is_empty());
 }
+
+/// The cab that panicked the `cab` crate (fuzzing find), given to the real command line
+/// tool as Connect's source: one clean refusal, and no panic text on standard error.
+#[test]
+fn the_cab_crate_crasher_is_one_clean_line_in_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let crasher = std::fs::read_dir(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/usage_cab"),
+    )
+    .expect("fuzz/regressions/usage_cab")
+    .map(|e| e.unwrap().path())
+    .find(|p| p.is_file())
+    .expect("a usage_cab regression is kept");
+    let cab = dir.path().join("UsageData.cab");
+    std::fs::copy(&crasher, &cab).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_serviceconnectiontool"))
+        .args(["-connect", "-usagedatasrc"])
+        .arg(&cab)
+        .arg("-updatepackdest")
+        .arg(dir.path().join("out"))
+        .args(["-serviceuri", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("panicked"), "{all}");
+    assert!(all.contains("the cabinet is malformed"), "{all}");
+}

@@ -1428,12 +1428,7 @@ impl Connected {
 
     /// The service's own signing key, to make authentic-but-hostile manifests.
     fn service_key(&self) -> SecretKey {
-        let text = std::fs::read_to_string(
-            self.store
-                .path()
-                .join(serviceconnection::service::SECRET_KEY_FILE),
-        )
-        .unwrap();
+        let text = std::fs::read_to_string(self.store.secret_key_path()).unwrap();
         SecretKey::parse(&text).unwrap()
     }
 }

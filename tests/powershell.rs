@@ -4,6 +4,9 @@
 //! beside the repository; when neither exists this test fails rather than skipping, so a
 //! machine without PowerShell cannot pass silently.
 
+#[path = "common/workspace_bin.rs"]
+mod workspace_bin;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -52,7 +55,7 @@ fn ps_quote(s: &Path) -> String {
 #[test]
 fn pester_suite_passes() {
     let pwsh = find_pwsh();
-    let service = PathBuf::from(env!("CARGO_BIN_EXE_sct-service"));
+    let service = workspace_bin::workspace_bin("sct-service");
     let bin_dir = service.parent().expect("binary has a folder");
     let library = native_library(bin_dir);
     assert!(

@@ -12,6 +12,9 @@
 //! `tests/bench_smoke.rs` (scale `tiny`).
 #![allow(dead_code)]
 
+#[path = "../../tests/common/workspace_bin.rs"]
+mod workspace_bin;
+
 use serviceconnection::api::Selection;
 use serviceconnection::connect::ConnectOptions;
 use serviceconnection::import::ImportOptions;
@@ -631,7 +634,7 @@ struct Service {
 
 impl Service {
     fn start(store: &Path, log: &Path) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sct-service"))
+        let mut child = Command::new(workspace_bin::workspace_bin("sct-service"))
             .arg("serve")
             .arg("--store")
             .arg(store)
@@ -665,9 +668,12 @@ impl Drop for Service {
 }
 
 fn sct_service(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
-    let out = cmd(env!("CARGO_BIN_EXE_sct-service"), args)
-        .output()
-        .unwrap();
+    let out = cmd(
+        &workspace_bin::workspace_bin("sct-service").to_string_lossy(),
+        args,
+    )
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "sct-service failed: {}",

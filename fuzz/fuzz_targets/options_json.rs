@@ -1,4 +1,4 @@
-//! Fuzz target; the logic lives in `serviceconnection::fuzzing::fuzz_options_json` so that
+//! Fuzz target; the logic lives in `sct_fuzzing::fuzz_options_json` so that
 //! `tests/fuzz_replay.rs` replays this target's corpus with the normal test suite.
 #![no_main]
 
@@ -11,6 +11,6 @@ libfuzzer_sys::fuzz_target!(
         let _ = std::panic::take_hook();
     },
     |data: &[u8]| {
-        serviceconnection::fuzzing::fuzz_options_json(data);
+        sct_fuzzing::fuzz_options_json(data);
     }
 );

@@ -154,6 +154,16 @@ pub unsafe extern "C" fn sct_string_free(s: *mut c_char) {
     })
 }
 
+/// [`parse_options`] with the failure reduced to the message the C caller would read: for
+/// the fuzzing crate (`fuzzing/`), which checks those messages; not a supported API.
+#[doc(hidden)]
+pub fn parse_options_for_fuzzing<T: serde::de::DeserializeOwned>(
+    json: &str,
+    what: &str,
+) -> Result<T, String> {
+    parse_options(json, what).map_err(|f| f.message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,8 +83,9 @@ use std::time::Duration;
 pub use lock::LOCK_SUFFIX;
 pub use place::{JOURNAL_SUFFIX, STAGING_SUFFIX};
 
-/// Content library folder beside the site database.
-pub const CONTENT_LIBRARY: &str = "EasySetupPayload/Offline";
+/// Content library folder beside the site database (defined by the site, which owns the
+/// layout beside its database; Import places packs there).
+pub use crate::site::updates::CONTENT_LIBRARY;
 
 /// How long an import waits for another import into the same site by default.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(120);

@@ -5,6 +5,10 @@ use crate::error::{Error, ErrorKind, Result};
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
+/// Content library folder beside the site database, where Import places update packs.
+/// Defined here (not in `import`) so the site layer does not depend on the step above it.
+pub const CONTENT_LIBRARY: &str = "EasySetupPayload/Offline";
+
 /// An update's state, with Configuration Manager's numeric state code beside the name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum UpdateState {
@@ -336,7 +340,7 @@ impl Site {
 
     /// The site's content library: `EasySetupPayload/Offline` beside the database.
     pub fn content_library(&self) -> std::path::PathBuf {
-        self.dir().join(crate::import::CONTENT_LIBRARY)
+        self.dir().join(CONTENT_LIBRARY)
     }
 
     /// Where an update's content lives on disk: its recorded `content_path` (relative

@@ -17,9 +17,55 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
-/// Path of the `sct-service` binary built for these tests.
+/// One pack of `sct-service list --json`: the command's JSON contract, read the way an
+/// operator's script would (the tests do not link the service's own types).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ListedPack {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub version: serviceconnection::SiteVersion,
+    #[serde(rename = "type")]
+    pub pack_type: PackType,
+    pub min_site_version: serviceconnection::SiteVersion,
+    pub max_site_version: Option<serviceconnection::SiteVersion>,
+    pub hierarchies: Vec<uuid::Uuid>,
+    pub content_digest: String,
+    pub manifest_sha256: String,
+    pub size: u64,
+    pub file_count: u64,
+    pub publisher_name: String,
+    pub published: String,
+}
+
+/// One received usage cab of `sct-service list --uploads --json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ListedUpload {
+    pub id: String,
+    pub hierarchy_id: uuid::Uuid,
+    pub site_version: String,
+    pub diagnostics_level: String,
+    pub selection: serviceconnection::api::Selection,
+    /// Relative to the store root.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub received: String,
+    pub offered: u64,
+}
+
+#[path = "workspace_bin.rs"]
+mod workspace_bin;
+
+/// Path of the `sct-service` binary: cargo names it to the service crate's own tests;
+/// the library's tests find it beside them in `target/<profile>/` (see `workspace_bin`).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sct-service")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match option_env!("CARGO_BIN_EXE_sct-service") {
+        Some(p) => p.to_string(),
+        None => workspace_bin::workspace_bin("sct-service")
+            .to_string_lossy()
+            .into_owned(),
+    })
 }
 
 /// A store in a temporary folder (removed on drop), created by `sct-service keygen`.
@@ -58,6 +104,10 @@ impl TestStore {
     /// A scratch folder beside the store, removed with it (for content folders, cabs...).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+    /// `publisher.key`: the store's minisign secret key (the store layout of `keygen`).
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.root.join("publisher.key")
     }
     /// `publisher.pub`: what sites trust.
     pub fn public_key_path(&self) -> PathBuf {
@@ -175,12 +225,12 @@ impl TestStore {
     }
 
     /// `sct-service list --json`: the catalog's packs.
-    pub fn list(&self) -> Vec<serviceconnection::service::CatalogPack> {
+    pub fn list(&self) -> Vec<ListedPack> {
         self.list_json(false)
     }
 
     /// `sct-service list --uploads --json`: the received usage cabs.
-    pub fn uploads(&self) -> Vec<serviceconnection::service::UploadRecord> {
+    pub fn uploads(&self) -> Vec<ListedUpload> {
         self.list_json(true)
     }
 

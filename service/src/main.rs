@@ -13,10 +13,10 @@
 //! Exit status 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
 
 use clap::{Parser, Subcommand};
-use serviceconnection::api::PackType;
-use serviceconnection::service::{
-    self, publish::DEFAULT_PUBLISHER_NAME, Catalog, PublishRequest, ServeOptions, Store,
+use sct_service::{
+    self as service, publish::DEFAULT_PUBLISHER_NAME, Catalog, PublishRequest, ServeOptions, Store,
 };
+use serviceconnection::api::PackType;
 use serviceconnection::SiteVersion;
 use std::net::SocketAddr;
 use std::path::PathBuf;

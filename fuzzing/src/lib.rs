@@ -7,7 +7,7 @@
 //! misbehaves: a panic inside it, an error that is not a clean one-line [`Error`] (or,
 //! for the service, a 5xx answer), or a broken invariant of what it accepted.
 
-use crate::error::{Error, ErrorKind};
+use serviceconnection::error::{Error, ErrorKind};
 use std::io::Cursor;
 use std::sync::OnceLock;
 
@@ -33,10 +33,10 @@ fn assert_clean_message(message: &str, what: &str) {
 /// Usage cabs (Connect reads them before uploading; the service reads every upload) and
 /// the usage manifest inside them.
 pub fn fuzz_usage_cab(data: &[u8]) {
-    match crate::usage::read_usage_cab(Cursor::new(data)) {
+    match serviceconnection::usage::read_usage_cab(Cursor::new(data)) {
         Ok(m) => {
             // Accepted: the manifest must survive its own writer and reader unchanged.
-            let again = crate::usage::UsageManifest::from_bytes(&m.to_bytes())
+            let again = serviceconnection::usage::UsageManifest::from_bytes(&m.to_bytes())
                 .expect("an accepted usage manifest re-parses");
             assert_eq!(again.hierarchy_id, m.hierarchy_id);
         }
@@ -55,7 +55,7 @@ pub fn fuzz_usage_cab(data: &[u8]) {
         }
     }
     // The manifest parser on its own, since few mutated cabs reach it.
-    if let Err(e) = crate::usage::UsageManifest::from_bytes(data) {
+    if let Err(e) = serviceconnection::usage::UsageManifest::from_bytes(data) {
         assert_eq!(e.kind(), ErrorKind::InvalidManifest, "usage manifest: {e}");
         assert_clean(&e, "usage manifest");
     }
@@ -69,7 +69,7 @@ pub const FUZZ_TRUSTED_KEY: &str = "RWTyYnA6uZNh3ZCOQLeSFWn/mYy8gjT2GEIkPPgKuHFd
 /// Pack manifests, their minisign signatures and publisher key files. The input is the
 /// manifest bytes, optionally followed by a NUL byte and the signature text.
 pub fn fuzz_pack_manifest(data: &[u8]) {
-    use crate::pack::manifest::PackManifest;
+    use serviceconnection::pack::manifest::PackManifest;
     let (manifest, signature) = match data.iter().position(|&b| b == 0) {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),
@@ -100,11 +100,13 @@ pub fn fuzz_pack_manifest(data: &[u8]) {
     }
     let trusted = trusted_key();
     let sig_text = String::from_utf8_lossy(signature);
-    if let Err(e) = crate::signing::verify(manifest, &sig_text, std::slice::from_ref(trusted)) {
+    if let Err(e) =
+        serviceconnection::signing::verify(manifest, &sig_text, std::slice::from_ref(trusted))
+    {
         assert_eq!(e.kind(), ErrorKind::SignatureInvalid, "signature: {e}");
         assert_clean(&e, "signature");
     }
-    if let Err(e) = crate::signing::PublicKey::parse(&sig_text) {
+    if let Err(e) = serviceconnection::signing::PublicKey::parse(&sig_text) {
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "public key: {e}");
         assert_clean(&e, "public key");
     }
@@ -114,7 +116,7 @@ pub fn fuzz_pack_manifest(data: &[u8]) {
 /// `sct-service console publish` reads. The input is the document bytes, optionally followed
 /// by a NUL byte and the signature text (checked against [`FUZZ_TRUSTED_KEY`]).
 pub fn fuzz_console_content(data: &[u8]) {
-    use crate::console::{ConsoleContent, Draft};
+    use serviceconnection::console::{ConsoleContent, Draft};
     let (doc, signature) = match data.iter().position(|&b| b == 0) {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),
@@ -137,7 +139,7 @@ pub fn fuzz_console_content(data: &[u8]) {
         assert_clean(&e, "console draft");
     }
     let sig_text = String::from_utf8_lossy(signature);
-    if let Err(e) = crate::console::verify(
+    if let Err(e) = serviceconnection::console::verify(
         doc,
         Some(&sig_text),
         std::slice::from_ref(trusted_key()),
@@ -154,9 +156,11 @@ pub fn fuzz_console_content(data: &[u8]) {
     }
 }
 
-fn trusted_key() -> &'static crate::signing::PublicKey {
-    static KEY: OnceLock<crate::signing::PublicKey> = OnceLock::new();
-    KEY.get_or_init(|| crate::signing::PublicKey::parse(FUZZ_TRUSTED_KEY).expect("fuzz key"))
+fn trusted_key() -> &'static serviceconnection::signing::PublicKey {
+    static KEY: OnceLock<serviceconnection::signing::PublicKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        serviceconnection::signing::PublicKey::parse(FUZZ_TRUSTED_KEY).expect("fuzz key")
+    })
 }
 
 /// The original tool's command line. The input is the arguments, separated by NUL bytes.
@@ -168,10 +172,10 @@ pub fn fuzz_cli_args(data: &[u8]) {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect()
     };
-    match crate::cli::args::parse(&args) {
+    match serviceconnection::cli::args::parse(&args) {
         Ok(first) => {
             assert_eq!(
-                crate::cli::args::parse(&args),
+                serviceconnection::cli::args::parse(&args),
                 Ok(first),
                 "parsing is not deterministic"
             );
@@ -186,7 +190,7 @@ pub fn fuzz_cli_args(data: &[u8]) {
 /// through the same parser the `sct_` functions use. Secret values (token, proxy
 /// password) must never appear in an error message or in `Debug` output.
 pub fn fuzz_options_json(data: &[u8]) {
-    use crate::ffi::strings::parse_options;
+    use serviceconnection::ffi::strings::parse_options_for_fuzzing as parse_options;
     let Ok(text) = std::str::from_utf8(data) else {
         return; // The ABI refuses non-UTF-8 before parsing (arg_str).
     };
@@ -207,21 +211,17 @@ pub fn fuzz_options_json(data: &[u8]) {
         }
     };
     check(
-        parse_options::<crate::connect::ConnectOptions>(text, "connect")
-            .map(|o| format!("{o:?}"))
-            .map_err(|f| f.message),
+        parse_options::<serviceconnection::connect::ConnectOptions>(text, "connect")
+            .map(|o| format!("{o:?}")),
         "connect options",
     );
     check(
-        parse_options::<crate::import::ImportOptions>(text, "import")
-            .map(|o| format!("{o:?}"))
-            .map_err(|f| f.message),
+        parse_options::<serviceconnection::import::ImportOptions>(text, "import")
+            .map(|o| format!("{o:?}")),
         "import options",
     );
     check(
-        parse_options::<crate::site::NewSite>(text, "site")
-            .map(|_| String::new())
-            .map_err(|f| f.message),
+        parse_options::<serviceconnection::site::NewSite>(text, "site").map(|_| String::new()),
         "site options",
     );
 }
@@ -290,8 +290,8 @@ pub fn fuzz_service_request(data: &[u8]) -> Option<u16> {
     // The range logic on its own, with a length taken from the input.
     if let Ok(r) = std::str::from_utf8(range) {
         let len = u64::from(ctl) * 37;
-        if let crate::service::range::RangeAnswer::Partial { start, end } =
-            crate::service::range::decide(Some(r), None, "\"e\"", len)
+        if let sct_service::range::RangeAnswer::Partial { start, end } =
+            sct_service::range::decide(Some(r), None, "\"e\"", len)
         {
             assert!(
                 start <= end && end < len,
@@ -354,7 +354,7 @@ pub fn fuzz_service_request(data: &[u8]) -> Option<u16> {
             .expect("bounded body");
         if status.is_client_error() && method != Method::HEAD {
             assert!(is_json, "{status} without a JSON body");
-            let e: crate::api::ApiError =
+            let e: serviceconnection::api::ApiError =
                 serde_json::from_slice(&bytes).expect("error bodies are ApiError JSON");
             assert_clean_message(&e.error.message, "service error");
         }
@@ -384,7 +384,7 @@ struct ServiceFixture {
 fn service_fixture() -> &'static ServiceFixture {
     static FX: OnceLock<ServiceFixture> = OnceLock::new();
     FX.get_or_init(|| {
-        use crate::service::{http, keygen, publish, PublishRequest, Store};
+        use sct_service::{http, keygen, publish, PublishRequest, Store};
         let dir = tempfile::tempdir().expect("tempdir");
         let store = dir.path().join("store");
         keygen(&store).expect("keygen");
@@ -392,13 +392,16 @@ fn service_fixture() -> &'static ServiceFixture {
         std::fs::create_dir_all(content.join("sub")).expect("content");
         std::fs::write(content.join("a.bin"), vec![7u8; 3000]).expect("content");
         std::fs::write(content.join("sub/b.txt"), b"hello pack\n").expect("content");
-        let v = |s: &str| s.parse::<crate::SiteVersion>().expect("version");
+        let v = |s: &str| {
+            s.parse::<serviceconnection::SiteVersion>()
+                .expect("version")
+        };
         let pack = publish(
             &store,
             &PublishRequest {
                 name: "Fuzz pack".into(),
                 version: v("5.00.9132.1000"),
-                pack_type: crate::api::PackType::Update,
+                pack_type: serviceconnection::api::PackType::Update,
                 min_site_version: v("5.00.9000.1000"),
                 max_site_version: None,
                 hierarchies: Vec::new(),

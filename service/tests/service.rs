@@ -1,7 +1,7 @@
 //! The reference update service, end to end: the real `sct-service` binary on 127.0.0.1
 //! port 0, packs published through the real `publish`, real HTTP clients.
 
-#[path = "common/service.rs"]
+#[path = "../../tests/common/service.rs"]
 mod service;
 
 use service::{pseudo_random, write_cab, write_content, write_usage_cab, TestService, TestStore};

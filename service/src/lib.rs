@@ -1,6 +1,10 @@
 //! The reference update service (`sct-service`, SPEC sections 4 and 5): a store of signed
 //! update packs with its own SQLite catalog, and the HTTP API that Connect talks to.
 //!
+//! Its own crate of the workspace, so the library that PowerShell and C callers load
+//! (`serviceconnection`) carries no server code; it uses that library's public modules
+//! for the wire contract, manifests, signatures, hashing and usage cabs.
+//!
 //! On-disk store layout (everything the service knows lives under one folder):
 //!
 //! ```text
@@ -33,7 +37,13 @@ pub mod server;
 pub mod tls;
 pub mod upload;
 
-use crate::error::{Error, ErrorKind, Result};
+// The library's modules under their own names, so `crate::api::...` reads the same here
+// as it does in the library (and paths stay stable across the split).
+pub(crate) use serviceconnection::{
+    api, error, fsutil, hashing, pack, signing, site, usage, version, Result, VERSION,
+};
+
+use crate::error::{Error, ErrorKind};
 use std::path::{Path, PathBuf};
 
 pub use catalog::{Catalog, CatalogPack, UploadRecord};

@@ -22,7 +22,6 @@
 use super::http::{send, ApiFailure, AppState, Source};
 use super::publish::StoreLock;
 use super::{mkdirs, Store};
-use crate::console::{ConsoleContent, Draft, DOCUMENT_FILE, MAX_DOCUMENT_BYTES, SIGNATURE_FILE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::signing::SecretKey;
 use axum::body::Bytes;
@@ -30,6 +29,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use serviceconnection::console::{
+    ConsoleContent, Draft, DOCUMENT_FILE, MAX_DOCUMENT_BYTES, SIGNATURE_FILE,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,7 +55,7 @@ pub struct ConsoleVersion {
     pub sha256: String,
 }
 
-pub use crate::console::trusted_comment;
+pub use serviceconnection::console::trusted_comment;
 
 fn console_dir(store: &Store) -> PathBuf {
     store.root().join(CONSOLE_DIR)
@@ -101,7 +103,10 @@ fn read_version(store: &Store, n: u64) -> Result<(Vec<u8>, Vec<u8>)> {
     };
     Ok((
         read(DOCUMENT_FILE, MAX_DOCUMENT_BYTES)?,
-        read(SIGNATURE_FILE, crate::console::MAX_SIGNATURE_BYTES)?,
+        read(
+            SIGNATURE_FILE,
+            serviceconnection::console::MAX_SIGNATURE_BYTES,
+        )?,
     ))
 }
 
