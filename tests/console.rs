@@ -274,6 +274,10 @@ fn the_whole_path_over_the_real_service() {
     assert!(out.status.success(), "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["content_version"], 1);
+    // The JSON shape is the library's view, field for field.
+    let typed: serviceconnection::site::console::ConsoleContentView =
+        serde_json::from_str(&json).unwrap();
+    assert_eq!(typed, view);
     assert_eq!(v["messages"].as_array().unwrap().len(), 3);
     // Another hierarchy's message is never shown, anywhere.
     for shown in [text.to_string(), json.to_string()] {

@@ -128,9 +128,9 @@ pub struct ConsoleContentView {
     pub messages: Vec<MessageView>,
 }
 
-/// A message as read back, with its expiry judged at the time of reading.
+/// A message as read back, with its expiry judged at the time of reading. (No
+/// `deny_unknown_fields` here: serde does not support it together with `flatten`.)
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct MessageView {
     #[serde(flatten)]
     pub message: Message,
