@@ -1,4 +1,5 @@
-//! Connect's console content fetch (SPEC section 10): once per run, after the uploads,
+//! Connect's console content fetch (SPEC section 10): once per run, after the uploads and
+//! the packs (so a run cancelled while downloading packs has not touched it),
 //! `GET /v1/console-content` and its signature into `<dest>/ConsoleContent/`.
 //!
 //! - With a complete copy already there, the request carries `If-None-Match` with its

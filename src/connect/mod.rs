@@ -50,6 +50,7 @@ pub const REPORT_FILE: &str = "connect-report.json";
 
 /// Proxy settings. The password is never logged, serialized or shown by `Debug`.
 #[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProxyOptions {
     /// `host[:port]`, scheme optional (`http://` assumed), port 80 by default.
     pub uri: String,
@@ -70,6 +71,7 @@ impl std::fmt::Debug for ProxyOptions {
 }
 
 #[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConnectOptions {
     /// A usage cab, or a folder of uniquely named usage cabs (one per hierarchy).
     pub source: PathBuf,
@@ -556,7 +558,8 @@ fn is_run_wide(kind: ErrorKind) -> bool {
 async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
     let started = crate::site::now_rfc3339();
     let uploads = upload::upload_all(&ctx, cabs).await?;
-    // Once per run, after the uploads; its failure never stops the packs. When no upload
+    // Console content: once per run, after the uploads (and the packs, below); its failure
+    // never stops the packs. When no upload
     // of the run got through (service unreachable, proxy, TLS, token refused, bad cabs),
     // the run has failed already and asking again would only repeat the failure (and its
     // retries): the fetch is skipped, and the uploads say why.
@@ -571,10 +574,6 @@ async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
             first.message.clone().unwrap_or_default(),
         )),
         _ => None,
-    };
-    let console_content = match unreachable {
-        Some((kind, why)) => console::not_fetched(&ctx, kind, &why),
-        None => console::fetch(&ctx).await?,
     };
     // A pack offered to several hierarchies is downloaded once; the other hierarchies'
     // folders are filled by copying the verified files (each copy verified again).
@@ -622,6 +621,12 @@ async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
     if ctx.http.cancel.is_cancelled() {
         return Err(Error::cancelled());
     }
+    // After the packs, so a run cancelled (or killed) while downloading them has not
+    // replaced the console content either: what it leaves is only what it will resume.
+    let console_content = match unreachable {
+        Some((kind, why)) => console::not_fetched(&ctx, kind, &why),
+        None => console::fetch(&ctx).await?,
+    };
     let uploads: Vec<UploadReport> = uploads.into_iter().map(|(u, _)| u).collect();
     let report = ConnectReport {
         tool_version: crate::tool_version(),
