@@ -247,6 +247,7 @@ fn windows_cab_tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) 
     let dest = dest.unwrap_or_else(|| scratch.path().join("x"));
     std::fs::create_dir_all(&dest).unwrap();
     let out = std::process::Command::new("extrac32.exe")
+        .stdin(std::process::Stdio::null())
         .args(["/Y", "/E", "/L"])
         .arg(&dest)
         .arg(cwd.join(cab))
