@@ -376,13 +376,19 @@ static void test_unknown_option_fields(const char *dir, const char *site) {
     check_last_error_contains(SCT_INVALID_ARGUMENT, "unknown field `sitename`");
     CHECK(!exists(other) && out == SENTINEL, "nothing created");
     char opts[2048];
-    snprintf(opts, sizeof opts, "{\"site_db\":\"%s\",\"source\":\"%s\",\"insecure_skip_signature_chek\":true}",
-             site, dir);
+    char *qsite = json_quote(site), *qdir = json_quote(dir), *never = path_in(dir, "never");
+    char *qnever = json_quote(never);
+    snprintf(opts, sizeof opts, "{\"site_db\":%s,\"source\":%s,\"insecure_skip_signature_chek\":true}",
+             qsite, qdir);
     EXPECT_STATUS(sct_import(opts, NULL, NULL, &out), SCT_INVALID_ARGUMENT);
     check_last_error_contains(SCT_INVALID_ARGUMENT, "unknown field `insecure_skip_signature_chek`");
     snprintf(opts, sizeof opts,
-             "{\"source\":\"%s\",\"dest\":\"%s/never\",\"service_uri\":\"http://127.0.0.1:9\",\"paralelism\":2}", dir,
-             dir);
+             "{\"source\":%s,\"dest\":%s,\"service_uri\":\"http://127.0.0.1:9\",\"paralelism\":2}", qdir,
+             qnever);
+    free(qsite);
+    free(qdir);
+    free(never);
+    free(qnever);
     EXPECT_STATUS(sct_connect(opts, NULL, NULL, &out), SCT_INVALID_ARGUMENT);
     check_last_error_contains(SCT_INVALID_ARGUMENT, "unknown field `paralelism`");
     CHECK(out == SENTINEL, "no out-parameter written");
