@@ -20,6 +20,7 @@
 //!   staging/<guid>/           a publish in progress (never served; cleared by the next publish)
 //!   uploads/<hierarchy-id>/<timestamp>-<upload-id>.cab   received usage cabs
 //!   uploads/.incoming/        uploads being received (temporary, removed on failure)
+//!   console/<version>/        console content, one immutable folder per version (console.rs)
 //! ```
 //!
 //! A pack is visible (listed, offered, served) only once its row is in the catalog; the
@@ -27,6 +28,7 @@
 //! moment leaves at most an unlisted folder that the next publish removes.
 
 pub mod catalog;
+pub mod console;
 pub mod http;
 pub mod publish;
 pub mod range;

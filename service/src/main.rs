@@ -7,7 +7,8 @@
 //!                     [--publisher-name N] CONTENT_DIR
 //! sct-service serve   --store DIR [--listen 127.0.0.1:0] [--tls-cert F --tls-key F]
 //!                     [--token-file F] [--max-upload-bytes N]
-//! sct-service list    --store DIR [--json] [--uploads]
+//! sct-service list    --store DIR [--json] [--uploads | --console]
+//! sct-service console publish --store DIR FILE.json
 //! ```
 //! Exit status 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
 
@@ -94,7 +95,13 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = service::server::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
     },
-    /// List the published packs (or, with --uploads, the received usage cabs).
+    /// Console content: the signed document Connect fetches and Import brings into sites.
+    Console {
+        #[command(subcommand)]
+        action: ConsoleCommand,
+    },
+    /// List the published packs (or, with --uploads, the received usage cabs; with
+    /// --console, the console content versions).
     List {
         /// Store folder made by `keygen`.
         #[arg(long)]
@@ -103,8 +110,24 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// List received usage cabs instead of packs.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "console")]
         uploads: bool,
+        /// List the published console content versions instead of packs.
+        #[arg(long)]
+        console: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Validate FILE (servicing rows and messages), stamp the next content_version and the
+    /// time, sign it and keep it as a new version; prints the version.
+    Publish {
+        /// Store folder made by `keygen` (its publisher.key signs).
+        #[arg(long)]
+        store: PathBuf,
+        /// JSON file with `servicing` and `messages` (see the README).
+        file: PathBuf,
     },
 }
 
@@ -181,10 +204,37 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                 token,
             )?;
         }
+        Command::Console {
+            action: ConsoleCommand::Publish { store, file },
+        } => {
+            let v = service::console::publish(&store, &file)?;
+            println!("{}", v.content_version);
+            eprintln!(
+                "sct-service: published console content version {} ({} servicing rows, {} messages)",
+                v.content_version, v.servicing, v.messages
+            );
+        }
+        Command::List {
+            store,
+            json,
+            console,
+            ..
+        } if console => {
+            let list = service::console::list(&store)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("serializes")
+                );
+            } else {
+                print_console_versions(&list);
+            }
+        }
         Command::List {
             store,
             json,
             uploads,
+            ..
         } => {
             let store = Store::open(&store)?;
             let catalog = Catalog::open(&store.catalog_path())?;
@@ -243,9 +293,21 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                             targets
                         );
                     }
+                    // The text listing shows the console content versions too (after the
+                    // packs, so the pack lines keep their place); --console lists them alone.
+                    print_console_versions(&service::console::list(store.root())?);
                 }
             }
         }
     }
     Ok(())
+}
+
+fn print_console_versions(list: &[service::console::ConsoleVersion]) {
+    for v in list {
+        println!(
+            "console content version {}  published {}  {} servicing rows, {} messages  {} bytes  sha256 {}",
+            v.content_version, v.published, v.servicing, v.messages, v.size, v.sha256
+        );
+    }
 }
