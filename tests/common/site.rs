@@ -259,7 +259,7 @@ fn windows_cab_tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) 
         String::from_utf8_lossy(&out.stderr)
     );
     let found = snapshot(&dest);
-    for (name, _) in &found {
+    for name in found.keys() {
         let size = std::fs::metadata(dest.join(name)).unwrap().len();
         text.push_str(&format!("{name} {size}\n"));
     }
