@@ -280,7 +280,7 @@ fn module_package_installs_into_a_clean_pwsh_and_runs() {
     let script = r#"
         $ErrorActionPreference = 'Stop'
         if (Get-Module -ListAvailable ServiceConnection) { throw 'ServiceConnection is already installed' }
-        Register-PSResourceRepository -Name local -Uri $env:SCT_DIST -Trusted
+        Register-PSResourceRepository -Name local -Uri $env:SCT_DIST -Trusted -Force
         Install-PSResource -Name ServiceConnection -Repository local -Scope CurrentUser -TrustRepository
         Import-Module ServiceConnection
         $m = Get-Module ServiceConnection

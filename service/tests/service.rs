@@ -6,6 +6,7 @@ mod service;
 
 use service::{pseudo_random, write_cab, write_content, write_usage_cab, TestService, TestStore};
 use serviceconnection::api::{ApiError, Health, PackType, UploadResponse};
+#[cfg(unix)] // only the minisign test reads a manifest
 use serviceconnection::pack::PackManifest;
 use std::io::{Read, Write};
 use std::path::Path;
