@@ -461,9 +461,6 @@ impl Drop for CancelOnDrop {
     }
 }
 
-// `Done` is sent once per run; boxing it would buy nothing. (The lint fires only where
-// paths are larger, as on Windows.)
-#[allow(clippy::large_enum_variant)]
 enum Msg {
     Progress(Progress),
     /// Boxed: a report is far larger than a progress message (more so on Windows, whose
