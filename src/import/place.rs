@@ -364,6 +364,7 @@ fn place_file(
             .map_err(|e| Error::io(format!("creating {}", dest.display()), &e))
     };
     let mut placed = false;
+    let mut linked = false;
     let mut dst = None;
     // A reflink shares blocks copy-on-write: later changes to the source never reach the
     // clone, and hashing the clone checks exactly what was placed.
@@ -381,6 +382,7 @@ fn place_file(
                 .map_err(|e| Error::io(format!("removing {}", dest.display()), &e))?;
         }
         placed = crate::platform::hard_link_open_file(&src, &root.join(&job.src_rel), dest);
+        linked = placed;
         if placed {
             dst = Some(
                 File::open(dest)
@@ -433,7 +435,12 @@ fn place_file(
             job.sha256
         )));
     }
-    dst.sync_all().map_err(wio)?;
+    if linked {
+        // Opened for reading only: nothing was written through it.
+        crate::platform::sync_read_only(&dst).map_err(wio)?;
+    } else {
+        dst.sync_all().map_err(wio)?;
+    }
     Ok(())
 }
 

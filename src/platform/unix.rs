@@ -160,3 +160,9 @@ pub(crate) fn rename_may_succeed_later(_e: &std::io::Error) -> bool {
 pub(crate) fn long_path_form(dir: &Path) -> std::path::PathBuf {
     dir.to_path_buf()
 }
+
+/// Flush a file opened for reading only (a hard link just made): fsync works on any
+/// descriptor.
+pub(crate) fn sync_read_only(f: &File) -> std::io::Result<()> {
+    f.sync_all()
+}

@@ -73,6 +73,14 @@ pub(crate) fn sync_filesystem(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Nothing to do for a file opened for reading only (`FlushFileBuffers` needs a handle
+/// with write access, and would fail with "access denied"): such a file is a hard link
+/// just made to content this machine did not write (it came on the transfer drive, or
+/// Connect flushed it before its rename), and the link itself is NTFS metadata, journaled.
+pub(crate) fn sync_read_only(_f: &File) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Outputs inherit the permissions of the folder they are written to, as every Windows
 /// program's do.
 pub(crate) fn public_output(_builder: &mut tempfile::Builder<'_, '_>) {}
