@@ -7,7 +7,7 @@
 //! recorded in the catalog, in one transaction. Until that row exists nothing serves,
 //! lists or offers the pack; the next publish removes leftovers of a killed one.
 
-use super::catalog::{duplicate_error, Catalog, CatalogPack};
+use super::catalog::{self, duplicate_error, Catalog, CatalogPack, CatalogUrl, SqliteCatalog};
 use super::{mkdirs, Store};
 use crate::api::PackType;
 use crate::error::{Error, ErrorKind, Result};
@@ -50,9 +50,9 @@ pub fn keygen(root: &Path) -> Result<crate::signing::PublicKey> {
     }
     mkdirs(root)?;
     if !store.catalog_path().exists() {
-        Catalog::create(&store.catalog_path())?;
+        SqliteCatalog::create(&store.catalog_path())?;
     } else {
-        Catalog::open(&store.catalog_path())?;
+        SqliteCatalog::open(&store.catalog_path())?;
     }
     let key = SecretKey::generate()?;
     // AtomicFile's temporary file is created with mode 0600 and keeps it on rename.
@@ -222,7 +222,7 @@ impl Drop for StoreLock {
 
 /// Remove what killed publishes left: everything in `staging/`, and folders in `packs/`
 /// that the catalog does not know. Runs under the store lock only.
-fn sweep_leftovers(store: &Store, catalog: &Catalog) -> Result<()> {
+fn sweep_leftovers(store: &Store, catalog: &dyn Catalog) -> Result<()> {
     if let Ok(rd) = std::fs::read_dir(store.staging_dir()) {
         for e in rd.flatten() {
             let _ = remove_any(&e.path());
@@ -278,9 +278,26 @@ fn pause_point(at: &str) {
     }
 }
 
-/// Publish `req` into the store at `root`; returns the recorded pack.
+/// Publish `req` into the store at `root` with its own catalog and key; returns the
+/// recorded pack.
 pub fn publish(root: &Path, req: &PublishRequest) -> Result<CatalogPack> {
     let store = Store::open(root)?;
+    publish_to(
+        &store,
+        &CatalogUrl::Sqlite(store.catalog_path()),
+        &store.secret_key_path(),
+        req,
+    )
+}
+
+/// Publish `req` with its content in `store`, its row in `catalog`, signed with the
+/// minisign secret key in `key_file` (which a serving replica never needs).
+pub fn publish_to(
+    store: &Store,
+    catalog: &CatalogUrl,
+    key_file: &Path,
+    req: &PublishRequest,
+) -> Result<CatalogPack> {
     if req.name.trim().is_empty() || req.name.chars().any(char::is_control) {
         return Err(Error::invalid_argument(
             "the pack name must be non-empty text without control characters",
@@ -298,20 +315,17 @@ pub fn publish(root: &Path, req: &PublishRequest) -> Result<CatalogPack> {
     hierarchies.sort();
     hierarchies.dedup();
     let files = scan_content(&req.content_dir)?;
-    let key_text = std::fs::read_to_string(store.secret_key_path()).map_err(|e| {
+    let key_text = std::fs::read_to_string(key_file).map_err(|e| {
         Error::io(
-            format!(
-                "reading the signing key {}",
-                store.secret_key_path().display()
-            ),
+            format!("reading the signing key {}", key_file.display()),
             &e,
         )
     })?;
     let key = SecretKey::parse(&key_text)?;
 
-    let _lock = StoreLock::take(&store)?;
-    let mut catalog = Catalog::open(&store.catalog_path())?;
-    sweep_leftovers(&store, &catalog)?;
+    let _lock = StoreLock::take(store)?;
+    let catalog = catalog::open(catalog)?;
+    sweep_leftovers(store, catalog.as_ref())?;
     mkdirs(&store.staging_dir())?;
     mkdirs(&store.packs_dir())?;
 

@@ -30,6 +30,8 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub store: PathBuf,
+    /// `--catalog`; `None`: the store's own `catalog.sqlite`.
+    pub catalog: Option<crate::catalog::CatalogUrl>,
     /// `127.0.0.1:0` by default: loopback only, a free port.
     pub listen: SocketAddr,
     pub tls_cert: Option<PathBuf>,
@@ -53,7 +55,17 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Serve until SIGINT/SIGTERM. `token` (never logged) enables bearer authentication.
 /// The first line on stdout is `sct-service listening on http(s)://ADDR`, flushed.
 pub fn serve(opts: &ServeOptions, token: Option<String>) -> Result<()> {
-    let store = Store::open(&opts.store)?;
+    let (store, catalog): (Store, Arc<dyn crate::catalog::Catalog>) = match &opts.catalog {
+        None => {
+            let store = Store::open(&opts.store)?;
+            let c = crate::catalog::SqliteCatalog::open(&store.catalog_path())?;
+            (store, Arc::new(c))
+        }
+        Some(url) => (
+            Store::open_folder(&opts.store)?,
+            Arc::from(crate::catalog::open(url)?),
+        ),
+    };
     let tls = match (&opts.tls_cert, &opts.tls_key) {
         (Some(c), Some(k)) => Some(super::tls::acceptor(c, k)?),
         (None, None) => None,
@@ -63,11 +75,12 @@ pub fn serve(opts: &ServeOptions, token: Option<String>) -> Result<()> {
             ))
         }
     };
-    let state = Arc::new(AppState::new(
+    let state = Arc::new(AppState::with_catalog(
         store,
+        catalog,
         token.as_deref(),
         opts.max_upload_bytes,
-    )?);
+    ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
