@@ -75,6 +75,9 @@ pub fn serve(opts: &ServeOptions, token: Option<String>) -> Result<()> {
             ))
         }
     };
+    // Kept here so the catalog (a PostgreSQL client pool, whose synchronous clients must
+    // not be dropped inside the async runtime) is dropped last, after the runtime.
+    let keep_catalog = catalog.clone();
     let state = Arc::new(AppState::with_catalog(
         store,
         catalog,
@@ -85,13 +88,16 @@ pub fn serve(opts: &ServeOptions, token: Option<String>) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the runtime", &e))?;
-    rt.block_on(run(
+    let result = rt.block_on(run(
         opts.listen,
         tls,
         state,
         opts.idle_timeout,
         opts.max_connections.max(1),
-    ))
+    ));
+    drop(rt);
+    drop(keep_catalog);
+    result
 }
 
 async fn run(

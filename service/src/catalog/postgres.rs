@@ -595,13 +595,15 @@ impl Catalog for PgCatalog {
         match r {
             Ok(_) => {}
             // A concurrent publish of the same pack got there first.
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => return Err(Error::new(
-                ErrorKind::Conflict,
-                format!(
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
                     "a pack with id {} or the same name, version and content is already published",
                     p.id
                 ),
-            )),
+                ))
+            }
             Err(e) => return Err(self.err("recording the pack", &e)),
         }
         tx.commit().map_err(|e| self.err("recording the pack", &e))
