@@ -233,8 +233,7 @@ fn the_password_never_goes_on_the_command_line_and_tls_is_verified() {
     }
 }
 
-#[path = "../../tests/common/tls.rs"]
-mod service_tls;
+use service::postgres::pg_tls as service_tls;
 
 fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
