@@ -4,6 +4,7 @@
 //! (size-limited) manifest and signature. See [`crate::api`] for the wire contract.
 
 use super::catalog::Catalog;
+use super::content::{pack_key, Content, ObjectContent};
 use super::range::{decide, RangeAnswer};
 use super::Store;
 use crate::api::{ApiError, ApiErrorBody, Health, API_PREFIX};
@@ -38,23 +39,48 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Published packs are immutable, so what was read once is kept.
     packs: RwLock<HashMap<uuid::Uuid, Arc<ServedPack>>>,
+    /// Where content, manifests, signatures and uploads live (`--content`).
+    pub content: Content,
+    /// `--content-redirect`: answer content requests with a 307 to a presigned URL valid
+    /// this long (object stores only).
+    pub content_redirect: Option<std::time::Duration>,
 }
 
 impl AppState {
     pub fn new(store: Store, token: Option<&str>, max_upload_bytes: u64) -> crate::Result<Self> {
         let catalog = Catalog::open(&store.catalog_path())?;
         Ok(AppState {
-            store,
             catalog: Mutex::new(catalog),
             token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
             max_upload_bytes,
             packs: RwLock::new(HashMap::new()),
+            content: Content::Folder(store.root().to_path_buf()),
+            content_redirect: None,
+            store,
         })
+    }
+
+    /// Serve content from `content` (default: the store folder); with `redirect`, answer
+    /// content requests with a 307 to a presigned URL valid that long.
+    pub fn with_content(
+        mut self,
+        content: Content,
+        redirect: Option<std::time::Duration>,
+    ) -> crate::Result<Self> {
+        if redirect.is_some() && content.object().is_none() {
+            return Err(Error::invalid_argument(
+                "--content-redirect needs an object store (--content s3://BUCKET/PREFIX): a folder has no URLs to redirect to",
+            ));
+        }
+        self.content = content;
+        self.content_redirect = redirect;
+        Ok(self)
     }
 }
 
 /// A published pack as served: its exact manifest bytes, signature and file index.
 pub struct ServedPack {
+    id: uuid::Uuid,
     dir: PathBuf,
     manifest_bytes: Bytes,
     manifest_etag: String,
@@ -240,6 +266,7 @@ async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPa
         return Ok(p.clone());
     }
     let st = state.clone();
+    let handle = tokio::runtime::Handle::current();
     let loaded = tokio::task::spawn_blocking(move || -> Result<Option<ServedPack>, Error> {
         let record = st.catalog.lock().expect("catalog").get_pack(&id)?;
         let Some(record) = record else {
@@ -247,6 +274,9 @@ async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPa
         };
         let dir = st.store.pack_dir(&id);
         let read = |name: &str| -> Result<Vec<u8>, Error> {
+            if let Some(o) = st.content.object() {
+                return handle.block_on(o.read_small(&pack_key(&id, name), MAX_MANIFEST_BYTES));
+            }
             let p = dir.join(name);
             let meta = p
                 .symlink_metadata()
@@ -271,6 +301,7 @@ async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPa
         let signature = read(SIGNATURE_FILE)?;
         let signature_etag = format!("\"{}\"", crate::hashing::sha256_hex(&signature));
         Ok(Some(ServedPack {
+            id,
             dir,
             manifest_etag: format!("\"{sha}\""),
             manifest_bytes: Bytes::from(manifest_bytes),
@@ -367,23 +398,47 @@ async fn content(
             path.escape_debug()
         )));
     };
-    let root = pack.dir.join(CONTENT_DIR);
-    ensure_no_symlinks(&root, &rel).map_err(|e| ApiFailure::internal(&e))?;
-    let full = root.join(&rel);
-    Ok(send(
-        &method,
-        &headers,
-        &format!("\"{}\"", file.sha256),
-        "application/octet-stream",
-        Source::File(full, file.size),
-    )
-    .await)
+    let etag = format!("\"{}\"", file.sha256);
+    let src = if let Some(o) = state.content.object() {
+        let key = pack_key(&pack.id, &format!("{CONTENT_DIR}/{path}"));
+        // HEAD is answered here: a presigned URL is signed for GET only.
+        if let Some(ttl) = state.content_redirect.filter(|_| method == Method::GET) {
+            return redirect(o, &key, ttl, &etag).await;
+        }
+        Source::Object(o.clone(), key, file.size)
+    } else {
+        let root = pack.dir.join(CONTENT_DIR);
+        ensure_no_symlinks(&root, &rel).map_err(|e| ApiFailure::internal(&e))?;
+        Source::File(root.join(&rel), file.size)
+    };
+    Ok(send(&method, &headers, &etag, "application/octet-stream", src).await)
+}
+
+/// `--content-redirect`: a 307 to a presigned URL of the object. 307 keeps the method
+/// (GET or HEAD) and the client's `Range`; the URL carries its own short-lived signature,
+/// so no token is needed (or sent) there.
+async fn redirect(
+    o: &ObjectContent,
+    key: &str,
+    ttl: std::time::Duration,
+    etag: &str,
+) -> Result<Response, ApiFailure> {
+    let url = o.presign(key, ttl).await.map_err(|e| ApiFailure::internal(&e))?;
+    Ok(Response::builder()
+        .status(StatusCode::TEMPORARY_REDIRECT)
+        .header(header::LOCATION, url.as_str())
+        .header(header::ETAG, etag)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::empty())
+        .expect("valid response"))
 }
 
 enum Source {
     Memory(Bytes),
     /// A file and the size the manifest promises.
     File(PathBuf, u64),
+    /// An object (store, key) and the size the manifest promises.
+    Object(Arc<ObjectContent>, String, u64),
 }
 
 /// Answer a download: 304 on a matching `If-None-Match`, 206/416 for `Range`, else 200;
@@ -397,7 +452,7 @@ async fn send(
 ) -> Response {
     let len = match &src {
         Source::Memory(b) => b.len() as u64,
-        Source::File(_, size) => *size,
+        Source::File(_, size) | Source::Object(_, _, size) => *size,
     };
     let hv = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let mut base = Response::builder()
@@ -439,6 +494,10 @@ async fn send(
         match src {
             Source::Memory(b) => Body::from(b.slice(start as usize..(start + count) as usize)),
             Source::File(path, size) => match open_range(&path, size, start, count).await {
+                Ok(body) => body,
+                Err(e) => return ApiFailure::internal(&e).into_response(),
+            },
+            Source::Object(o, key, size) => match o.body(&key, size, start, count).await {
                 Ok(body) => body,
                 Err(e) => return ApiFailure::internal(&e).into_response(),
             },

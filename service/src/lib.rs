@@ -27,6 +27,7 @@
 //! moment leaves at most an unlisted folder that the next publish removes.
 
 pub mod catalog;
+pub mod content;
 pub mod http;
 pub mod publish;
 pub mod range;
