@@ -234,6 +234,18 @@ impl ObjectContent {
         Ok(())
     }
 
+    /// When the newest object under `key_prefix` was written (`None`: no object).
+    pub async fn newest(&self, key_prefix: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let what = format!("listing {}/{key_prefix}", self.describe());
+        let mut list = self.s3.list(Some(&self.path(key_prefix)));
+        let mut newest = None;
+        while let Some(m) = list.next().await {
+            let m = m.map_err(|e| s3_error(&what, e))?;
+            newest = newest.max(Some(m.last_modified));
+        }
+        Ok(newest)
+    }
+
     /// The pack GUIDs that have objects under `packs/`.
     pub async fn pack_ids(&self) -> Result<Vec<uuid::Uuid>> {
         let what = format!("listing {}/{}", self.describe(), crate::PACKS_DIR);
