@@ -272,7 +272,10 @@ async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPa
         let Some(record) = record else {
             return Ok(None);
         };
-        let dir = st.store.pack_dir(&id);
+        let dir = match &st.content {
+            Content::Folder(root) => Store::at(root).pack_dir(&id),
+            Content::Object(_) => PathBuf::new(),
+        };
         let read = |name: &str| -> Result<Vec<u8>, Error> {
             if let Some(o) = st.content.object() {
                 return handle.block_on(o.read_small(&pack_key(&id, name), MAX_MANIFEST_BYTES));

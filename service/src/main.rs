@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use sct_service::{
     self as service, publish::DEFAULT_PUBLISHER_NAME, Catalog, PublishRequest, ServeOptions, Store,
 };
+use sct_service::content::ContentUrl;
 use serviceconnection::api::PackType;
 use serviceconnection::SiteVersion;
 use std::net::SocketAddr;
@@ -64,6 +65,10 @@ enum Command {
         /// Publisher name written into the manifest.
         #[arg(long, value_name = "N", default_value = DEFAULT_PUBLISHER_NAME)]
         publisher_name: String,
+        /// Where the pack's content, manifest and signature go: a folder (default: the
+        /// store) or s3://BUCKET/PREFIX (endpoint, region and credentials from AWS_*).
+        #[arg(long, value_name = "URL", value_parser = parse_content)]
+        content: Option<ContentUrl>,
         /// Folder of regular files (no symbolic links) that becomes the pack's content/.
         content_dir: PathBuf,
     },
@@ -93,6 +98,17 @@ enum Command {
         /// Connections served at once; more clients wait until one closes.
         #[arg(long, value_name = "N", default_value_t = service::server::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
+        /// Content, manifests, signatures and uploads: a folder (default: the store) or
+        /// s3://BUCKET/PREFIX (endpoint, region and credentials from AWS_* variables).
+        #[arg(long, value_name = "URL", value_parser = parse_content)]
+        content: Option<ContentUrl>,
+        /// Answer content requests with a 307 to a short-lived presigned URL of the
+        /// object store instead of streaming the bytes through this process.
+        #[arg(long)]
+        content_redirect: bool,
+        /// Lifetime of those presigned URLs.
+        #[arg(long, value_name = "SECS", default_value_t = service::server::DEFAULT_REDIRECT_TTL.as_secs(), requires = "content_redirect")]
+        redirect_ttl: u64,
     },
     /// List the published packs (or, with --uploads, the received usage cabs).
     List {
@@ -106,6 +122,10 @@ enum Command {
         #[arg(long)]
         uploads: bool,
     },
+}
+
+fn parse_content(s: &str) -> Result<ContentUrl, String> {
+    ContentUrl::parse(s).map_err(|e| e.message().to_string())
 }
 
 fn main() {
@@ -137,9 +157,10 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             max_site_version,
             hierarchies,
             publisher_name,
+            content,
             content_dir,
         } => {
-            let pack = service::publish(
+            let pack = service::publish::publish_with_content(
                 &store,
                 &PublishRequest {
                     name,
@@ -151,6 +172,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                     publisher_name,
                     content_dir,
                 },
+                content.as_ref(),
             )?;
             println!("{}", pack.id);
         }
@@ -163,6 +185,9 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             max_upload_bytes,
             idle_timeout,
             max_connections,
+            content,
+            content_redirect,
+            redirect_ttl,
         } => {
             let token = token_file
                 .as_deref()
@@ -177,6 +202,9 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                     max_upload_bytes,
                     idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
                     max_connections,
+                    content,
+                    content_redirect: content_redirect
+                        .then(|| std::time::Duration::from_secs(redirect_ttl.max(1))),
                 },
                 token,
             )?;
