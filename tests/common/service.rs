@@ -258,9 +258,20 @@ impl TestService {
         store: &Path,
         extra_args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
     ) -> TestService {
+        Self::start_env(store, extra_args, std::iter::empty::<(String, String)>())
+    }
+
+    /// Like [`start_args`](Self::start_args) with extra environment variables (e.g. the
+    /// `AWS_*` of an S3 content store).
+    pub fn start_env<'a, K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+        store: &Path,
+        extra_args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> TestService {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("sct-service.log");
         let mut child = Command::new(bin())
+            .envs(env)
             .arg("serve")
             .arg("--store")
             .arg(store)
