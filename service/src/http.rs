@@ -426,7 +426,10 @@ async fn redirect(
     ttl: std::time::Duration,
     etag: &str,
 ) -> Result<Response, ApiFailure> {
-    let url = o.presign(key, ttl).await.map_err(|e| ApiFailure::internal(&e))?;
+    let url = o
+        .presign(key, ttl)
+        .await
+        .map_err(|e| ApiFailure::internal(&e))?;
     Ok(Response::builder()
         .status(StatusCode::TEMPORARY_REDIRECT)
         .header(header::LOCATION, url.as_str())

@@ -12,10 +12,10 @@
 //! Exit status 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
 
 use clap::{Parser, Subcommand};
+use sct_service::content::ContentUrl;
 use sct_service::{
     self as service, publish::DEFAULT_PUBLISHER_NAME, Catalog, PublishRequest, ServeOptions, Store,
 };
-use sct_service::content::ContentUrl;
 use serviceconnection::api::PackType;
 use serviceconnection::SiteVersion;
 use std::net::SocketAddr;

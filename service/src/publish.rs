@@ -10,7 +10,6 @@
 use super::catalog::{duplicate_error, Catalog, CatalogPack};
 use super::content::{pack_key, Content, ContentUrl, ObjectContent};
 use super::{mkdirs, Store};
-use std::sync::Arc;
 use crate::api::PackType;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{safe_relative_path, sync_dir, AtomicFile};
@@ -23,6 +22,7 @@ use crate::signing::SecretKey;
 use crate::version::SiteVersion;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Default `--publisher-name`.
 pub const DEFAULT_PUBLISHER_NAME: &str = "ServiceConnection reference update service";
@@ -377,10 +377,8 @@ pub fn publish_with_content(
                 .map_err(|e| Error::io("starting the runtime", &e))?;
             let known = |id: &uuid::Uuid| catalog.get_pack(id).map(|p| p.is_some());
             rt.block_on(sweep_objects(o, known))?;
-            let cleanup = Cleanup::Objects(Some((
-                o.clone(),
-                format!("{}/{id}/", crate::PACKS_DIR),
-            )));
+            let cleanup =
+                Cleanup::Objects(Some((o.clone(), format!("{}/{id}/", crate::PACKS_DIR))));
             for (rel, src) in &files {
                 pack_files.push(rt.block_on(upload_hashing(o, &id, src, rel))?);
             }
@@ -470,7 +468,10 @@ pub fn publish_with_content(
 
 /// Where a publish in progress puts its pack.
 enum Target {
-    Folder { cstore: Store, stage: PathBuf },
+    Folder {
+        cstore: Store,
+        stage: PathBuf,
+    },
     Object {
         o: Arc<ObjectContent>,
         rt: tokio::runtime::Runtime,

@@ -2,8 +2,8 @@
 //! connections (plain or TLS) and serve them until SIGINT/SIGTERM, then finish the
 //! requests in flight (for up to [`SHUTDOWN_GRACE`]) and exit.
 
-use super::http::{router, AppState};
 use super::content::{Content, ContentUrl};
+use super::http::{router, AppState};
 use super::Store;
 use crate::error::{Error, ErrorKind, Result};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};

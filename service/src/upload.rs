@@ -4,10 +4,10 @@
 //! packs the selection offers that hierarchy.
 
 use super::catalog::UploadRecord;
-use super::http::{ApiFailure, AppState};
 use super::content::{Content, ObjectContent};
-use super::{mkdirs, Store};
+use super::http::{ApiFailure, AppState};
 use super::select::select_packs;
+use super::{mkdirs, Store};
 use crate::api::{OfferedPack, Selection, UploadResponse, API_PREFIX};
 use crate::error::{Error, ErrorKind};
 use crate::usage::manifest::{UsageManifest, USAGE_MANIFEST_FILE};

@@ -35,9 +35,9 @@ impl ContentUrl {
             let prefix = prefix.trim_matches('/');
             // Bucket names: 3..63 of lower-case letters, digits, dots and hyphens.
             let bucket_ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-');
+                && bucket.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-'
+                });
             if !bucket_ok {
                 return Err(Error::invalid_argument(format!(
                     "--content {s}: '{}' is not an S3 bucket name (3 to 63 lower-case letters, digits, dots and hyphens)",

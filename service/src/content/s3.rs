@@ -52,7 +52,8 @@ impl ObjectContent {
             }
         }
         let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
         {
             b = b.with_region("us-east-1");
         }
@@ -83,14 +84,19 @@ impl ObjectContent {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
-    /// The object path of `key` (a `/`-separated relative key such as `packs/<id>/...`);
-    /// each segment is stored percent-encoded where S3 needs it.
+    /// The object path of `key` (a `/`-separated relative key such as `packs/<id>/...`),
+    /// under the prefix. Keys are the pack's own (already validated) file names, stored
+    /// as they are, so the bucket reads like the folder layout; a segment object_store
+    /// would refuse is stored percent-encoded instead.
     pub fn path(&self, key: &str) -> ObjectPath {
-        self.prefix
-            .split('/')
-            .chain(key.split('/'))
-            .filter(|s| !s.is_empty())
-            .collect()
+        let segments = || {
+            self.prefix
+                .split('/')
+                .chain(key.split('/'))
+                .filter(|s| !s.is_empty())
+        };
+        ObjectPath::parse(segments().collect::<Vec<_>>().join("/"))
+            .unwrap_or_else(|_| segments().collect())
     }
 
     fn store(&self) -> Arc<dyn ObjectStore> {
