@@ -3,7 +3,7 @@
 //! and `HEAD`. Files are streamed from disk; nothing is held whole in memory but the
 //! (size-limited) manifest and signature. See [`crate::api`] for the wire contract.
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, SqliteCatalog};
 use super::content::{pack_key, Content, ObjectContent};
 use super::range::{decide, RangeAnswer};
 use super::Store;
@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 /// Version of the HTTP API (`/v1`).
 pub const API_VERSION: u32 = 1;
@@ -33,7 +33,8 @@ const STREAM_CHUNK: usize = 64 * 1024;
 /// Shared state of a running service.
 pub struct AppState {
     pub store: Store,
-    pub catalog: Mutex<Catalog>,
+    /// Shared by all requests; each call is its own transaction.
+    pub catalog: Arc<dyn Catalog>,
     /// SHA-256 of the configured bearer token (the token itself is not kept).
     token_digest: Option<[u8; 32]>,
     pub max_upload_bytes: u64,
@@ -47,17 +48,28 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// State over the store's own SQLite catalog.
     pub fn new(store: Store, token: Option<&str>, max_upload_bytes: u64) -> crate::Result<Self> {
-        let catalog = Catalog::open(&store.catalog_path())?;
-        Ok(AppState {
-            catalog: Mutex::new(catalog),
-            token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
-            max_upload_bytes,
-            packs: RwLock::new(HashMap::new()),
+        let catalog = Arc::new(SqliteCatalog::open(&store.catalog_path())?);
+        Ok(Self::with_catalog(store, catalog, token, max_upload_bytes))
+    }
+
+    /// State over any catalog (`--catalog`).
+    pub fn with_catalog(
+        store: Store,
+        catalog: Arc<dyn Catalog>,
+        token: Option<&str>,
+        max_upload_bytes: u64,
+    ) -> Self {
+        AppState {
             content: Content::Folder(store.root().to_path_buf()),
             content_redirect: None,
             store,
-        })
+            catalog,
+            token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            max_upload_bytes,
+            packs: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Serve content from `content` (default: the store folder); with `redirect`, answer
@@ -151,6 +163,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(&v("/health"), get(health))
         .route(&v("/version"), get(health))
+        .route(&v("/ready"), get(ready))
         .route(&v("/usage"), post(super::upload::upload))
         .route(&v("/packages/{id}/manifest.json"), get(manifest))
         .route(&v("/packages/{id}/manifest.json.minisig"), get(signature))
@@ -170,6 +183,44 @@ async fn health() -> Json<Health> {
         version: crate::VERSION.into(),
         api_version: API_VERSION,
     })
+}
+
+/// How long `/v1/ready` waits for the catalog and the content store.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET /v1/ready`, for load balancers: 200 only when the catalog answers a query and the
+/// content store can be read; otherwise 503 naming what failed. (`/v1/health` is
+/// liveness: it answers as long as the process does.)
+async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiFailure> {
+    let st = state.clone();
+    let check = async move {
+        let catalog = tokio::task::spawn_blocking(move || st.catalog.ping())
+            .await
+            .map_err(|e| Error::internal(format!("the catalog check failed: {e}")))?;
+        catalog?;
+        state.content.ping().await
+    };
+    let unavailable = |why: String| {
+        eprintln!("sct-service: not ready: {why}");
+        ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("this replica is not ready: {why}"),
+        )
+    };
+    match tokio::time::timeout(READY_TIMEOUT, check).await {
+        Err(_) => Err(unavailable(format!(
+            "the catalog or the content store did not answer within {}s",
+            READY_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(unavailable(e.to_string())),
+        Ok(Ok(())) => Ok(Json(Health {
+            status: "ready".into(),
+            service: "sct-service".into(),
+            version: crate::VERSION.into(),
+            api_version: API_VERSION,
+        })),
+    }
 }
 
 async fn not_found() -> ApiFailure {
@@ -209,7 +260,10 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
         return next.run(req).await;
     };
     let path = req.uri().path();
-    if path == format!("{API_PREFIX}/health") || path == format!("{API_PREFIX}/version") {
+    if path == format!("{API_PREFIX}/health")
+        || path == format!("{API_PREFIX}/version")
+        || path == format!("{API_PREFIX}/ready")
+    {
         return next.run(req).await;
     }
     let given = req
@@ -268,7 +322,7 @@ async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPa
     let st = state.clone();
     let handle = tokio::runtime::Handle::current();
     let loaded = tokio::task::spawn_blocking(move || -> Result<Option<ServedPack>, Error> {
-        let record = st.catalog.lock().expect("catalog").get_pack(&id)?;
+        let record = st.catalog.get_pack(&id)?;
         let Some(record) = record else {
             return Ok(None);
         };

@@ -45,7 +45,7 @@ pub(crate) use serviceconnection::{
 use crate::error::{Error, ErrorKind};
 use std::path::{Path, PathBuf};
 
-pub use catalog::{Catalog, CatalogPack, UploadRecord};
+pub use catalog::{Catalog, CatalogPack, CatalogUrl, SqliteCatalog, UploadInsert, UploadRecord};
 pub use publish::{keygen, publish, PublishRequest};
 pub use select::select_packs;
 pub use server::{serve, ServeOptions};
@@ -98,6 +98,22 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// A store folder whose catalog is given separately (`--catalog`): only the folder
+    /// must exist.
+    pub fn open_folder(root: &Path) -> Result<Store> {
+        if !root.is_dir() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "store {} does not exist (create it with `sct-service keygen --store {}`)",
+                    root.display(),
+                    root.display()
+                ),
+            ));
+        }
+        Ok(Store::at(root))
     }
 
     /// Paths only, no checks (used by `keygen` before the store exists).

@@ -2,19 +2,24 @@
 //!
 //! ```text
 //! sct-service keygen  --store DIR
-//! sct-service publish --store DIR --name NAME --version V --type Update|Hotfix
-//!                     --min-site-version V [--max-site-version V] [--hierarchy GUID ...]
-//!                     [--publisher-name N] CONTENT_DIR
-//! sct-service serve   --store DIR [--listen 127.0.0.1:0] [--tls-cert F --tls-key F]
-//!                     [--token-file F] [--max-upload-bytes N]
-//! sct-service list    --store DIR [--json] [--uploads]
+//! sct-service migrate (--catalog URL | --store DIR)
+//! sct-service publish --store DIR [--catalog URL] [--key FILE] --name NAME --version V
+//!                     --type Update|Hotfix --min-site-version V [--max-site-version V]
+//!                     [--hierarchy GUID ...] [--publisher-name N] CONTENT_DIR
+//! sct-service serve   --store DIR [--catalog URL] [--listen 127.0.0.1:0]
+//!                     [--tls-cert F --tls-key F] [--token-file F] [--max-upload-bytes N]
+//! sct-service list    (--catalog URL | --store DIR) [--json] [--uploads]
 //! ```
+//! `--catalog` is `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (default: the store's
+//! `catalog.sqlite`); it may also come from the `SCT_CATALOG` environment variable. A
+//! PostgreSQL password comes from `PGPASSWORD` or a pgpass file, never the command line.
 //! Exit status 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
 
 use clap::{Parser, Subcommand};
 use sct_service::content::ContentUrl;
 use sct_service::{
-    self as service, publish::DEFAULT_PUBLISHER_NAME, Catalog, PublishRequest, ServeOptions, Store,
+    self as service, catalog, publish::DEFAULT_PUBLISHER_NAME, CatalogUrl, PublishRequest,
+    ServeOptions, Store,
 };
 use serviceconnection::api::PackType;
 use serviceconnection::SiteVersion;
@@ -40,11 +45,27 @@ enum Command {
         #[arg(long)]
         store: PathBuf,
     },
+    /// Create the catalog's schema or upgrade it to this version (safe to run from
+    /// several machines at once); `serve` refuses a catalog that was not migrated.
+    Migrate {
+        /// Catalog: sqlite:PATH or postgres://USER@HOST:PORT/DB.
+        #[arg(long, env = "SCT_CATALOG", required_unless_present = "store")]
+        catalog: Option<String>,
+        /// Store folder whose catalog.sqlite to migrate (when --catalog is not given).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Add CONTENT_DIR as a new signed update pack; prints its GUID.
     Publish {
-        /// Store folder made by `keygen`.
+        /// Store folder made by `keygen` (where the content goes).
         #[arg(long)]
         store: PathBuf,
+        /// Catalog: sqlite:PATH or postgres://USER@HOST:PORT/DB (default: the store's).
+        #[arg(long, env = "SCT_CATALOG")]
+        catalog: Option<String>,
+        /// Minisign secret key file (default: the store's publisher.key).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
         /// Display name, e.g. "Configuration Manager 2211".
         #[arg(long)]
         name: String,
@@ -77,6 +98,9 @@ enum Command {
         /// Store folder made by `keygen`.
         #[arg(long)]
         store: PathBuf,
+        /// Catalog: sqlite:PATH or postgres://USER@HOST:PORT/DB (default: the store's).
+        #[arg(long, env = "SCT_CATALOG")]
+        catalog: Option<String>,
         /// Address to listen on; port 0 picks a free port (printed on the first line).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
@@ -112,9 +136,12 @@ enum Command {
     },
     /// List the published packs (or, with --uploads, the received usage cabs).
     List {
-        /// Store folder made by `keygen`.
-        #[arg(long)]
-        store: PathBuf,
+        /// Store folder made by `keygen` (its catalog.sqlite, unless --catalog is given).
+        #[arg(long, required_unless_present = "catalog")]
+        store: Option<PathBuf>,
+        /// Catalog: sqlite:PATH or postgres://USER@HOST:PORT/DB.
+        #[arg(long, env = "SCT_CATALOG")]
+        catalog: Option<String>,
         /// One JSON document on stdout instead of text.
         #[arg(long)]
         json: bool,
@@ -148,8 +175,19 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                 Store::at(&store).public_key_path().display()
             );
         }
+        Command::Migrate { catalog, store } => {
+            let url = CatalogUrl::or_store(catalog.as_deref(), store.as_deref())?;
+            let (before, after) = catalog::migrate(&url)?;
+            if before == after {
+                eprintln!("sct-service: catalog {url} is at schema {after}; nothing to do");
+            } else {
+                eprintln!("sct-service: catalog {url} migrated from schema {before} to {after}");
+            }
+        }
         Command::Publish {
             store,
+            catalog,
+            key,
             name,
             version,
             pack_type,
@@ -160,8 +198,17 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             content,
             content_dir,
         } => {
-            let pack = service::publish::publish_with_content(
+            let store = match &catalog {
+                None => Store::open(&store)?,
+                Some(_) => Store::open_folder(&store)?,
+            };
+            let url = CatalogUrl::or_store(catalog.as_deref(), Some(store.root()))?;
+            let key = key.unwrap_or_else(|| store.secret_key_path());
+            let pack = service::publish::publish_to(
                 &store,
+                &url,
+                &key,
+                content.as_ref(),
                 &PublishRequest {
                     name,
                     version,
@@ -172,12 +219,12 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                     publisher_name,
                     content_dir,
                 },
-                content.as_ref(),
             )?;
             println!("{}", pack.id);
         }
         Command::Serve {
             store,
+            catalog,
             listen,
             tls_cert,
             tls_key,
@@ -196,6 +243,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             service::serve(
                 &ServeOptions {
                     store,
+                    catalog: catalog.as_deref().map(CatalogUrl::parse).transpose()?,
                     listen,
                     tls_cert,
                     tls_key,
@@ -211,11 +259,17 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
         }
         Command::List {
             store,
+            catalog,
             json,
             uploads,
         } => {
-            let store = Store::open(&store)?;
-            let catalog = Catalog::open(&store.catalog_path())?;
+            let catalog = match (&catalog, &store) {
+                (None, Some(root)) => {
+                    let store = Store::open(root)?;
+                    catalog::open(&CatalogUrl::Sqlite(store.catalog_path()))?
+                }
+                _ => catalog::open(&CatalogUrl::or_store(catalog.as_deref(), store.as_deref())?)?,
+            };
             if uploads {
                 let list = catalog.list_uploads()?;
                 if json {

@@ -7,7 +7,7 @@
 //! recorded in the catalog, in one transaction. Until that row exists nothing serves,
 //! lists or offers the pack; the next publish removes leftovers of a killed one.
 
-use super::catalog::{duplicate_error, Catalog, CatalogPack};
+use super::catalog::{self, duplicate_error, Catalog, CatalogPack, CatalogUrl, SqliteCatalog};
 use super::content::{pack_key, Content, ContentUrl, ObjectContent};
 use super::{mkdirs, Store};
 use crate::api::PackType;
@@ -52,9 +52,9 @@ pub fn keygen(root: &Path) -> Result<crate::signing::PublicKey> {
     }
     mkdirs(root)?;
     if !store.catalog_path().exists() {
-        Catalog::create(&store.catalog_path())?;
+        SqliteCatalog::create(&store.catalog_path())?;
     } else {
-        Catalog::open(&store.catalog_path())?;
+        SqliteCatalog::open(&store.catalog_path())?;
     }
     let key = SecretKey::generate()?;
     // AtomicFile's temporary file is created with mode 0600 and keeps it on rename.
@@ -224,7 +224,7 @@ impl Drop for StoreLock {
 
 /// Remove what killed publishes left: everything in `staging/`, and folders in `packs/`
 /// that the catalog does not know. Runs under the store lock only.
-fn sweep_leftovers(store: &Store, catalog: &Catalog) -> Result<()> {
+fn sweep_leftovers(store: &Store, catalog: &dyn Catalog) -> Result<()> {
     if let Ok(rd) = std::fs::read_dir(store.staging_dir()) {
         for e in rd.flatten() {
             let _ = remove_any(&e.path());
@@ -307,20 +307,31 @@ fn pause_point(at: &str) {
     }
 }
 
-/// Publish `req` into the store at `root`; returns the recorded pack.
+/// Publish `req` into the store at `root` with its own catalog and key; returns the
+/// recorded pack.
 pub fn publish(root: &Path, req: &PublishRequest) -> Result<CatalogPack> {
-    publish_with_content(root, req, None)
+    let store = Store::open(root)?;
+    publish_to(
+        &store,
+        &CatalogUrl::Sqlite(store.catalog_path()),
+        &store.secret_key_path(),
+        None,
+        req,
+    )
 }
 
-/// Publish `req` with its catalog and key in the store at `root` and its content,
-/// manifest and signature in `content` (default: the store folder).
-pub fn publish_with_content(
-    root: &Path,
-    req: &PublishRequest,
+/// Publish `req` with its row in `catalog`, signed with the minisign secret key in
+/// `key_file` (which a serving replica never needs), its content, manifest and signature
+/// in `content` (default: the store folder `store`, whose `.lock` serialises publishes
+/// from this machine).
+pub fn publish_to(
+    store: &Store,
+    catalog: &CatalogUrl,
+    key_file: &Path,
     content: Option<&ContentUrl>,
+    req: &PublishRequest,
 ) -> Result<CatalogPack> {
-    let store = Store::open(root)?;
-    let content = Content::open(content, root)?;
+    let content = Content::open(content, store.root())?;
     if req.name.trim().is_empty() || req.name.chars().any(char::is_control) {
         return Err(Error::invalid_argument(
             "the pack name must be non-empty text without control characters",
@@ -338,19 +349,16 @@ pub fn publish_with_content(
     hierarchies.sort();
     hierarchies.dedup();
     let files = scan_content(&req.content_dir)?;
-    let key_text = std::fs::read_to_string(store.secret_key_path()).map_err(|e| {
+    let key_text = std::fs::read_to_string(key_file).map_err(|e| {
         Error::io(
-            format!(
-                "reading the signing key {}",
-                store.secret_key_path().display()
-            ),
+            format!("reading the signing key {}", key_file.display()),
             &e,
         )
     })?;
     let key = SecretKey::parse(&key_text)?;
 
-    let _lock = StoreLock::take(&store)?;
-    let mut catalog = Catalog::open(&store.catalog_path())?;
+    let _lock = StoreLock::take(store)?;
+    let catalog = catalog::open(catalog)?;
     let id = uuid::Uuid::new_v4();
     let mut pack_files = Vec::with_capacity(files.len());
     // Content first: into a staging folder, or straight to the pack's keys in the object
@@ -358,7 +366,7 @@ pub fn publish_with_content(
     let (target, mut cleanup) = match &content {
         Content::Folder(root) => {
             let cstore = Store::at(root);
-            sweep_leftovers(&cstore, &catalog)?;
+            sweep_leftovers(&cstore, catalog.as_ref())?;
             mkdirs(&cstore.staging_dir())?;
             mkdirs(&cstore.packs_dir())?;
             let stage = cstore.staging_dir().join(id.to_string());

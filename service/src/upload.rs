@@ -2,8 +2,13 @@
 //! limit, never buffered whole), validate it, store it under
 //! `uploads/<hierarchy-id>/<timestamp>-<upload-id>.cab`, record it, and answer with the
 //! packs the selection offers that hierarchy.
+//!
+//! The same cab (same SHA-256, same hierarchy) is one upload however often it is sent and
+//! through whichever replica: a cab already recorded is not stored again and the answer
+//! carries the first upload's id; two replicas racing with the same cab are decided by
+//! the catalog's unique constraint, and the loser removes the copy it stored.
 
-use super::catalog::UploadRecord;
+use super::catalog::{UploadInsert, UploadRecord};
 use super::content::{Content, ObjectContent};
 use super::http::{ApiFailure, AppState};
 use super::select::select_packs;
@@ -145,10 +150,10 @@ pub async fn upload(
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<UploadResponse, ApiFailure> {
         let manifest = validate(temp.file())?;
-        let packs = {
-            let catalog = st.catalog.lock().expect("catalog");
-            catalog.list_packs().map_err(|e| ApiFailure::internal(&e))?
-        };
+        let packs = st
+            .catalog
+            .list_packs()
+            .map_err(|e| ApiFailure::internal(&e))?;
         let chosen = select_packs(
             &packs,
             &manifest.hierarchy_id,
@@ -175,6 +180,22 @@ pub async fn upload(
                 }
             })
             .collect();
+
+        let answer = |upload_id: String| UploadResponse {
+            upload_id,
+            hierarchy_id: manifest.hierarchy_id,
+            site_version: manifest.site_version.clone(),
+            selection,
+            packages: offered.clone(),
+        };
+        // Sent before (a retry, perhaps through another replica): recorded once.
+        if let Some(existing) = st
+            .catalog
+            .find_upload(&manifest.hierarchy_id, &sha256)
+            .map_err(|e| ApiFailure::internal(&e))?
+        {
+            return Ok(answer(existing.id));
+        }
 
         let upload_id = uuid::Uuid::new_v4().to_string();
         let now = chrono::Utc::now();
@@ -220,24 +241,26 @@ pub async fn upload(
             received: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             offered: offered.len() as u64,
         };
-        if let Err(e) = st.catalog.lock().expect("catalog").insert_upload(&record) {
-            match stored {
-                Stored::File(dest) => {
-                    let _ = std::fs::remove_file(&dest);
-                }
-                Stored::Object(o, key) => {
-                    let _ = handle.block_on(o.delete(&key));
-                }
+        let take_back = || match &stored {
+            Stored::File(dest) => {
+                let _ = std::fs::remove_file(dest);
             }
-            return Err(ApiFailure::internal(&e));
+            Stored::Object(o, key) => {
+                let _ = handle.block_on(o.delete(key));
+            }
+        };
+        match st.catalog.insert_upload(&record) {
+            Ok(UploadInsert::Inserted) => Ok(answer(upload_id)),
+            // Another replica recorded the same cab between our check and our insert.
+            Ok(UploadInsert::Existing(first)) => {
+                take_back();
+                Ok(answer(first.id))
+            }
+            Err(e) => {
+                take_back();
+                Err(ApiFailure::internal(&e))
+            }
         }
-        Ok(UploadResponse {
-            upload_id,
-            hierarchy_id: manifest.hierarchy_id,
-            site_version: manifest.site_version,
-            selection,
-            packages: offered,
-        })
     })
     .await
     .map_err(|e| ApiFailure::internal(&Error::internal(format!("upload task failed: {e}"))))?

@@ -56,6 +56,37 @@ pub struct ListedUpload {
 #[path = "workspace_bin.rs"]
 mod workspace_bin;
 
+#[path = "postgres.rs"]
+pub mod postgres;
+
+/// Whether this test process runs the service on a PostgreSQL catalog: the
+/// `service_postgres` suite does (it is `service.rs` compiled again), and any suite does
+/// with `SCT_TEST_CATALOG=postgres` in the environment.
+pub fn on_postgres() -> bool {
+    option_env!("CARGO_CRATE_NAME").is_some_and(|n| n.ends_with("_postgres"))
+        || std::env::var("SCT_TEST_CATALOG").is_ok_and(|v| v == "postgres")
+}
+
+/// `--catalog URL` of each test store whose catalog is not its own catalog.sqlite.
+static CATALOGS: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Point `cmd` at the catalog of the store at `store` (nothing for a store on its own
+/// catalog.sqlite); the PostgreSQL password goes in the environment, never an argument.
+pub fn with_catalog<'c>(cmd: &'c mut Command, store: &Path) -> &'c mut Command {
+    let url = CATALOGS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| p == store)
+        .map(|(_, u)| u.clone());
+    if let Some(url) = url {
+        cmd.arg("--catalog")
+            .arg(url)
+            .env("PGPASSWORD", postgres::server().password());
+    }
+    cmd
+}
+
 /// Path of the `sct-service` binary: cargo names it to the service crate's own tests;
 /// the library's tests find it beside them in `target/<profile>/` (see `workspace_bin`).
 pub fn bin() -> &'static str {
@@ -90,11 +121,36 @@ impl TestStore {
             String::from_utf8_lossy(&out.stderr)
         );
         let public_key_base64 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        if on_postgres() {
+            let pg = postgres::server();
+            let url = pg.url(&pg.create_database());
+            let out = Command::new(bin())
+                .args(["migrate", "--catalog", &url])
+                .env("PGPASSWORD", pg.password())
+                .output()
+                .expect("run sct-service migrate");
+            assert!(
+                out.status.success(),
+                "migrate failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            CATALOGS.lock().unwrap().push((root.clone(), url));
+        }
         TestStore {
             dir,
             root,
             public_key_base64,
         }
+    }
+
+    /// The `--catalog` URL when the store's catalog is not its own catalog.sqlite.
+    pub fn catalog_url(&self) -> Option<String> {
+        CATALOGS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| *p == self.root)
+            .map(|(_, u)| u.clone())
     }
 
     /// The store folder (`--store`).
@@ -160,9 +216,8 @@ impl TestStore {
         content_dir: &Path,
     ) -> Command {
         let mut c = Command::new(bin());
-        c.arg("publish")
-            .arg("--store")
-            .arg(&self.root)
+        c.arg("publish").arg("--store").arg(&self.root);
+        with_catalog(&mut c, &self.root)
             .args([
                 "--name",
                 name,
@@ -212,6 +267,7 @@ impl TestStore {
     fn list_json<T: serde::de::DeserializeOwned>(&self, uploads: bool) -> T {
         let mut c = Command::new(bin());
         c.args(["list", "--json", "--store"]).arg(&self.root);
+        with_catalog(&mut c, &self.root);
         if uploads {
             c.arg("--uploads");
         }
@@ -270,18 +326,21 @@ impl TestService {
     ) -> TestService {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("sct-service.log");
-        let mut child = Command::new(bin())
-            .envs(env)
-            .arg("serve")
-            .arg("--store")
-            .arg(store)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn sct-service serve");
+        let mut child = with_catalog(
+            Command::new(bin())
+                .envs(env)
+                .arg("serve")
+                .arg("--store")
+                .arg(store),
+            store,
+        )
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn sct-service serve");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
