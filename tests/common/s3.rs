@@ -8,6 +8,8 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The test server's credentials (a throw-away server on loopback).
@@ -34,6 +36,40 @@ pub fn s3s_fs_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+static SHARED: OnceLock<S3Server> = OnceLock::new();
+static NEXT_PREFIX: AtomicU32 = AtomicU32::new(0);
+
+/// One server for the whole test process, started on first use and stopped when the
+/// process exits (an `atexit` hook: the process is killed, its folder removed). Callers
+/// keep apart by prefix ([`unique_prefix`]).
+pub fn shared() -> &'static S3Server {
+    SHARED.get_or_init(|| {
+        let s = S3Server::start();
+        // SAFETY: registering a plain `extern "C"` function with no arguments.
+        unsafe { libc::atexit(stop_shared_at_exit) };
+        s
+    })
+}
+
+extern "C" fn stop_shared_at_exit() {
+    if let Some(s) = SHARED.get() {
+        // SAFETY: plain kill(2) of our own child's pid; statics are never dropped.
+        unsafe {
+            libc::kill(s.child.id() as libc::pid_t, libc::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(s.dir.path());
+    }
+}
+
+/// A key prefix no other caller in this process uses.
+pub fn unique_prefix() -> String {
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT_PREFIX.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A running `s3s-fs` on 127.0.0.1 with one bucket; killed on drop, its folder removed.
