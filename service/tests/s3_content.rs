@@ -481,3 +481,26 @@ fn bad_s3_configuration_fails_with_a_clear_error() {
     // The secret never appears in an error message.
     assert!(!e.contains("wrong-secret"), "{e}");
 }
+
+#[test]
+fn ready_reports_an_unreachable_object_store_and_health_stays_live() {
+    let s3 = S3Server::start();
+    let store = TestStore::new();
+    let svc = serve_s3(&store, &s3, &[]);
+    let ready = get(&format!("{}/v1/ready", svc.url()), &[]);
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    drop(s3);
+    let ready = get(&format!("{}/v1/ready", svc.url()), &[]);
+    assert_eq!(ready.status, 503);
+    let body = String::from_utf8_lossy(&ready.body);
+    assert!(
+        body.contains("not_ready") && body.contains(&format!("s3://{BUCKET}/{PREFIX}")),
+        "{body}"
+    );
+    assert_eq!(get(&format!("{}/v1/health", svc.url()), &[]).status, 200);
+}

@@ -63,10 +63,11 @@ pub mod postgres;
 pub mod s3;
 
 /// Whether this test process keeps every test store's content in the shared s3s-fs
-/// server (`--content s3://...`, one prefix per store): the `*_s3` suites do (their
-/// `service.rs` compiled again), and any suite does with `SCT_TEST_CONTENT=s3`.
+/// server (`--content s3://...`, one prefix per store): the `*_s3*` suites do (their
+/// `service.rs` compiled again, e.g. `service_s3_postgres`), and any suite does with
+/// `SCT_TEST_CONTENT=s3`.
 pub fn on_s3() -> bool {
-    option_env!("CARGO_CRATE_NAME").is_some_and(|n| n.ends_with("_s3"))
+    option_env!("CARGO_CRATE_NAME").is_some_and(|n| n.ends_with("_s3") || n.contains("_s3_"))
         || std::env::var("SCT_TEST_CONTENT").is_ok_and(|v| v == "s3")
 }
 
