@@ -3,16 +3,21 @@
 //! ```text
 //! sct-service keygen  --store DIR
 //! sct-service migrate (--catalog URL | --store DIR)
-//! sct-service publish --store DIR [--catalog URL] [--key FILE] --name NAME --version V
-//!                     --type Update|Hotfix --min-site-version V [--max-site-version V]
-//!                     [--hierarchy GUID ...] [--publisher-name N] CONTENT_DIR
-//! sct-service serve   --store DIR [--catalog URL] [--listen 127.0.0.1:0]
+//! sct-service publish --store DIR [--catalog URL] [--content URL] [--key FILE] --name NAME
+//!                     --version V --type Update|Hotfix --min-site-version V
+//!                     [--max-site-version V] [--hierarchy GUID ...] [--publisher-name N]
+//!                     CONTENT_DIR
+//! sct-service serve   --store DIR [--catalog URL] [--content URL [--content-redirect
+//!                     [--redirect-ttl SECS]]] [--listen 127.0.0.1:0]
 //!                     [--tls-cert F --tls-key F] [--token-file F] [--max-upload-bytes N]
 //! sct-service list    (--catalog URL | --store DIR) [--json] [--uploads]
 //! ```
 //! `--catalog` is `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (default: the store's
 //! `catalog.sqlite`); it may also come from the `SCT_CATALOG` environment variable. A
 //! PostgreSQL password comes from `PGPASSWORD` or a pgpass file, never the command line.
+//! `--content` is a folder (default: the store) or `s3://BUCKET/PREFIX`, with endpoint,
+//! region and credentials from `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY` (`AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint).
 //! Exit status 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
 
 use clap::{Parser, Subcommand};
