@@ -4,6 +4,7 @@
 //! (size-limited) manifest and signature. See [`crate::api`] for the wire contract.
 
 use super::catalog::{Catalog, SqliteCatalog};
+use super::content::{pack_key, Content, ObjectContent};
 use super::range::{decide, RangeAnswer};
 use super::Store;
 use crate::api::{ApiError, ApiErrorBody, Health, API_PREFIX};
@@ -39,6 +40,11 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Published packs are immutable, so what was read once is kept.
     packs: RwLock<HashMap<uuid::Uuid, Arc<ServedPack>>>,
+    /// Where content, manifests, signatures and uploads live (`--content`).
+    pub content: Content,
+    /// `--content-redirect`: answer content requests with a 307 to a presigned URL valid
+    /// this long (object stores only).
+    pub content_redirect: Option<std::time::Duration>,
 }
 
 impl AppState {
@@ -56,6 +62,8 @@ impl AppState {
         max_upload_bytes: u64,
     ) -> Self {
         AppState {
+            content: Content::Folder(store.root().to_path_buf()),
+            content_redirect: None,
             store,
             catalog,
             token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
@@ -63,10 +71,28 @@ impl AppState {
             packs: RwLock::new(HashMap::new()),
         }
     }
+
+    /// Serve content from `content` (default: the store folder); with `redirect`, answer
+    /// content requests with a 307 to a presigned URL valid that long.
+    pub fn with_content(
+        mut self,
+        content: Content,
+        redirect: Option<std::time::Duration>,
+    ) -> crate::Result<Self> {
+        if redirect.is_some() && content.object().is_none() {
+            return Err(Error::invalid_argument(
+                "--content-redirect needs an object store (--content s3://BUCKET/PREFIX): a folder has no URLs to redirect to",
+            ));
+        }
+        self.content = content;
+        self.content_redirect = redirect;
+        Ok(self)
+    }
 }
 
 /// A published pack as served: its exact manifest bytes, signature and file index.
 pub struct ServedPack {
+    id: uuid::Uuid,
     dir: PathBuf,
     manifest_bytes: Bytes,
     manifest_etag: String,
@@ -167,13 +193,13 @@ pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 /// liveness: it answers as long as the process does.)
 async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiFailure> {
     let st = state.clone();
-    let check = tokio::task::spawn_blocking(move || -> Result<(), Error> {
-        st.catalog.ping()?;
-        let packs = st.store.packs_dir();
-        std::fs::read_dir(&packs)
-            .map_err(|e| Error::io(format!("content store {}", packs.display()), &e))?;
-        Ok(())
-    });
+    let check = async move {
+        let catalog = tokio::task::spawn_blocking(move || st.catalog.ping())
+            .await
+            .map_err(|e| Error::internal(format!("the catalog check failed: {e}")))?;
+        catalog?;
+        state.content.ping().await
+    };
     let unavailable = |why: String| {
         eprintln!("sct-service: not ready: {why}");
         ApiFailure::new(
@@ -187,9 +213,8 @@ async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiFa
             "the catalog or the content store did not answer within {}s",
             READY_TIMEOUT.as_secs()
         ))),
-        Ok(Err(e)) => Err(unavailable(format!("the check failed: {e}"))),
-        Ok(Ok(Err(e))) => Err(unavailable(e.to_string())),
-        Ok(Ok(Ok(()))) => Ok(Json(Health {
+        Ok(Err(e)) => Err(unavailable(e.to_string())),
+        Ok(Ok(())) => Ok(Json(Health {
             status: "ready".into(),
             service: "sct-service".into(),
             version: crate::VERSION.into(),
@@ -295,13 +320,20 @@ async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPa
         return Ok(p.clone());
     }
     let st = state.clone();
+    let handle = tokio::runtime::Handle::current();
     let loaded = tokio::task::spawn_blocking(move || -> Result<Option<ServedPack>, Error> {
         let record = st.catalog.get_pack(&id)?;
         let Some(record) = record else {
             return Ok(None);
         };
-        let dir = st.store.pack_dir(&id);
+        let dir = match &st.content {
+            Content::Folder(root) => Store::at(root).pack_dir(&id),
+            Content::Object(_) => PathBuf::new(),
+        };
         let read = |name: &str| -> Result<Vec<u8>, Error> {
+            if let Some(o) = st.content.object() {
+                return handle.block_on(o.read_small(&pack_key(&id, name), MAX_MANIFEST_BYTES));
+            }
             let p = dir.join(name);
             let meta = p
                 .symlink_metadata()
@@ -326,6 +358,7 @@ async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPa
         let signature = read(SIGNATURE_FILE)?;
         let signature_etag = format!("\"{}\"", crate::hashing::sha256_hex(&signature));
         Ok(Some(ServedPack {
+            id,
             dir,
             manifest_etag: format!("\"{sha}\""),
             manifest_bytes: Bytes::from(manifest_bytes),
@@ -422,23 +455,50 @@ async fn content(
             path.escape_debug()
         )));
     };
-    let root = pack.dir.join(CONTENT_DIR);
-    ensure_no_symlinks(&root, &rel).map_err(|e| ApiFailure::internal(&e))?;
-    let full = root.join(&rel);
-    Ok(send(
-        &method,
-        &headers,
-        &format!("\"{}\"", file.sha256),
-        "application/octet-stream",
-        Source::File(full, file.size),
-    )
-    .await)
+    let etag = format!("\"{}\"", file.sha256);
+    let src = if let Some(o) = state.content.object() {
+        let key = pack_key(&pack.id, &format!("{CONTENT_DIR}/{path}"));
+        // HEAD is answered here: a presigned URL is signed for GET only.
+        if let Some(ttl) = state.content_redirect.filter(|_| method == Method::GET) {
+            return redirect(o, &key, ttl, &etag).await;
+        }
+        Source::Object(o.clone(), key, file.size)
+    } else {
+        let root = pack.dir.join(CONTENT_DIR);
+        ensure_no_symlinks(&root, &rel).map_err(|e| ApiFailure::internal(&e))?;
+        Source::File(root.join(&rel), file.size)
+    };
+    Ok(send(&method, &headers, &etag, "application/octet-stream", src).await)
+}
+
+/// `--content-redirect`: a 307 to a presigned URL of the object. 307 keeps the method
+/// (GET or HEAD) and the client's `Range`; the URL carries its own short-lived signature,
+/// so no token is needed (or sent) there.
+async fn redirect(
+    o: &ObjectContent,
+    key: &str,
+    ttl: std::time::Duration,
+    etag: &str,
+) -> Result<Response, ApiFailure> {
+    let url = o
+        .presign(key, ttl)
+        .await
+        .map_err(|e| ApiFailure::internal(&e))?;
+    Ok(Response::builder()
+        .status(StatusCode::TEMPORARY_REDIRECT)
+        .header(header::LOCATION, url.as_str())
+        .header(header::ETAG, etag)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::empty())
+        .expect("valid response"))
 }
 
 enum Source {
     Memory(Bytes),
     /// A file and the size the manifest promises.
     File(PathBuf, u64),
+    /// An object (store, key) and the size the manifest promises.
+    Object(Arc<ObjectContent>, String, u64),
 }
 
 /// Answer a download: 304 on a matching `If-None-Match`, 206/416 for `Range`, else 200;
@@ -452,7 +512,7 @@ async fn send(
 ) -> Response {
     let len = match &src {
         Source::Memory(b) => b.len() as u64,
-        Source::File(_, size) => *size,
+        Source::File(_, size) | Source::Object(_, _, size) => *size,
     };
     let hv = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let mut base = Response::builder()
@@ -494,6 +554,10 @@ async fn send(
         match src {
             Source::Memory(b) => Body::from(b.slice(start as usize..(start + count) as usize)),
             Source::File(path, size) => match open_range(&path, size, start, count).await {
+                Ok(body) => body,
+                Err(e) => return ApiFailure::internal(&e).into_response(),
+            },
+            Source::Object(o, key, size) => match o.body(&key, size, start, count).await {
                 Ok(body) => body,
                 Err(e) => return ApiFailure::internal(&e).into_response(),
             },

@@ -25,8 +25,12 @@
 //! A pack is visible (listed, offered, served) only once its row is in the catalog; the
 //! folder is renamed into `packs/` before that row is written, so a publish killed at any
 //! moment leaves at most an unlisted folder that the next publish removes.
+//!
+//! With `--content s3://BUCKET/PREFIX` the `packs/` and `uploads/` keys live in that
+//! bucket instead (see [`content`]); the folder keeps the key and, by default, the catalog.
 
 pub mod catalog;
+pub mod content;
 pub mod http;
 pub mod publish;
 pub mod range;

@@ -3,19 +3,25 @@
 //! ```text
 //! sct-service keygen  --store DIR
 //! sct-service migrate (--catalog URL | --store DIR)
-//! sct-service publish --store DIR [--catalog URL] [--key FILE] --name NAME --version V
-//!                     --type Update|Hotfix --min-site-version V [--max-site-version V]
-//!                     [--hierarchy GUID ...] [--publisher-name N] CONTENT_DIR
-//! sct-service serve   --store DIR [--catalog URL] [--listen 127.0.0.1:0]
+//! sct-service publish --store DIR [--catalog URL] [--content URL] [--key FILE] --name NAME
+//!                     --version V --type Update|Hotfix --min-site-version V
+//!                     [--max-site-version V] [--hierarchy GUID ...] [--publisher-name N]
+//!                     CONTENT_DIR
+//! sct-service serve   --store DIR [--catalog URL] [--content URL [--content-redirect
+//!                     [--redirect-ttl SECS]]] [--listen 127.0.0.1:0]
 //!                     [--tls-cert F --tls-key F] [--token-file F] [--max-upload-bytes N]
 //! sct-service list    (--catalog URL | --store DIR) [--json] [--uploads]
 //! ```
 //! `--catalog` is `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (default: the store's
 //! `catalog.sqlite`); it may also come from the `SCT_CATALOG` environment variable. A
 //! PostgreSQL password comes from `PGPASSWORD` or a pgpass file, never the command line.
+//! `--content` is a folder (default: the store) or `s3://BUCKET/PREFIX`, with endpoint,
+//! region and credentials from `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY` (`AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint).
 //! Exit status 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
 
 use clap::{Parser, Subcommand};
+use sct_service::content::ContentUrl;
 use sct_service::{
     self as service, catalog, publish::DEFAULT_PUBLISHER_NAME, CatalogUrl, PublishRequest,
     ServeOptions, Store,
@@ -85,6 +91,10 @@ enum Command {
         /// Publisher name written into the manifest.
         #[arg(long, value_name = "N", default_value = DEFAULT_PUBLISHER_NAME)]
         publisher_name: String,
+        /// Where the pack's content, manifest and signature go: a folder (default: the
+        /// store) or s3://BUCKET/PREFIX (endpoint, region and credentials from AWS_*).
+        #[arg(long, value_name = "URL", value_parser = parse_content)]
+        content: Option<ContentUrl>,
         /// Folder of regular files (no symbolic links) that becomes the pack's content/.
         content_dir: PathBuf,
     },
@@ -117,6 +127,17 @@ enum Command {
         /// Connections served at once; more clients wait until one closes.
         #[arg(long, value_name = "N", default_value_t = service::server::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
+        /// Content, manifests, signatures and uploads: a folder (default: the store) or
+        /// s3://BUCKET/PREFIX (endpoint, region and credentials from AWS_* variables).
+        #[arg(long, value_name = "URL", value_parser = parse_content)]
+        content: Option<ContentUrl>,
+        /// Answer content requests with a 307 to a short-lived presigned URL of the
+        /// object store instead of streaming the bytes through this process.
+        #[arg(long)]
+        content_redirect: bool,
+        /// Lifetime of those presigned URLs.
+        #[arg(long, value_name = "SECS", default_value_t = service::server::DEFAULT_REDIRECT_TTL.as_secs(), requires = "content_redirect")]
+        redirect_ttl: u64,
     },
     /// List the published packs (or, with --uploads, the received usage cabs).
     List {
@@ -133,6 +154,10 @@ enum Command {
         #[arg(long)]
         uploads: bool,
     },
+}
+
+fn parse_content(s: &str) -> Result<ContentUrl, String> {
+    ContentUrl::parse(s).map_err(|e| e.message().to_string())
 }
 
 fn main() {
@@ -175,6 +200,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             max_site_version,
             hierarchies,
             publisher_name,
+            content,
             content_dir,
         } => {
             let store = match &catalog {
@@ -187,6 +213,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                 &store,
                 &url,
                 &key,
+                content.as_ref(),
                 &PublishRequest {
                     name,
                     version,
@@ -210,6 +237,9 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             max_upload_bytes,
             idle_timeout,
             max_connections,
+            content,
+            content_redirect,
+            redirect_ttl,
         } => {
             let token = token_file
                 .as_deref()
@@ -225,6 +255,9 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                     max_upload_bytes,
                     idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
                     max_connections,
+                    content,
+                    content_redirect: content_redirect
+                        .then(|| std::time::Duration::from_secs(redirect_ttl.max(1))),
                 },
                 token,
             )?;

@@ -59,6 +59,41 @@ mod workspace_bin;
 #[path = "postgres.rs"]
 pub mod postgres;
 
+#[path = "s3.rs"]
+pub mod s3;
+
+/// Whether this test process keeps every test store's content in the shared s3s-fs
+/// server (`--content s3://...`, one prefix per store): the `*_s3*` suites do (their
+/// `service.rs` compiled again, e.g. `service_s3_postgres`), and any suite does with
+/// `SCT_TEST_CONTENT=s3`.
+pub fn on_s3() -> bool {
+    option_env!("CARGO_CRATE_NAME").is_some_and(|n| n.ends_with("_s3") || n.contains("_s3_"))
+        || std::env::var("SCT_TEST_CONTENT").is_ok_and(|v| v == "s3")
+}
+
+/// (store folder, `--content` URL, folder where s3s-fs keeps that prefix's objects) of
+/// each test store whose content is in the object store.
+static CONTENTS: std::sync::Mutex<Vec<(PathBuf, String, PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn content_of(store: &Path) -> Option<(String, PathBuf)> {
+    CONTENTS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _, _)| p == store)
+        .map(|(_, u, d)| (u.clone(), d.clone()))
+}
+
+/// Point `cmd` at the content store of the store at `store` (nothing for a store that
+/// keeps its own content); the S3 credentials go in the environment.
+pub fn with_content<'c>(cmd: &'c mut Command, store: &Path) -> &'c mut Command {
+    if let Some((url, _)) = content_of(store) {
+        cmd.arg("--content").arg(url).envs(s3::shared().env());
+    }
+    cmd
+}
+
 /// Whether this test process runs the service on a PostgreSQL catalog: the
 /// `service_postgres` suite does (it is `service.rs` compiled again), and any suite does
 /// with `SCT_TEST_CATALOG=postgres` in the environment.
@@ -146,6 +181,15 @@ impl TestStore {
             );
             CATALOGS.lock().unwrap().push((root.clone(), url));
         }
+        if on_s3() {
+            let server = s3::shared();
+            let prefix = s3::unique_prefix();
+            CONTENTS.lock().unwrap().push((
+                root.clone(),
+                format!("s3://{}/{prefix}", s3::BUCKET),
+                server.bucket_dir().join(&prefix),
+            ));
+        }
         TestStore {
             dir,
             root,
@@ -167,6 +211,15 @@ impl TestStore {
     pub fn path(&self) -> &Path {
         &self.root
     }
+    /// The folder holding `packs/` and `uploads/`: the store folder, or (content in
+    /// s3s-fs) the folder where s3s-fs keeps the store's prefix, object keys as paths.
+    pub fn content_root(&self) -> PathBuf {
+        content_of(&self.root).map_or_else(|| self.root.clone(), |(_, d)| d)
+    }
+    /// The `--content` URL when the content is not in the store folder.
+    pub fn content_url(&self) -> Option<String> {
+        content_of(&self.root).map(|(u, _)| u)
+    }
     /// A scratch folder beside the store, removed with it (for content folders, cabs...).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -185,7 +238,7 @@ impl TestStore {
     }
     /// Where a published pack lives in the store.
     pub fn pack_dir(&self, id: &uuid::Uuid) -> PathBuf {
-        self.root.join("packs").join(id.to_string())
+        self.content_root().join("packs").join(id.to_string())
     }
 
     /// Run `sct-service publish` and return its GUID; panics (with stderr) on failure.
@@ -227,7 +280,7 @@ impl TestStore {
     ) -> Command {
         let mut c = Command::new(bin());
         c.arg("publish").arg("--store").arg(&self.root);
-        with_catalog(&mut c, &self.root)
+        with_content(with_catalog(&mut c, &self.root), &self.root)
             .args([
                 "--name",
                 name,
@@ -324,10 +377,27 @@ impl TestService {
         store: &Path,
         extra_args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
     ) -> TestService {
+        Self::start_env(store, extra_args, std::iter::empty::<(String, String)>())
+    }
+
+    /// Like [`start_args`](Self::start_args) with extra environment variables (e.g. the
+    /// `AWS_*` of an S3 content store).
+    pub fn start_env<'a, K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+        store: &Path,
+        extra_args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> TestService {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("sct-service.log");
-        let mut child = with_catalog(
-            Command::new(bin()).arg("serve").arg("--store").arg(store),
+        let mut child = with_content(
+            with_catalog(
+                Command::new(bin())
+                    .envs(env)
+                    .arg("serve")
+                    .arg("--store")
+                    .arg(store),
+                store,
+            ),
             store,
         )
         .args(["--listen", "127.0.0.1:0"])
