@@ -197,10 +197,10 @@ pub fn content_digest(files: &[PackFile]) -> String {
 }
 
 /// An exclusive lock on the store for the length of a publish.
-struct StoreLock(std::fs::File);
+pub(super) struct StoreLock(std::fs::File);
 
 impl StoreLock {
-    fn take(store: &Store) -> Result<StoreLock> {
+    pub(super) fn take(store: &Store) -> Result<StoreLock> {
         use fs4::fs_std::FileExt;
         let path = store.root().join(super::LOCK_FILE);
         let f = std::fs::OpenOptions::new()
