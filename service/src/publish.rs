@@ -383,8 +383,15 @@ pub fn publish_to(
                 .enable_all()
                 .build()
                 .map_err(|e| Error::io("starting the runtime", &e))?;
-            let known = |id: &uuid::Uuid| catalog.get_pack(id).map(|p| p.is_some());
-            rt.block_on(sweep_objects(o, known))?;
+            // The catalog is synchronous (its PostgreSQL client must not run inside the
+            // runtime): ask it between the object store's asynchronous steps.
+            let mut unknown = Vec::new();
+            for id in rt.block_on(o.pack_ids())? {
+                if catalog.get_pack(&id)?.is_none() {
+                    unknown.push(id);
+                }
+            }
+            rt.block_on(sweep_objects(o, &unknown))?;
             let cleanup =
                 Cleanup::Objects(Some((o.clone(), format!("{}/{id}/", crate::PACKS_DIR))));
             for (rel, src) in &files {
@@ -510,17 +517,11 @@ async fn upload_hashing(
 /// one may be another publishing machine's publish in progress.
 pub const ORPHAN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
-/// Remove the objects of packs that killed publishes left (unknown to the catalog and
-/// older than [`ORPHAN_GRACE`]). They are never visible, so this only reclaims space.
-async fn sweep_objects(
-    o: &ObjectContent,
-    known: impl Fn(&uuid::Uuid) -> Result<bool>,
-) -> Result<()> {
+/// Remove the objects of packs that killed publishes left (`unknown` to the catalog) and
+/// older than [`ORPHAN_GRACE`]. They are never visible, so this only reclaims space.
+async fn sweep_objects(o: &ObjectContent, unknown: &[uuid::Uuid]) -> Result<()> {
     let cutoff = chrono::Utc::now() - ORPHAN_GRACE;
-    for id in o.pack_ids().await? {
-        if known(&id)? {
-            continue;
-        }
+    for id in unknown {
         let prefix = format!("{}/{id}/", crate::PACKS_DIR);
         if o.newest(&prefix).await?.is_some_and(|t| t < cutoff) {
             o.delete_prefix(&prefix).await?;
