@@ -6,13 +6,11 @@
 
 #[path = "common/proxy.rs"]
 mod proxy;
-#[path = "common/s3.rs"]
-mod s3;
 #[path = "common/service.rs"]
 mod service;
 
 use proxy::{Action, Flaky};
-use s3::{S3Server, BUCKET};
+use service::s3::{S3Server, BUCKET};
 use service::{pseudo_random, write_content, write_usage_cab, TestService, TestStore};
 use serviceconnection::api::PackType;
 use serviceconnection::connect::{connect, ConnectOptions, FileStatus, PackStatus};

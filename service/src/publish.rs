@@ -383,8 +383,7 @@ pub fn publish_to(
                 .enable_all()
                 .build()
                 .map_err(|e| Error::io("starting the runtime", &e))?;
-            let known = |id: &uuid::Uuid| catalog.get_pack(id).map(|p| p.is_some());
-            rt.block_on(sweep_objects(o, known))?;
+            sweep_objects(&rt, o, catalog.as_ref())?;
             let cleanup =
                 Cleanup::Objects(Some((o.clone(), format!("{}/{id}/", crate::PACKS_DIR))));
             for (rel, src) in &files {
@@ -512,18 +511,20 @@ pub const ORPHAN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// Remove the objects of packs that killed publishes left (unknown to the catalog and
 /// older than [`ORPHAN_GRACE`]). They are never visible, so this only reclaims space.
-async fn sweep_objects(
+/// The catalog is asked outside `rt` (a synchronous PostgreSQL client runs its own).
+fn sweep_objects(
+    rt: &tokio::runtime::Runtime,
     o: &ObjectContent,
-    known: impl Fn(&uuid::Uuid) -> Result<bool>,
+    catalog: &dyn Catalog,
 ) -> Result<()> {
     let cutoff = chrono::Utc::now() - ORPHAN_GRACE;
-    for id in o.pack_ids().await? {
-        if known(&id)? {
+    for id in rt.block_on(o.pack_ids())? {
+        if catalog.get_pack(&id)?.is_some() {
             continue;
         }
         let prefix = format!("{}/{id}/", crate::PACKS_DIR);
-        if o.newest(&prefix).await?.is_some_and(|t| t < cutoff) {
-            o.delete_prefix(&prefix).await?;
+        if rt.block_on(o.newest(&prefix))?.is_some_and(|t| t < cutoff) {
+            rt.block_on(o.delete_prefix(&prefix))?;
         }
     }
     Ok(())

@@ -4,12 +4,10 @@
 //! cabs stored in the bucket, killed publishes leaving nothing visible, and the
 //! configuration errors.
 
-#[path = "../../tests/common/s3.rs"]
-mod s3;
 #[path = "../../tests/common/service.rs"]
 mod service;
 
-use s3::{S3Server, BUCKET};
+use service::s3::{S3Server, BUCKET};
 use service::{pseudo_random, write_content, write_usage_cab, TestService, TestStore};
 use serviceconnection::api::{PackType, UploadResponse};
 use std::path::Path;
