@@ -11,8 +11,10 @@
 //! installs); a missing server is a clear panic, never a skip.
 #![allow(dead_code)]
 
+// Suites that include tls.rs themselves load it twice; both copies are the same helpers.
+#[allow(clippy::duplicate_mod)]
 #[path = "tls.rs"]
-mod pg_tls;
+pub mod pg_tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -142,7 +142,17 @@ pub struct TestStore {
 }
 
 impl TestStore {
+    /// A store on the backend this test process uses (see [`on_postgres`]).
     pub fn new() -> TestStore {
+        Self::with_postgres(on_postgres())
+    }
+
+    /// A store whose catalog is a fresh, migrated PostgreSQL database.
+    pub fn new_on_postgres() -> TestStore {
+        Self::with_postgres(true)
+    }
+
+    fn with_postgres(pg: bool) -> TestStore {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("store");
         let out = Command::new(bin())
@@ -156,7 +166,7 @@ impl TestStore {
             String::from_utf8_lossy(&out.stderr)
         );
         let public_key_base64 = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        if on_postgres() {
+        if pg {
             let pg = postgres::server();
             let url = pg.url(&pg.create_database());
             let out = Command::new(bin())
