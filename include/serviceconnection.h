@@ -6,17 +6,36 @@
  * - Every operation returns an sct_status: SCT_OK (7000) or why it failed. After a
  *   failure, sct_last_error_message() / sct_last_error_copy() give one line of text for
  *   the calling thread; a success clears it.
- * - Strings in are UTF-8 and NUL-terminated. A NULL where a pointer is required gives
- *   SCT_NULL_PARAMETER, bad UTF-8 gives SCT_INVALID_UTF8; neither ever crashes.
+ * - Strings in are UTF-8 and NUL-terminated. Every pointer parameter is required
+ *   unless its function's Safety note says it may be NULL (progress callbacks and their
+ *   user_data, sct_trust_add's comment, sct_last_error_copy's buf when len is 0). A
+ *   required NULL gives SCT_NULL_PARAMETER before anything is done, bad UTF-8 gives
+ *   SCT_INVALID_UTF8; neither ever crashes.
  * - Out-parameters are written only on success. Strings returned through them (JSON
- *   documents) belong to the caller and are freed with sct_string_free().
- * - Options are JSON documents; results are JSON documents whose shapes are documented
- *   on each function. Paths in results are strings; GUIDs are lower-case strings.
- * - No panic ever crosses the boundary: an internal bug returns SCT_PANIC.
+ *   documents) and by sct_last_error_message() are allocated by the library and handed
+ *   to the caller, who owns them from then on and must free each exactly once with
+ *   sct_string_free() (never free()).
+ * - Options are JSON documents; a field the options type does not have (a misspelt
+ *   name) is refused with SCT_INVALID_ARGUMENT and a message naming it. Results are
+ *   JSON documents whose shapes are documented on each function. Paths in results are
+ *   strings; GUIDs are lower-case strings.
+ * - No panic ever crosses the boundary: an internal bug returns SCT_PANIC, and its
+ *   message (with where it happened) is kept for sct_last_error_message(). The library
+ *   never writes to the process's standard output or standard error.
  * - Thread-safe: calls from different threads are independent; calls on one site are
  *   serialised by the site database's locking (SCT_BUSY after 30 s of waiting).
- * - Progress callbacks run on the calling thread, during the call; returning non-zero
- *   cancels (SCT_CANCELLED) and the operation leaves nothing partial behind.
+ * - Progress callbacks run on the calling thread, during the call, and may call the
+ *   library, reads of any site included. A call that writes to a site database
+ *   (sct_generate_sample_data, sct_import, sct_trust_add, sct_trust_remove) made from
+ *   inside the callback of another writing operation on the same site database fails at
+ *   once with SCT_BUSY, saying so, instead of waiting for itself.
+ * - Returning non-zero from a progress callback cancels: the call returns SCT_CANCELLED.
+ *   Prepare, Export, sample data and Import then leave nothing behind (the site and the
+ *   destination are as they were; Import's lock file `<site db>.sct-import.lock`, like
+ *   every run's, may stay). Connect keeps what a re-run resumes from and nothing
+ *   that anything trusts: `.sct-partial` files and content files already verified at
+ *   their final names; it writes no manifest.json for a pack it did not finish (Import
+ *   refuses such a folder) and no connect-report.json.
  */
 
 
@@ -54,7 +73,10 @@ typedef enum sct_status {
     SCT_NOT_A_SITE_DATABASE = 7004,
     // The site database was written by a newer version of this library.
     SCT_SCHEMA_TOO_NEW = 7005,
-    // Another process holds the site database (or another lock) and did not let go in time.
+    // Another process holds the site database (or another lock) and did not let go in
+    // time; or, at once and without waiting, a call writing to a site database was made
+    // from inside a progress callback of an operation writing to the same site database
+    // on the same thread (it would wait for itself).
     SCT_BUSY = 7006,
     // An operating-system I/O failure not covered by a more precise status.
     SCT_IO = 7007,
@@ -84,9 +106,13 @@ typedef enum sct_status {
     SCT_TLS = 7019,
     // The update service answered with an error status.
     SCT_SERVICE = 7020,
-    // The progress callback returned non-zero; nothing partial was left behind.
+    // The progress callback returned non-zero. Prepare, Export, sample data and Import
+    // then leave nothing behind; Connect keeps only its resumable `.sct-partial`
+    // downloads and files it verified, and writes no `manifest.json` for an unfinished
+    // pack (see `sct_connect`).
     SCT_CANCELLED = 7021,
-    // A package with this GUID exists with different content.
+    // A package with this GUID exists with different content; or the content library
+    // beside a site database belongs to another site database in the same folder.
     SCT_CONFLICT = 7022,
     // A path in external data is absolute, escapes its folder, or passes through a link.
     SCT_UNSAFE_PATH = 7023,
@@ -104,8 +130,13 @@ typedef enum sct_status {
 
 // One progress report, valid only during the callback that receives it.
 //
-// `phase`: 1 Prepare, 2 Export, 3 Upload, 4 Download, 5 Verify, 6 Import,
-// 7 Generate (sample data). Units are bytes or rows; a total of 0 means unknown.
+// `phase` and its unit: 1 Prepare and 2 Export (rows written so far, out of the rows
+// that leave the site), 3 Upload (bytes sent), 4 Download (bytes received or already on
+// disk), 5 Verify (bytes hashed: Connect checking files already on disk, Import
+// checking every file while staging it), 6 Import (bytes of the verified packs recorded
+// and moved into the content library), 7 Generate (sample rows inserted). Reports come
+// as the work goes, not only at its ends; within a phase `done` never decreases. A
+// total of 0 means unknown.
 typedef struct sct_progress {
     // Which step is running (see above).
     uint32_t phase;
@@ -121,10 +152,12 @@ typedef struct sct_progress {
 } sct_progress;
 
 // A progress callback: called on the thread that made the call, during the call, never
-// concurrently. Return 0 to continue, non-zero to cancel: the operation then stops,
-// removes what it had written, and returns `SCT_CANCELLED`. `user_data` is passed
-// through untouched. The callback may call other `sct_` functions; it must not unwind
-// through the library (no C++ exception or `longjmp` out of it).
+// concurrently. Return 0 to continue, non-zero to cancel: the operation then stops and
+// returns `SCT_CANCELLED`, leaving what its function says (nothing, except Connect's
+// resumable downloads: see `sct_connect`). `user_data` is passed through untouched.
+// The callback may call other `sct_` functions (a write to the site database being
+// written by this operation fails at once with `SCT_BUSY`); it must not unwind through
+// the library (no C++ exception or `longjmp` out of it).
 typedef int (*sct_progress_cb)(void *user_data, const struct sct_progress *progress);
 
 // A usage-row callback: receives one row as a JSON object (valid only during the call),
@@ -142,6 +175,11 @@ extern "C" {
 // resumed where an earlier run stopped, verified while streaming, written atomically.
 // Progress reports phases 3 (Upload), 4 (Download) and 5 (Verify) in bytes.
 //
+// Selections: `Latest` (the newest update that applies to the site version, no
+// hotfixes), `SiteVersion` (every update and hotfix newer than the site version,
+// including later steps of an upgrade chain that do not apply yet), `Hotfix` (every
+// hotfix), `All` (everything published for the hierarchy).
+//
 // `options_json` (the library's `ConnectOptions`):
 // `{"source": "<usage cab or folder of cabs>",
 //   "additional_sources": ["<more cabs or folders>", ...] (optional),
@@ -150,29 +188,57 @@ extern "C" {
 //   "selection": "Latest"|"SiteVersion"|"Hotfix"|"All" (optional, default "Latest"),
 //   "proxy": {"uri": "host[:port]", "username": "...", "password": "..."} (optional),
 //   "ca_cert": "<PEM file>" (optional), "token": "<bearer token>" (optional),
-//   "parallelism": 4 (optional), "max_attempts": 5 (optional)}`
+//   "parallelism": 4 (optional, 1 to 64), "max_attempts": 5 (optional),
+//   "idle_timeout_secs": 60 (optional), "retry_base_delay_ms": 1000 (optional),
+//   "max_bytes_per_second": <n> (optional, no limit by default)}`
 // Secrets in the options (token, proxy password) never appear in messages or results.
 //
 // On success `*out_json` receives the Connect report (also written to
 // `connect-report.json`):
 // `{"tool_version": "...", "service_uri": "...", "selection": "Latest", "started": "<RFC 3339>",
-//   "finished": "<RFC 3339>",
+//   "finished": "<RFC 3339>", "bytes_transferred": <pack content bytes received in this run>,
 //   "uploads": [{"cab": "<path>", "hierarchy_id": "<guid>"|null, "site_version": "..."|null,
-//                "status": "Uploaded"|"Skipped"|"Failed", "offered": <n>, "message": "..."|null}],
+//                "status": "Uploaded"|"Skipped"|"Failed", "offered": <n>, "message": "..."|null,
+//                "kind": "<status name>" (only when there was a failure)}],
 //   "packs": [{"hierarchy_id": "<guid>", "package_guid": "<guid>", "name": "...",
 //              "version": "...", "type": "Update"|"Hotfix", "size": <bytes>, "path": "<folder>",
 //              "status": "Downloaded"|"AlreadyComplete"|"Failed",
 //              "files": [{"path": "...", "size": <bytes>, "sha256": "<hex>",
 //                         "status": "Downloaded"|"Resumed"|"AlreadyComplete"|"Failed",
-//                         "bytes_transferred": <bytes>, "message": "..."|null}],
-//              "message": "..."|null}]}`
-// A cab or pack that failed is reported in the document with `SCT_OK`: check every
-// `status`. A failure status means nothing useful could be done (bad options, the
-// destination unusable, cancelled).
+//                         "bytes_transferred": <bytes>, "message": "..."|null,
+//                         "kind": "<status name>" (only on failure)}],
+//              "message": "..."|null, "kind": "<status name>" (only on failure)}]}`
+// `kind` is a status name as `sct_status_name` gives it (`"Network"`, `"IntegrityMismatch"`, ...).
+// Paths in the report are as given in the options (`cab`) or under `dest` (`path`).
+//
+// Which failures fail the call and which are items of the report:
+// - The call fails (no report) for bad options, a source without usage cabs, a
+//   destination that cannot be used or is being written by another Connect run
+//   (`SCT_BUSY`), and cancellation. It also fails when every cab that was tried failed
+//   for one cause that concerns the whole run: the proxy cannot be reached
+//   (`SCT_PROXY_CONNECT`), the proxy refused the credentials (`SCT_PROXY_AUTH`), or TLS
+//   verification failed (`SCT_TLS`); `connect-report.json` is still written then.
+// - Everything else is an item with `SCT_OK`: the service unreachable or answering with
+//   an error, a damaged cab, a pack or file that could not be fetched or verified. An
+//   upload is `Failed` when the cab was tried and did not go through (`kind` and
+//   `message` say why; re-run to retry it); it is `Skipped` when it was deliberately
+//   not sent: a file that is not a usage cab, or a second cab of a hierarchy already in
+//   the run. Check every `status`.
+//
+// Cancellation (the progress callback returned non-zero) returns `SCT_CANCELLED` and
+// keeps exactly what the next run resumes from, none of which anything trusts:
+// `.sct-partial` files holding bytes received, content files already verified at their
+// final names, `manifest.json.minisig`, the folders it created, and the lock file
+// `<dest>/.sct-connect.lock` (every run leaves it). No `manifest.json` is written for a pack
+// that was not finished (a pack a cancelled run was re-checking loses its
+// `manifest.json` until the next run has verified it again), so Import refuses such a
+// folder; packs finished before the cancellation are complete and keep theirs. No
+// `connect-report.json` is written (one from an earlier run is left as it was).
 //
 // # Safety
-// `options_json` is NULL or NUL-terminated; `out_json` is NULL or writable;
-// `progress_cb`, if not NULL, is callable with `user_data`.
+// `options_json` (required) is NUL-terminated; `out_json` (required) points to a
+// writable `char *`; `progress_cb` may be NULL (no progress), and otherwise is callable
+// with `user_data`, which is passed through untouched and may be NULL.
 enum sct_status sct_connect(const char *options_json,
                             sct_progress_cb progress_cb,
                             void *user_data,
@@ -201,17 +267,31 @@ char *sct_last_error_message(void);
 // `buf` must point to `len` writable bytes; `out_len` to a writable `size_t`.
 enum sct_status sct_last_error_copy(char *buf, size_t len, size_t *out_len);
 
-// The stable short name of a status value: the library's error-kind name
-// (`"NotFound"`, `"Cancelled"`, ...) or `"Ok"`, `"NullParameter"`, `"InvalidUtf8"`,
-// `"Panic"`; `"Unknown"` for a value that is no status. Static: do not free.
+// The stable short name of a status value: its constant's name without `SCT_`, in
+// PascalCase — `"Ok"`, `"InvalidArgument"`, `"NotFound"`, `"AlreadyExists"`,
+// `"NotASiteDatabase"`, `"SchemaTooNew"`, `"Busy"`, `"Io"`, `"DiskFull"`,
+// `"PermissionDenied"`, `"Database"`, `"InvalidCab"`, `"InvalidManifest"`,
+// `"SignatureInvalid"`, `"IntegrityMismatch"`, `"WrongHierarchy"`, `"Network"`,
+// `"ProxyConnect"`, `"ProxyAuth"`, `"Tls"`, `"Service"`, `"Cancelled"`, `"Conflict"`,
+// `"UnsafePath"`, `"Timeout"`, `"Internal"`, `"NullParameter"`, `"InvalidUtf8"`,
+// `"Panic"` — the same names as `error_kind` in Import results and `kind` in the
+// Connect report; `"Unknown"` for a value that is no status. Static: do not free.
 const char *sct_status_name(uint32_t status);
 
 // Import: for every pack under `<source>/<this site's hierarchy-id>/`, verify its
 // signature against the site's trusted keys and every file's size and SHA-256, then
 // record it in the site's Updates and Servicing list and copy its content beside the
 // site database, all or nothing per pack. Other hierarchies' folders are reported as
-// skipped; re-importing is reported as already imported. Progress reports phases
-// 5 (Verify) and 6 (Import).
+// skipped; re-importing is reported as already imported. A pack whose version range
+// excludes the site is still recorded, as `NotApplicable`, so the later steps of a
+// multi-step upgrade can come in one trip. Progress reports phase 5 (Verify: bytes
+// hashed, as every file is checked while it is staged), then phase 6 (Import: bytes of
+// the packs recorded and moved into place).
+//
+// One site database per folder: the content library (`EasySetupPayload/` beside the
+// site database) belongs to the first site database that imports there. An import into
+// another site database in the same folder fails with `SCT_CONFLICT`, naming the owner,
+// and changes nothing (and `sct_site_create` refuses a new one there).
 //
 // `options_json` (the library's `ImportOptions`):
 // `{"site_db": "<site database>", "source": "<update pack folder written by Connect>",
@@ -224,13 +304,19 @@ const char *sct_status_name(uint32_t status);
 //   "status": "Imported"|"AlreadyImported"|"Skipped"|"Refused",
 //   "state": "ReadyToInstall"|"NotApplicable"|...|null, "state_code": <n>|null,
 //   "reason": "..."|null, "error_kind": "<status name, e.g. SignatureInvalid>"|null,
-//   "source_path": "<folder>", "content_path": "<folder>"|null}`
+//   "source_path": "<folder>", "content_path": "<absolute folder>"|null}`
+// `source_path` is the pack's folder under `source` (as `source` was given);
+// `content_path` is the pack's folder in the content library as an absolute path (the
+// same folder `sct_list_updates` gives relative to the site database's folder).
 // A refused pack is a result with `SCT_OK` (the site is unchanged for it); a failure
-// status means the run could not start (site or source missing, busy, cancelled).
+// status means the run could not start or was undone as a whole (site or source
+// missing, another site database owns the folder, busy, cancelled). A cancelled import
+// leaves the site and its content library exactly as they were.
 //
 // # Safety
-// `options_json` is NULL or NUL-terminated; `out_json` is NULL or writable;
-// `progress_cb`, if not NULL, is callable with `user_data`.
+// `options_json` (required) is NUL-terminated; `out_json` (required) points to a
+// writable `char *`; `progress_cb` may be NULL (no progress), and otherwise is callable
+// with `user_data`, which is passed through untouched and may be NULL.
 enum sct_status sct_import(const char *options_json,
                            sct_progress_cb progress_cb,
                            void *user_data,
@@ -246,11 +332,15 @@ enum sct_status sct_import(const char *options_json,
 //   "scp_mode": "Offline"|"Online" (optional, default "Offline")}`
 //
 // On success `*out_json` receives the new site's info, the same document as
-// `sct_site_info`. Fails with `SCT_ALREADY_EXISTS` when `site_db` exists and
-// `SCT_INVALID_ARGUMENT` for bad options; a failure leaves no file behind.
+// `sct_site_info`. Fails with `SCT_ALREADY_EXISTS` when `site_db` exists,
+// `SCT_INVALID_ARGUMENT` for bad options (an unknown field included), and
+// `SCT_CONFLICT` when another site database in that folder already owns the content
+// library there (one site database per folder; see `sct_import`); a failure leaves no
+// file behind.
 //
 // # Safety
-// String arguments are NULL or NUL-terminated; `out_json` is NULL or writable.
+// `site_db` and `options_json` (required) are NUL-terminated; `out_json` (required)
+// points to a writable `char *`.
 enum sct_status sct_site_create(const char *site_db, const char *options_json, char **out_json);
 
 // Read a site's identity and usage-row counts.
@@ -266,7 +356,8 @@ enum sct_status sct_site_create(const char *site_db, const char *options_json, c
 // panics internally and returns `SCT_PANIC`; the panic never reaches the caller.
 //
 // # Safety
-// `site_db` is NULL or NUL-terminated; `out_json` is NULL or writable.
+// `site_db` (required) is NUL-terminated; `out_json` (required) points to a writable
+// `char *`.
 enum sct_status sct_site_info(const char *site_db, char **out_json);
 
 // Fill the site with `rows` generated sample usage rows spread over the three
@@ -275,8 +366,9 @@ enum sct_status sct_site_info(const char *site_db, char **out_json);
 // On success `*out_rows` receives the number of rows inserted.
 //
 // # Safety
-// `site_db` is NULL or NUL-terminated; `out_rows` is NULL or writable; `progress_cb`,
-// if not NULL, is callable with `user_data`.
+// `site_db` (required) is NUL-terminated; `out_rows` (required) points to a writable
+// `uint64_t`; `progress_cb` may be NULL (no progress), and otherwise is callable with
+// `user_data`, which is passed through untouched and may be NULL.
 enum sct_status sct_generate_sample_data(const char *site_db,
                                          uint64_t rows,
                                          uint64_t seed,
@@ -294,9 +386,14 @@ enum sct_status sct_generate_sample_data(const char *site_db,
 //   "file_count": <n>, "manifest_sha256": "<hex>", "publisher_key_id": "<hex>"|null,
 //   "content_path": "<folder>"|null, "source_path": "<folder>"|null,
 //   "imported": "<RFC 3339 UTC>"|null}`
+// `content_path` is as recorded: relative to the folder holding the site database
+// (`EasySetupPayload/Offline/<guid>`), so the site's folder can be moved; `sct_import`
+// gives the same folder as an absolute path. `source_path` is the pack folder it was
+// imported from, as the import's `source` named it.
 //
 // # Safety
-// `site_db` is NULL or NUL-terminated; `out_json` is NULL or writable.
+// `site_db` (required) is NUL-terminated; `out_json` (required) points to a writable
+// `char *`.
 enum sct_status sct_list_updates(const char *site_db, char **out_json);
 
 // Free a string returned by this library (a JSON result, or `sct_last_error_message`).
@@ -317,7 +414,8 @@ void sct_string_free(char *s);
 //   "added": "<RFC 3339 UTC>"}`
 //
 // # Safety
-// String arguments are NULL or NUL-terminated; `out_json` is NULL or writable.
+// `site_db` and `public_key_path` (required) are NUL-terminated; `comment` is NULL or
+// NUL-terminated; `out_json` (required) points to a writable `char *`.
 enum sct_status sct_trust_add(const char *site_db,
                               const char *public_key_path,
                               const char *comment,
@@ -327,21 +425,23 @@ enum sct_status sct_trust_add(const char *site_db,
 // objects `sct_trust_add` returns, oldest first.
 //
 // # Safety
-// `site_db` is NULL or NUL-terminated; `out_json` is NULL or writable.
+// `site_db` (required) is NUL-terminated; `out_json` (required) points to a writable
+// `char *`.
 enum sct_status sct_trust_list(const char *site_db, char **out_json);
 
 // Stop trusting the key with this ID (as in `key_id` above; case-insensitive).
 // `SCT_NOT_FOUND` when the site does not trust it.
 //
 // # Safety
-// String arguments are NULL or NUL-terminated.
+// `site_db` and `key_id` (required) are NUL-terminated.
 enum sct_status sct_trust_remove(const char *site_db, const char *key_id);
 
 // Prepare: write the site's usage data (at its diagnostics level, identifying
 // attributes hashed) into the usage cab `dest` (must end in `.cab`; its folder must
 // exist). An existing `dest` is refused (`SCT_ALREADY_EXISTS`) unless `force`.
-// Progress reports phase 1 (Prepare). Written atomically: a failure or cancellation
-// leaves nothing at `dest`, and an existing file there untouched.
+// Progress reports phase 1 (Prepare) in rows, as they are written (every few thousand
+// rows), out of the rows that leave the site. Written atomically: a failure or
+// cancellation leaves nothing at `dest`, and an existing file there untouched.
 //
 // On success `*out_json` receives:
 // `{"path": "<dest>", "format": "Cab", "hierarchy_id": "<guid>",
@@ -349,8 +449,9 @@ enum sct_status sct_trust_remove(const char *site_db, const char *key_id);
 //   "record_count": <rows>, "size": <bytes>, "sha256": "<hex of the file>"}`
 //
 // # Safety
-// String arguments are NULL or NUL-terminated; `out_json` is NULL or writable;
-// `progress_cb`, if not NULL, is callable with `user_data`.
+// `site_db` and `dest` (required) are NUL-terminated; `out_json` (required) points to a
+// writable `char *`; `progress_cb` may be NULL (no progress), and otherwise is callable
+// with `user_data`, which is passed through untouched and may be NULL.
 enum sct_status sct_prepare(const char *site_db,
                             const char *dest,
                             bool force,
@@ -383,8 +484,9 @@ enum sct_status sct_export_csv(const char *site_db,
 // whatever the number of rows. `row_cb` is required.
 //
 // # Safety
-// `site_db` is NULL or NUL-terminated; `out_count` is NULL or writable; `row_cb`, if not
-// NULL, is callable with `user_data`.
+// `site_db` (required) is NUL-terminated; `out_count` (required) points to a writable
+// `uint64_t`; `row_cb` (required) is callable with `user_data`, which is passed
+// through untouched and may be NULL.
 enum sct_status sct_usage_rows(const char *site_db,
                                sct_usage_row_cb row_cb,
                                void *user_data,

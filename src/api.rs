@@ -32,7 +32,7 @@
 //! | `selection` (case-insensitive; default `Latest`) | packs offered |
 //! |---|---|
 //! | `Latest` | the single newest `Update` that is applicable and newer than the site; no hotfixes; none when the site is current |
-//! | `SiteVersion` | every `Update` and `Hotfix` that is applicable and newer than the site |
+//! | `SiteVersion` | every `Update` and `Hotfix` newer than the site, including later steps of an upgrade chain that do not apply yet |
 //! | `Hotfix` | every `Hotfix`, whatever its version or applicability |
 //! | `All` | every candidate |
 //!

@@ -189,21 +189,15 @@ pub(crate) fn one_line(message: String) -> String {
 
 /// Run `f`, turning a panic inside it into `Err` without printing it: for third-party
 /// parsers that panic on hostile input (the `cab` crate, minisign — found by fuzzing, see
-/// tests/HOSTILE.md), so the caller can answer with a clean error. The message stays off
-/// standard error (the CLI promises one line per failure) through a panic hook, installed
-/// once and chaining to the previous one, that is silent only inside this function.
+/// tests/HOSTILE.md), so the caller can answer with a clean error, and for the C
+/// boundary (`ffi::panic`), since a library must never write to its host's streams. The
+/// message stays off standard error (the CLI promises one line per failure) through a
+/// panic hook, installed once and chaining to the previous one, that is silent inside
+/// this function and, while a C call runs ([`QuietProcess`]), on the library's worker
+/// threads too. What a silenced panic would have printed is kept for the thread that
+/// panicked: see [`take_quiet_panic`].
 pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
-    use std::cell::Cell;
-    thread_local!(static QUIET: Cell<u32> = const { Cell::new(0) });
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if QUIET.with(Cell::get) == 0 {
-                previous(info);
-            }
-        }));
-    });
+    install_quiet_hook();
     struct Quiet;
     impl Drop for Quiet {
         fn drop(&mut self) {
@@ -213,6 +207,70 @@ pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
     QUIET.with(|q| q.set(q.get() + 1));
     let _quiet = Quiet;
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+}
+
+thread_local! {
+    /// Depth of `catch_panic` calls on this thread.
+    static QUIET: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// "message (at file:line:column)" of this thread's last silenced panic.
+    static LAST_QUIET_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// C calls in progress anywhere in the process. While one runs, every panic is silent:
+/// in the shared library every thread running this code is the library's own (a caller
+/// thread inside a call, or a worker it started), and a worker's panic reaches the
+/// caller through the boundary anyway.
+static QUIET_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Held by the C boundary for the length of one call: see [`QUIET_CALLS`].
+pub(crate) struct QuietProcess(());
+
+impl QuietProcess {
+    pub(crate) fn enter() -> QuietProcess {
+        install_quiet_hook();
+        QUIET_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        QuietProcess(())
+    }
+}
+
+impl Drop for QuietProcess {
+    fn drop(&mut self) {
+        QUIET_CALLS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The message and location of the calling thread's last silenced panic, once.
+pub(crate) fn take_quiet_panic() -> Option<String> {
+    LAST_QUIET_PANIC
+        .try_with(|p| p.borrow_mut().take())
+        .ok()
+        .flatten()
+}
+
+fn install_quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let quiet = QUIET.try_with(std::cell::Cell::get).unwrap_or(0) > 0
+                || QUIET_CALLS.load(std::sync::atomic::Ordering::SeqCst) > 0;
+            if !quiet {
+                previous(info);
+                return;
+            }
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("panic with a non-text payload");
+            let text = match info.location() {
+                Some(l) => format!("{message} (at {}:{}:{})", l.file(), l.line(), l.column()),
+                None => message.to_string(),
+            };
+            let _ = LAST_QUIET_PANIC.try_with(|p| *p.borrow_mut() = Some(one_line(text)));
+        }));
+    });
 }
 
 impl fmt::Display for Error {

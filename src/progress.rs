@@ -2,7 +2,12 @@
 //!
 //! Operations take `&mut dyn FnMut(&Progress) -> bool`; returning `false` cancels the
 //! operation, which then fails with [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled)
-//! and leaves no partial output. Callbacks always run on the caller's thread.
+//! and leaves no output anything would trust: Prepare, Export, sample data and Import
+//! leave nothing; Connect keeps only what a re-run resumes from (`.sct-partial` files,
+//! verified content files, no `manifest.json` for an unfinished pack; see
+//! [`crate::connect::connect`]). Callbacks always run on the caller's thread; a write
+//! they make to the site database their operation is writing fails at once
+//! ([`crate::site::reentry`]).
 
 use serde::Serialize;
 
@@ -14,7 +19,9 @@ pub enum Phase {
     Export = 2,
     Upload = 3,
     Download = 4,
+    /// Bytes hashed: Connect re-checking files on disk, Import checking while staging.
     Verify = 5,
+    /// Bytes of verified packs recorded and moved into the content library.
     Import = 6,
     Generate = 7,
 }

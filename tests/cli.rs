@@ -788,3 +788,37 @@ fn skipping_signature_checks_is_announced_loudly() {
         "{err:?}"
     );
 }
+
+/// The progress line a person at a terminal sees (the tool shows it only when standard
+/// error is a terminal: run under `script`, which gives it one) moves while the rows are
+/// written, not only at the end.
+#[test]
+fn export_progress_line_moves_as_rows_are_written() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to provide a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    site::create_site(dir.path(), DiagnosticsLevel::Full, 30_000);
+    let command = format!("'{EXE}' -export -sitedb site.db -dest UsageData.csv");
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .env_remove("SCT_SITE_DB")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let percents: Vec<u64> = text
+        .split("Exporting (writing rows): ")
+        .skip(1)
+        .map(|s| s.trim_start().split('%').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        percents.iter().any(|p| (1..100).contains(p)),
+        "the line moves while rows are written: {percents:?} in {text:?}"
+    );
+    assert_eq!(percents.last(), Some(&100), "{text:?}");
+    assert!(text.contains("(30000/30000 rows)"), "{text:?}");
+}

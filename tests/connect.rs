@@ -1431,3 +1431,104 @@ fn wrong_manifest_or_malformed_signature_fails_the_pack() {
         assert!(!p.path.join(MANIFEST_FILE).exists());
     }
 }
+
+/// `SiteVersion` brings every update and hotfix newer than the site, including the later
+/// steps of an upgrade chain that do not apply yet (their minimum site version is above
+/// the site's), and Import records those as `NotApplicable`: a multi-step upgrade comes
+/// in one trip, as SPEC section 4 and the README say.
+#[test]
+fn site_version_brings_later_steps_of_an_upgrade_chain() {
+    use serviceconnection::import::{import, ImportOptions, ImportStatus};
+    use serviceconnection::site::updates::UpdateState;
+    let store = TestStore::new();
+    let work = tempfile::tempdir().unwrap();
+    let (cab, _) = usage_cab(work.path(), "site", SITE_VERSION);
+    let content = |name: &str, seed: u64| {
+        write_content(
+            &store.dir().join(name),
+            &[("payload.bin", &pseudo_random(20_000, seed))],
+        )
+    };
+    let step1 = store.publish(
+        "Update 2303",
+        "5.00.9132.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        &content("c1", 1),
+    );
+    let step2 = store.publish(
+        "Update 2309",
+        "5.00.9135.1000",
+        PackType::Update,
+        "5.00.9132.1000",
+        None,
+        &[],
+        &content("c2", 2),
+    );
+    let step2_fix = store.publish(
+        "Hotfix for 2309",
+        "5.00.9135.1002",
+        PackType::Hotfix,
+        "5.00.9135.1000",
+        Some("5.00.9135.1000"),
+        &[],
+        &content("c3", 3),
+    );
+    // Not newer than the site: never part of SiteVersion.
+    store.publish(
+        "Update 2211",
+        "5.00.9120.1000",
+        PackType::Update,
+        "5.00.9100.1000",
+        None,
+        &[],
+        &content("c4", 4),
+    );
+    let svc = TestService::start(&store, &[]);
+    let dest = work.path().join("UpdatePacks");
+    let mut o = options(&cab, &dest, svc.url());
+    o.selection = Selection::SiteVersion;
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    let got: Vec<uuid::Uuid> = r.packs.iter().map(|p| p.package_guid).collect();
+    assert_eq!(got, [step1, step2, step2_fix], "in upgrade order: {r:#?}");
+
+    let db = work.path().join("site.db");
+    let key = serviceconnection::signing::PublicKey::from_file(&store.public_key_path()).unwrap();
+    Site::open(&db)
+        .unwrap()
+        .add_trusted_publisher(&key, "reference service")
+        .unwrap();
+    let results = import(
+        &ImportOptions::new(&db, &dest),
+        &mut serviceconnection::progress::ignore,
+    )
+    .unwrap();
+    let states: Vec<(Option<uuid::Uuid>, ImportStatus, Option<UpdateState>)> = results
+        .iter()
+        .map(|r| (r.package_guid, r.status, r.state))
+        .collect();
+    let mut want = vec![
+        (
+            Some(step1),
+            ImportStatus::Imported,
+            Some(UpdateState::ReadyToInstall),
+        ),
+        (
+            Some(step2),
+            ImportStatus::Imported,
+            Some(UpdateState::NotApplicable),
+        ),
+        (
+            Some(step2_fix),
+            ImportStatus::Imported,
+            Some(UpdateState::NotApplicable),
+        ),
+    ];
+    let mut states = states;
+    states.sort_by_key(|s| s.0);
+    want.sort_by_key(|s| s.0);
+    assert_eq!(states, want);
+}

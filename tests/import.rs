@@ -257,7 +257,10 @@ fn valid_import_records_ready_to_install_and_places_identical_content() {
     let total = a.total_size() + b.total_size();
     let last = reports.last().expect("progress was reported");
     assert_eq!((last.done, last.total), (total, total));
-    assert!(reports.windows(2).all(|w| w[0].done <= w[1].done));
+    // Each phase (5 Verify, then 6 Import) counts up on its own.
+    assert!(reports
+        .windows(2)
+        .all(|w| w[0].phase != w[1].phase || w[0].done <= w[1].done));
 
     let site = e.site();
     let list = site.list_updates().unwrap();
@@ -1663,4 +1666,180 @@ fn connect_output_with_a_used_guid_but_different_content_is_a_conflict() {
 fn connect_output_import_killed_at_any_point_is_recovered_and_completed() {
     let c = connected();
     kill_at_every_stage(&|| (c.site_env(c.h1), vec![c.update.clone(), c.stale.clone()]));
+}
+
+/// Progress: phase 5 (Verify) counts the bytes hashed as they go, up to every byte of
+/// the packs; then phase 6 (Import) counts the bytes of the packs moved into place.
+/// Cancelling during phase 6 still leaves the site exactly as it was.
+#[test]
+fn progress_reports_verify_then_placement_and_cancelling_placement_changes_nothing() {
+    use serviceconnection::progress::Phase;
+    let (e, _) = Env::with_one_imported();
+    let a = PackSpec::update("A", "5.00.9135.1000", "5.00.9106.1000")
+        .with_files(vec![("big.bin".into(), bytes(5, 3 * 1024 * 1024))]);
+    let b = PackSpec::update("B", "5.00.9136.1000", "5.00.9106.1000");
+    e.add(&a);
+    e.add(&b);
+    let total: u64 = [&a, &b]
+        .iter()
+        .flat_map(|s| s.files.iter())
+        .map(|(_, bytes)| bytes.len() as u64)
+        .sum();
+
+    let before = snapshot(&e);
+    let mut seen: Vec<Progress> = Vec::new();
+    let err = import(&e.opts(), &mut |p: &Progress| {
+        seen.push(p.clone());
+        p.phase != Phase::Import || p.done == 0
+    })
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert_eq!(
+        snapshot(&e),
+        before,
+        "cancelled while placing: nothing changed"
+    );
+    assert!(seen.iter().any(|p| p.phase == Phase::Import && p.done > 0));
+
+    let mut seen: Vec<Progress> = Vec::new();
+    let r = import(&e.opts(), &mut |p: &Progress| {
+        seen.push(p.clone());
+        true
+    })
+    .unwrap();
+    assert_eq!(status_of(&r, a.id), ImportStatus::Imported);
+    assert_eq!(status_of(&r, b.id), ImportStatus::Imported);
+    let verify: Vec<&Progress> = seen.iter().filter(|p| p.phase == Phase::Verify).collect();
+    let place: Vec<&Progress> = seen.iter().filter(|p| p.phase == Phase::Import).collect();
+    assert_eq!(
+        verify.len() + place.len(),
+        seen.len(),
+        "only phases 5 and 6"
+    );
+    let first_place = seen.iter().position(|p| p.phase == Phase::Import).unwrap();
+    assert!(
+        seen[..first_place].iter().all(|p| p.phase == Phase::Verify),
+        "Verify comes first, then placement"
+    );
+    // Verify moves as bytes are hashed, not only at the ends.
+    assert!(
+        verify.iter().any(|p| p.done > 0 && p.done < total),
+        "intermediate Verify reports"
+    );
+    assert!(verify.iter().all(|p| p.total == total));
+    assert!(verify.windows(2).all(|w| w[0].done <= w[1].done));
+    assert_eq!(verify.last().unwrap().done, total);
+    assert!(place.iter().all(|p| p.total == total));
+    assert!(place.windows(2).all(|w| w[0].done <= w[1].done));
+    assert_eq!(place.last().unwrap().done, total);
+    let items: Vec<&str> = place.iter().map(|p| p.item.as_str()).collect();
+    assert!(
+        items.contains(&a.id.to_string().as_str()) && items.contains(&b.id.to_string().as_str())
+    );
+}
+
+/// Two site databases in one folder would share one content library. The first to
+/// import owns it; the second is refused at Import, naming the first, and a third is
+/// refused at creation. Moved to a folder of its own, the second site imports normally.
+#[test]
+fn a_second_site_database_in_the_folder_is_refused_naming_the_owner() {
+    let e = env();
+    let spec = PackSpec::update("Update 2409", "5.00.9132.1000", "5.00.9106.1000");
+    e.add(&spec);
+    let folder = e.db.parent().unwrap().to_path_buf();
+    let second = folder.join("second.db");
+    let new_site = |path: &Path| {
+        Site::create(
+            path,
+            &NewSite {
+                site_code: "PS2".into(),
+                site_version: SITE_VERSION.parse().unwrap(),
+                diagnostics_level: Default::default(),
+                hierarchy_id: Some(e.hierarchy),
+                site_name: None,
+                scp_mode: Default::default(),
+            },
+        )
+    };
+    // Nothing is shared before the first import: creating it there is allowed.
+    new_site(&second)
+        .unwrap()
+        .add_trusted_publisher(e.publisher.public_key(), "test publisher")
+        .unwrap();
+
+    // The first site's flow.
+    assert_eq!(status_of(&e.run(), spec.id), ImportStatus::Imported);
+    assert_placed(&e, &spec);
+    let before = snapshot(&e);
+
+    // The second site's flow: refused as a whole, naming the owner; nothing changes.
+    let err = import(&ImportOptions::new(&second, &e.src), &mut progress::ignore).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(
+        err.message().contains(&e.db.display().to_string())
+            && err.message().contains("folder of its own"),
+        "{err}"
+    );
+    assert!(!err.message().contains("sct-staging"), "{err}");
+    assert!(Site::open(&second)
+        .unwrap()
+        .list_updates()
+        .unwrap()
+        .is_empty());
+    assert_eq!(snapshot(&e), before);
+
+    // A third site database is refused at creation, leaving no file.
+    let third = folder.join("third.db");
+    let err = new_site(&third).err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.message().contains("site.db"), "{err}");
+    assert!(!third.exists());
+
+    // The first site carries on.
+    assert_eq!(status_of(&e.run(), spec.id), ImportStatus::AlreadyImported);
+
+    // The second site, moved to a folder of its own, imports normally.
+    let own = e._dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    let moved = own.join("second.db");
+    std::fs::rename(&second, &moved).unwrap();
+    let r = import(&ImportOptions::new(&moved, &e.src), &mut progress::ignore).unwrap();
+    assert_eq!(status_of(&r, spec.id), ImportStatus::Imported, "{r:#?}");
+    assert!(own.join(CONTENT_LIBRARY).join(spec.id.to_string()).is_dir());
+}
+
+/// From inside an import's progress callback, a write to the same site database fails at
+/// once with `Busy`, saying why (it would wait for itself); reads work. The import then
+/// completes normally.
+#[test]
+fn writes_from_inside_the_import_callback_fail_at_once() {
+    let e = env();
+    let spec = PackSpec::update("Update 2409", "5.00.9132.1000", "5.00.9106.1000");
+    e.add(&spec);
+    let mut nested: Vec<(ErrorKind, String)> = Vec::new();
+    let mut read_ok = false;
+    let r = import(&e.opts(), &mut |_: &Progress| {
+        if nested.is_empty() {
+            let err = import(&e.opts(), &mut progress::ignore).unwrap_err();
+            nested.push((err.kind(), err.message().to_string()));
+            let err = e
+                .site()
+                .remove_trusted_publisher(&e.publisher.key_id())
+                .unwrap_err();
+            nested.push((err.kind(), err.message().to_string()));
+            read_ok = e.site().trusted_publishers().unwrap().len() == 1;
+        }
+        true
+    })
+    .unwrap();
+    assert_eq!(status_of(&r, spec.id), ImportStatus::Imported);
+    assert_eq!(nested.len(), 2);
+    for (kind, message) in &nested {
+        assert_eq!(*kind, ErrorKind::Busy, "{message}");
+        assert!(
+            message.contains("same thread") && message.contains("an import"),
+            "{message}"
+        );
+    }
+    assert!(read_ok, "reads work from inside the callback");
 }

@@ -8,7 +8,7 @@
 //! | selection | offered |
 //! |---|---|
 //! | `Latest` (default) | the single newest `Update` (highest version) that is applicable and newer than the site; no hotfixes; nothing when the site is current |
-//! | `SiteVersion` | every `Update` and `Hotfix` that is applicable and newer than the site |
+//! | `SiteVersion` | every `Update` and `Hotfix` newer than the site, applicable or not: the later steps of an upgrade chain (whose minimum site version is above the site's) come in the same trip, and Import records them as `NotApplicable` until the site gets there |
 //! | `Hotfix` | every `Hotfix` candidate, whatever its version or applicability |
 //! | `All` | every candidate |
 //!
@@ -39,7 +39,7 @@ pub fn select_packs<'a>(
             .collect(),
         Selection::SiteVersion => candidates
             .into_iter()
-            .filter(|p| newer_applicable(p))
+            .filter(|p| &p.version > site)
             .collect(),
         Selection::Hotfix => candidates
             .into_iter()
@@ -146,7 +146,12 @@ mod tests {
             ("5.00.9096.1000", Latest, &[]),
             ("5.00.8999.1000", Latest, &[]),
             ("5.00.9088.1000", SiteVersion, &["hf2207", "u2211"]),
-            ("5.00.9040.1000", SiteVersion, &["hf-old", "u2203", "u2207"]),
+            // hf2207 and u2211 need 9088 and 9058 first: later steps, offered too.
+            (
+                "5.00.9040.1000",
+                SiteVersion,
+                &["hf-old", "u2203", "u2207", "hf2207", "u2211"],
+            ),
             ("5.00.9096.1000", SiteVersion, &[]),
             ("5.00.9096.1000", Selection::Hotfix, &["hf-old", "hf2207"]),
             (

@@ -1097,24 +1097,25 @@ fn selection_rules_table() {
         // The targeted ring release is offered to its hierarchy only.
         (ring, "5.00.9058.1000", None, &["ring2303"]),
         (ring, "5.00.9096.1000", None, &["u10"]),
-        // SiteVersion: every applicable update and hotfix newer than the site.
+        // SiteVersion: every update and hotfix newer than the site, including later
+        // steps of an upgrade chain that do not apply yet (u10 needs 9096 first).
         (
             other,
             "5.00.9088.1000",
             Some("SiteVersion"),
-            &["hf2207", "u2211"],
+            &["hf2207", "u2211", "u10"],
         ),
         (
             other,
             "5.00.9040.1000",
             Some("siteversion"),
-            &["hf-old", "u2203", "u2207"],
+            &["hf-old", "u2203", "u2207", "hf2207", "u2211", "u10"],
         ),
         (
             ring,
             "5.00.9088.1000",
             Some("SiteVersion"),
-            &["hf2207", "u2211", "ring2303"],
+            &["hf2207", "u2211", "ring2303", "u10"],
         ),
         (other, "5.00.10000.1000", Some("SiteVersion"), &[]),
         // Hotfix: every hotfix, whatever the version.
@@ -1348,7 +1349,7 @@ fn upload_of_a_cab_written_by_prepare() {
     let a: UploadResponse = r.json();
     assert_eq!(a.hierarchy_id, h);
     let got: Vec<&str> = a.packages.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(got, ["hf2207", "u2211"]);
+    assert_eq!(got, ["hf2207", "u2211", "u10"]);
     let stored = store.uploads();
     assert_eq!(
         std::fs::read(store.content_root().join(&stored[0].path)).unwrap(),

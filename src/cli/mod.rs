@@ -478,19 +478,33 @@ fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), Failure> {
 }
 
 /// A progress line on standard error, only for a person watching a terminal (never in
-/// JSON mode, never in a pipe), so scripts see exactly one stderr line per failure.
+/// JSON mode, never in a pipe), so scripts see exactly one stderr line per failure. It
+/// names the phase and its unit (Import verifies, then places), and moves as the
+/// library reports (rows every few thousand, bytes as they go).
 fn progress_bar(json: bool, verb: &'static str) -> impl FnMut(&Progress) -> bool {
+    use crate::progress::Phase;
     let show = !json && std::io::stderr().is_terminal();
-    let mut last = u64::MAX;
+    let mut last = (Phase::Generate, u64::MAX);
     move |p: &Progress| {
         if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
             return false;
         }
         if show && p.total > 0 {
             let pct = p.done.saturating_mul(100) / p.total;
-            if pct != last {
-                last = pct;
-                eprint!("\r{verb}: {pct:3}% ({}/{})", p.done, p.total);
+            if (p.phase, pct) != last {
+                last = (p.phase, pct);
+                let (what, unit) = match p.phase {
+                    Phase::Prepare | Phase::Export => ("writing rows", "rows"),
+                    Phase::Generate => ("inserting rows", "rows"),
+                    Phase::Upload => ("uploading", "bytes"),
+                    Phase::Download => ("downloading", "bytes"),
+                    Phase::Verify => ("verifying", "bytes"),
+                    Phase::Import => ("placing", "bytes"),
+                };
+                eprint!(
+                    "\r\x1b[K{verb} ({what}): {pct:3}% ({}/{} {unit})",
+                    p.done, p.total
+                );
                 PROGRESS_SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }

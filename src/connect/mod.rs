@@ -47,6 +47,7 @@ pub const REPORT_FILE: &str = "connect-report.json";
 
 /// Proxy settings. The password is never logged, serialized or shown by `Debug`.
 #[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProxyOptions {
     /// `host[:port]`, scheme optional (`http://` assumed), port 80 by default.
     pub uri: String,
@@ -67,6 +68,7 @@ impl std::fmt::Debug for ProxyOptions {
 }
 
 #[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConnectOptions {
     /// A usage cab, or a folder of uniquely named usage cabs (one per hierarchy).
     pub source: PathBuf,

@@ -87,9 +87,15 @@ pub unsafe extern "C" fn sct_last_error_copy(
     })
 }
 
-/// The stable short name of a status value: the library's error-kind name
-/// (`"NotFound"`, `"Cancelled"`, ...) or `"Ok"`, `"NullParameter"`, `"InvalidUtf8"`,
-/// `"Panic"`; `"Unknown"` for a value that is no status. Static: do not free.
+/// The stable short name of a status value: its constant's name without `SCT_`, in
+/// PascalCase — `"Ok"`, `"InvalidArgument"`, `"NotFound"`, `"AlreadyExists"`,
+/// `"NotASiteDatabase"`, `"SchemaTooNew"`, `"Busy"`, `"Io"`, `"DiskFull"`,
+/// `"PermissionDenied"`, `"Database"`, `"InvalidCab"`, `"InvalidManifest"`,
+/// `"SignatureInvalid"`, `"IntegrityMismatch"`, `"WrongHierarchy"`, `"Network"`,
+/// `"ProxyConnect"`, `"ProxyAuth"`, `"Tls"`, `"Service"`, `"Cancelled"`, `"Conflict"`,
+/// `"UnsafePath"`, `"Timeout"`, `"Internal"`, `"NullParameter"`, `"InvalidUtf8"`,
+/// `"Panic"` — the same names as `error_kind` in Import results and `kind` in the
+/// Connect report; `"Unknown"` for a value that is no status. Static: do not free.
 #[no_mangle]
 pub extern "C" fn sct_status_name(status: u32) -> *const c_char {
     guard(c"Unknown".as_ptr(), || {

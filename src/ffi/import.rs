@@ -11,8 +11,16 @@ use std::os::raw::{c_char, c_void};
 /// signature against the site's trusted keys and every file's size and SHA-256, then
 /// record it in the site's Updates and Servicing list and copy its content beside the
 /// site database, all or nothing per pack. Other hierarchies' folders are reported as
-/// skipped; re-importing is reported as already imported. Progress reports phases
-/// 5 (Verify) and 6 (Import).
+/// skipped; re-importing is reported as already imported. A pack whose version range
+/// excludes the site is still recorded, as `NotApplicable`, so the later steps of a
+/// multi-step upgrade can come in one trip. Progress reports phase 5 (Verify: bytes
+/// hashed, as every file is checked while it is staged), then phase 6 (Import: bytes of
+/// the packs recorded and moved into place).
+///
+/// One site database per folder: the content library (`EasySetupPayload/` beside the
+/// site database) belongs to the first site database that imports there. An import into
+/// another site database in the same folder fails with `SCT_CONFLICT`, naming the owner,
+/// and changes nothing (and `sct_site_create` refuses a new one there).
 ///
 /// `options_json` (the library's `ImportOptions`):
 /// `{"site_db": "<site database>", "source": "<update pack folder written by Connect>",
@@ -25,13 +33,19 @@ use std::os::raw::{c_char, c_void};
 ///   "status": "Imported"|"AlreadyImported"|"Skipped"|"Refused",
 ///   "state": "ReadyToInstall"|"NotApplicable"|...|null, "state_code": <n>|null,
 ///   "reason": "..."|null, "error_kind": "<status name, e.g. SignatureInvalid>"|null,
-///   "source_path": "<folder>", "content_path": "<folder>"|null}`
+///   "source_path": "<folder>", "content_path": "<absolute folder>"|null}`
+/// `source_path` is the pack's folder under `source` (as `source` was given);
+/// `content_path` is the pack's folder in the content library as an absolute path (the
+/// same folder `sct_list_updates` gives relative to the site database's folder).
 /// A refused pack is a result with `SCT_OK` (the site is unchanged for it); a failure
-/// status means the run could not start (site or source missing, busy, cancelled).
+/// status means the run could not start or was undone as a whole (site or source
+/// missing, another site database owns the folder, busy, cancelled). A cancelled import
+/// leaves the site and its content library exactly as they were.
 ///
 /// # Safety
-/// `options_json` is NULL or NUL-terminated; `out_json` is NULL or writable;
-/// `progress_cb`, if not NULL, is callable with `user_data`.
+/// `options_json` (required) is NUL-terminated; `out_json` (required) points to a
+/// writable `char *`; `progress_cb` may be NULL (no progress), and otherwise is callable
+/// with `user_data`, which is passed through untouched and may be NULL.
 #[no_mangle]
 pub unsafe extern "C" fn sct_import(
     options_json: *const c_char,

@@ -2,18 +2,24 @@
 //! body inside `catch_unwind`; a caught panic (a bug) becomes `SCT_PANIC` with a message,
 //! and the calling process carries on. The progress and row callbacks are called from
 //! inside the same boundary, so a panic anywhere on that path is caught here too.
+//!
+//! A library must not write to its host's streams: the panic is caught silently
+//! (`error::catch_panic`), and what Rust would have printed on standard error (the
+//! message and where it happened) becomes the call's `sct_last_error_*` message instead.
 
 use super::error::{clear_last_error, set_last_error, FfiResult};
 use super::status::sct_status;
+use crate::error::{catch_panic, take_quiet_panic, QuietProcess};
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Run an operation's body: `SCT_OK` and a cleared last error on success, its status and
 /// message on failure, `SCT_PANIC` if it panicked. `function` names the export in messages.
 pub(crate) fn boundary(function: &str, body: impl FnOnce() -> FfiResult) -> sct_status {
-    // AssertUnwindSafe: after a panic nothing the body touched is used again; all state
-    // it borrowed from the caller is plain data, and the library's own state is per call.
-    match catch_unwind(AssertUnwindSafe(body)) {
+    // Unwind safety: after a panic nothing the body touched is used again; all state it
+    // borrowed from the caller is plain data, and the library's own state is per call.
+    let _quiet = QuietProcess::enter();
+    match catch_panic(body) {
         Ok(Ok(())) => {
             clear_last_error();
             sct_status::SCT_OK
@@ -23,9 +29,10 @@ pub(crate) fn boundary(function: &str, body: impl FnOnce() -> FfiResult) -> sct_
             failure.status
         }
         Err(payload) => {
+            // The hook kept the message with its location; the payload alone has no location.
+            let what = take_quiet_panic().unwrap_or_else(|| panic_message(&*payload).to_string());
             let message = format!(
-                "internal error in {function}: {} (a bug in ServiceConnection; please report it)",
-                panic_message(&*payload)
+                "internal error in {function}: {what} (a bug in ServiceConnection; please report it)"
             );
             // Dropping a payload can itself panic in pathological cases: keep it inside.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
@@ -38,9 +45,11 @@ pub(crate) fn boundary(function: &str, body: impl FnOnce() -> FfiResult) -> sct_
 /// Run a function that returns a plain value (a string pointer, a number) and does not
 /// touch the last error; `on_panic` is returned if it panics.
 pub(crate) fn guard<R>(on_panic: R, f: impl FnOnce() -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let _quiet = QuietProcess::enter();
+    match catch_panic(f) {
         Ok(r) => r,
         Err(payload) => {
+            let _ = take_quiet_panic();
             let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
             on_panic
         }
@@ -80,6 +89,17 @@ mod tests {
         assert_eq!(
             crate::ffi::error::sct_last_error_status(),
             sct_status::SCT_PANIC
+        );
+        let ptr = crate::ffi::error::sct_last_error_message();
+        // SAFETY: a non-NULL string this library just returned, freed once.
+        let message = unsafe {
+            let text = std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned();
+            crate::ffi::strings::sct_string_free(ptr);
+            text
+        };
+        assert!(
+            message.contains("boom 42") && message.contains("src/ffi/panic.rs:"),
+            "the message and its location are kept: {message}"
         );
 
         let s = boundary("t", || {

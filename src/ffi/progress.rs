@@ -6,8 +6,13 @@ use std::os::raw::{c_char, c_int, c_void};
 
 /// One progress report, valid only during the callback that receives it.
 ///
-/// `phase`: 1 Prepare, 2 Export, 3 Upload, 4 Download, 5 Verify, 6 Import,
-/// 7 Generate (sample data). Units are bytes or rows; a total of 0 means unknown.
+/// `phase` and its unit: 1 Prepare and 2 Export (rows written so far, out of the rows
+/// that leave the site), 3 Upload (bytes sent), 4 Download (bytes received or already on
+/// disk), 5 Verify (bytes hashed: Connect checking files already on disk, Import
+/// checking every file while staging it), 6 Import (bytes of the verified packs recorded
+/// and moved into the content library), 7 Generate (sample rows inserted). Reports come
+/// as the work goes, not only at its ends; within a phase `done` never decreases. A
+/// total of 0 means unknown.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 pub struct sct_progress {
@@ -25,10 +30,12 @@ pub struct sct_progress {
 }
 
 /// A progress callback: called on the thread that made the call, during the call, never
-/// concurrently. Return 0 to continue, non-zero to cancel: the operation then stops,
-/// removes what it had written, and returns `SCT_CANCELLED`. `user_data` is passed
-/// through untouched. The callback may call other `sct_` functions; it must not unwind
-/// through the library (no C++ exception or `longjmp` out of it).
+/// concurrently. Return 0 to continue, non-zero to cancel: the operation then stops and
+/// returns `SCT_CANCELLED`, leaving what its function says (nothing, except Connect's
+/// resumable downloads: see `sct_connect`). `user_data` is passed through untouched.
+/// The callback may call other `sct_` functions (a write to the site database being
+/// written by this operation fails at once with `SCT_BUSY`); it must not unwind through
+/// the library (no C++ exception or `longjmp` out of it).
 #[allow(non_camel_case_types)]
 pub type sct_progress_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, progress: *const sct_progress) -> c_int>;

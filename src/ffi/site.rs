@@ -17,11 +17,15 @@ use std::os::raw::{c_char, c_void};
 ///   "scp_mode": "Offline"|"Online" (optional, default "Offline")}`
 ///
 /// On success `*out_json` receives the new site's info, the same document as
-/// `sct_site_info`. Fails with `SCT_ALREADY_EXISTS` when `site_db` exists and
-/// `SCT_INVALID_ARGUMENT` for bad options; a failure leaves no file behind.
+/// `sct_site_info`. Fails with `SCT_ALREADY_EXISTS` when `site_db` exists,
+/// `SCT_INVALID_ARGUMENT` for bad options (an unknown field included), and
+/// `SCT_CONFLICT` when another site database in that folder already owns the content
+/// library there (one site database per folder; see `sct_import`); a failure leaves no
+/// file behind.
 ///
 /// # Safety
-/// String arguments are NULL or NUL-terminated; `out_json` is NULL or writable.
+/// `site_db` and `options_json` (required) are NUL-terminated; `out_json` (required)
+/// points to a writable `char *`.
 #[no_mangle]
 pub unsafe extern "C" fn sct_site_create(
     site_db: *const c_char,
@@ -55,7 +59,8 @@ pub unsafe extern "C" fn sct_site_create(
 /// panics internally and returns `SCT_PANIC`; the panic never reaches the caller.
 ///
 /// # Safety
-/// `site_db` is NULL or NUL-terminated; `out_json` is NULL or writable.
+/// `site_db` (required) is NUL-terminated; `out_json` (required) points to a writable
+/// `char *`.
 #[no_mangle]
 pub unsafe extern "C" fn sct_site_info(
     site_db: *const c_char,
@@ -79,8 +84,9 @@ pub unsafe extern "C" fn sct_site_info(
 /// On success `*out_rows` receives the number of rows inserted.
 ///
 /// # Safety
-/// `site_db` is NULL or NUL-terminated; `out_rows` is NULL or writable; `progress_cb`,
-/// if not NULL, is callable with `user_data`.
+/// `site_db` (required) is NUL-terminated; `out_rows` (required) points to a writable
+/// `uint64_t`; `progress_cb` may be NULL (no progress), and otherwise is callable with
+/// `user_data`, which is passed through untouched and may be NULL.
 #[no_mangle]
 pub unsafe extern "C" fn sct_generate_sample_data(
     site_db: *const c_char,
@@ -115,9 +121,14 @@ pub unsafe extern "C" fn sct_generate_sample_data(
 ///   "file_count": <n>, "manifest_sha256": "<hex>", "publisher_key_id": "<hex>"|null,
 ///   "content_path": "<folder>"|null, "source_path": "<folder>"|null,
 ///   "imported": "<RFC 3339 UTC>"|null}`
+/// `content_path` is as recorded: relative to the folder holding the site database
+/// (`EasySetupPayload/Offline/<guid>`), so the site's folder can be moved; `sct_import`
+/// gives the same folder as an absolute path. `source_path` is the pack folder it was
+/// imported from, as the import's `source` named it.
 ///
 /// # Safety
-/// `site_db` is NULL or NUL-terminated; `out_json` is NULL or writable.
+/// `site_db` (required) is NUL-terminated; `out_json` (required) points to a writable
+/// `char *`.
 #[no_mangle]
 pub unsafe extern "C" fn sct_list_updates(
     site_db: *const c_char,

@@ -25,7 +25,10 @@ pub enum sct_status {
     SCT_NOT_A_SITE_DATABASE = 7004,
     /// The site database was written by a newer version of this library.
     SCT_SCHEMA_TOO_NEW = 7005,
-    /// Another process holds the site database (or another lock) and did not let go in time.
+    /// Another process holds the site database (or another lock) and did not let go in
+    /// time; or, at once and without waiting, a call writing to a site database was made
+    /// from inside a progress callback of an operation writing to the same site database
+    /// on the same thread (it would wait for itself).
     SCT_BUSY = 7006,
     /// An operating-system I/O failure not covered by a more precise status.
     SCT_IO = 7007,
@@ -55,9 +58,13 @@ pub enum sct_status {
     SCT_TLS = 7019,
     /// The update service answered with an error status.
     SCT_SERVICE = 7020,
-    /// The progress callback returned non-zero; nothing partial was left behind.
+    /// The progress callback returned non-zero. Prepare, Export, sample data and Import
+    /// then leave nothing behind; Connect keeps only its resumable `.sct-partial`
+    /// downloads and files it verified, and writes no `manifest.json` for an unfinished
+    /// pack (see `sct_connect`).
     SCT_CANCELLED = 7021,
-    /// A package with this GUID exists with different content.
+    /// A package with this GUID exists with different content; or the content library
+    /// beside a site database belongs to another site database in the same folder.
     SCT_CONFLICT = 7022,
     /// A path in external data is absolute, escapes its folder, or passes through a link.
     SCT_UNSAFE_PATH = 7023,
@@ -214,5 +221,16 @@ mod tests {
         assert_eq!(sct_status::from_u32(7102), Some(sct_status::SCT_PANIC));
         assert_eq!(sct_status::from_u32(6999), None);
         assert_eq!(sct_status::from_u32(7026), None);
+    }
+
+    /// The header lists every status name `sct_status_name` can give (issue 16: only a
+    /// few were listed).
+    #[test]
+    fn the_header_lists_every_status_name() {
+        let header = include_str!("../../include/serviceconnection.h");
+        for status in sct_status::ALL {
+            let quoted = format!("`\"{}\"`", status.name());
+            assert!(header.contains(&quoted), "{quoted} is not in the header");
+        }
     }
 }

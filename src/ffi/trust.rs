@@ -17,7 +17,8 @@ use std::os::raw::c_char;
 ///   "added": "<RFC 3339 UTC>"}`
 ///
 /// # Safety
-/// String arguments are NULL or NUL-terminated; `out_json` is NULL or writable.
+/// `site_db` and `public_key_path` (required) are NUL-terminated; `comment` is NULL or
+/// NUL-terminated; `out_json` (required) points to a writable `char *`.
 #[no_mangle]
 pub unsafe extern "C" fn sct_trust_add(
     site_db: *const c_char,
@@ -44,7 +45,8 @@ pub unsafe extern "C" fn sct_trust_add(
 /// objects `sct_trust_add` returns, oldest first.
 ///
 /// # Safety
-/// `site_db` is NULL or NUL-terminated; `out_json` is NULL or writable.
+/// `site_db` (required) is NUL-terminated; `out_json` (required) points to a writable
+/// `char *`.
 #[no_mangle]
 pub unsafe extern "C" fn sct_trust_list(
     site_db: *const c_char,
@@ -65,7 +67,7 @@ pub unsafe extern "C" fn sct_trust_list(
 /// `SCT_NOT_FOUND` when the site does not trust it.
 ///
 /// # Safety
-/// String arguments are NULL or NUL-terminated.
+/// `site_db` and `key_id` (required) are NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn sct_trust_remove(
     site_db: *const c_char,

@@ -47,8 +47,9 @@ unsafe fn write_usage(
 /// Prepare: write the site's usage data (at its diagnostics level, identifying
 /// attributes hashed) into the usage cab `dest` (must end in `.cab`; its folder must
 /// exist). An existing `dest` is refused (`SCT_ALREADY_EXISTS`) unless `force`.
-/// Progress reports phase 1 (Prepare). Written atomically: a failure or cancellation
-/// leaves nothing at `dest`, and an existing file there untouched.
+/// Progress reports phase 1 (Prepare) in rows, as they are written (every few thousand
+/// rows), out of the rows that leave the site. Written atomically: a failure or
+/// cancellation leaves nothing at `dest`, and an existing file there untouched.
 ///
 /// On success `*out_json` receives:
 /// `{"path": "<dest>", "format": "Cab", "hierarchy_id": "<guid>",
@@ -56,8 +57,9 @@ unsafe fn write_usage(
 ///   "record_count": <rows>, "size": <bytes>, "sha256": "<hex of the file>"}`
 ///
 /// # Safety
-/// String arguments are NULL or NUL-terminated; `out_json` is NULL or writable;
-/// `progress_cb`, if not NULL, is callable with `user_data`.
+/// `site_db` and `dest` (required) are NUL-terminated; `out_json` (required) points to a
+/// writable `char *`; `progress_cb` may be NULL (no progress), and otherwise is callable
+/// with `user_data`, which is passed through untouched and may be NULL.
 #[no_mangle]
 pub unsafe extern "C" fn sct_prepare(
     site_db: *const c_char,
@@ -126,8 +128,9 @@ pub unsafe extern "C" fn sct_export_csv(
 /// whatever the number of rows. `row_cb` is required.
 ///
 /// # Safety
-/// `site_db` is NULL or NUL-terminated; `out_count` is NULL or writable; `row_cb`, if not
-/// NULL, is callable with `user_data`.
+/// `site_db` (required) is NUL-terminated; `out_count` (required) points to a writable
+/// `uint64_t`; `row_cb` (required) is callable with `user_data`, which is passed
+/// through untouched and may be NULL.
 #[no_mangle]
 pub unsafe extern "C" fn sct_usage_rows(
     site_db: *const c_char,

@@ -39,14 +39,16 @@
 //! 4. **Stage.** Each pack's content is copied into
 //!    `EasySetupPayload/Offline/.<guid>.sct-staging/`, hashing while copying (each byte is
 //!    read once), then files and folders are fsynced. Where the library's file system
-//!    supports it, a file is reflinked (`FICLONE`) instead and the clone is hashed. Hard
-//!    links are never used: the library file would be the transfer drive's file, so a
-//!    later change on the drive would change verified content behind the site's back (and
-//!    a drive is rarely on the same file system anyway).
+//!    supports it, a file is reflinked (`FICLONE`) instead and the clone is hashed; else,
+//!    when the update-pack folder is on the same file system, it is hard-linked and the
+//!    linked inode is hashed (the library file then shares the pack file's inode, so pack
+//!    files must not be edited in place after importing: the README says so). Progress:
+//!    phase 5 (Verify) counts the bytes hashed here.
 //! 5. **Commit.** One SQLite `BEGIN IMMEDIATE` transaction inserts every pack's rows
 //!    (`update_packages`, `update_package_files`), then every staging folder is renamed to
 //!    its final `<guid>` folder, the library folder is fsynced, and the transaction
-//!    commits. The rows appear only with complete content.
+//!    commits. The rows appear only with complete content. Progress: phase 6 (Import)
+//!    counts the bytes of the packs moved into place.
 //! 6. **Clean.** The journal is removed.
 //!
 //! A crash before 5's commit leaves no committed row; the journal lets the next import
@@ -57,6 +59,11 @@
 //! never gets past staging; cancellation (the progress callback returns false) and any
 //! failure before the commit undo everything, so the site is unchanged. Because all packs
 //! of a run commit together, a run is all or nothing across packs too.
+//!
+//! Before any of this, the run is refused (`Conflict`) when another site database in the
+//! same folder owns the content library (`site::library`: one site database per
+//! folder), and the site database is registered as being written by this thread
+//! (`site::reentry`), so a progress callback writing to it fails at once.
 //!
 //! Test hook: with `SCT_TEST_PAUSE_IMPORT=<stage>:<flag-file>` set, the import appends
 //! `SCT_TEST_PAUSED <stage>` to the flag file on reaching `<stage>` and then blocks until
@@ -95,6 +102,7 @@ pub const INSECURE_NOTE: &str =
     "SIGNATURE NOT VERIFIED (insecure_skip_signature_check): the publisher of this pack was not authenticated";
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImportOptions {
     pub site_db: PathBuf,
     /// The update-pack folder Connect wrote (holds `<hierarchy-id>/` folders).
@@ -240,12 +248,16 @@ pub fn import(opts: &ImportOptions, progress: ProgressFn) -> Result<Vec<ImportRe
         }
         Ok(_) => {}
     }
+    let _held = crate::site::reentry::hold(&opts.site_db, "an import")?;
     let mut site = Site::open(&opts.site_db)?;
     let info = site.identity()?;
     let wait = opts
         .lock_wait_ms
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_LOCK_WAIT);
+    // One site database per folder: the content library beside it is its own. Checked
+    // before anything is written (`claim` checks again when content is placed).
+    crate::site::library::check_owner(&opts.site_db)?;
     let _lock = lock::ImportLock::acquire(&opts.site_db, wait)?;
     pause_point("locked");
     place::recover(&opts.site_db, site.connection())?;
@@ -538,9 +550,11 @@ fn place_and_commit(
     placement.journaled = true;
     pause_point("journaled");
     placement.create_library(&missing)?;
+    placement.claimed = crate::site::library::claim(&opts.site_db)?;
 
     let mut meter = place::Meter {
         progress,
+        phase: crate::progress::Phase::Verify,
         done: 0,
         total: candidates
             .iter()
@@ -579,6 +593,14 @@ fn place_and_commit(
         return Ok(());
     }
 
+    // Phase 6: recording and moving into place, in bytes of the packs staged.
+    meter.phase = crate::progress::Phase::Import;
+    meter.done = 0;
+    meter.total = staged
+        .iter()
+        .map(|&i| candidates[i].trusted.manifest.total_size())
+        .sum();
+    meter.report("", 0, 0)?;
     let now = crate::site::now_rfc3339();
     let outcome = (|| -> Result<()> {
         let tx = site
@@ -642,6 +664,8 @@ fn place_and_commit(
             if placement.renamed.len() == 1 {
                 pause_point("renamed-first");
             }
+            meter.done += m.total_size();
+            meter.report(&m.id.to_string(), m.total_size(), m.total_size())?;
         }
         crate::fsutil::sync_dir(library);
         pause_point("renamed");
@@ -658,6 +682,9 @@ fn place_and_commit(
             }
             Ok(())
         }
+        // Cancelled while placing: rolled back, and dropping `placement` removes what was
+        // placed, so the site is unchanged.
+        Err(e) if e.kind() == ErrorKind::Cancelled => Err(e),
         Err(e) => {
             // Rolled back; dropping `placement` removes what was placed.
             let e = e.context("the packs could not be recorded in the site database");

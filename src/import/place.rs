@@ -123,6 +123,7 @@ pub(crate) fn recover(site_db: &Path, conn: &rusqlite::Connection) -> Result<Vec
     }
     sync_dir(&j.library);
     for d in j.created.iter().rev() {
+        crate::site::library::release_if_unused(d);
         // Only if empty: anything placed there since belongs to someone.
         if std::fs::remove_dir(d).is_ok() {
             removed.push(d.clone());
@@ -132,9 +133,13 @@ pub(crate) fn recover(site_db: &Path, conn: &rusqlite::Connection) -> Result<Vec
     Ok(removed)
 }
 
-/// Progress over all bytes to verify in one run; `false` from the callback cancels.
+/// Progress in bytes over one run's packs; `false` from the callback cancels. Import
+/// reports two phases through it: `Verify` while staging (every byte is hashed as it is
+/// placed in a staging folder: the bytes verified so far), then `Import` while the
+/// verified packs are recorded and moved into the content library (the bytes placed).
 pub(crate) struct Meter<'a, 'b> {
     pub progress: &'a mut ProgressFn<'b>,
+    pub phase: Phase,
     pub done: u64,
     pub total: u64,
 }
@@ -142,7 +147,7 @@ pub(crate) struct Meter<'a, 'b> {
 impl Meter<'_, '_> {
     pub(crate) fn report(&mut self, item: &str, item_done: u64, item_total: u64) -> Result<()> {
         let p = Progress {
-            phase: Phase::Import,
+            phase: self.phase,
             item: item.to_string(),
             item_done,
             item_total,
@@ -488,6 +493,8 @@ pub(crate) struct Placement {
     pub journaled: bool,
     pub staged: Vec<PathBuf>,
     pub renamed: Vec<PathBuf>,
+    /// The content library's owner file, when this run wrote it (`site::library::claim`).
+    pub claimed: Option<PathBuf>,
     committed: bool,
 }
 
@@ -500,6 +507,7 @@ impl Placement {
             journaled: false,
             staged: Vec::new(),
             renamed: Vec::new(),
+            claimed: None,
             committed: false,
         }
     }
@@ -562,6 +570,9 @@ impl Placement {
             remove_tree(p)?;
         }
         sync_dir(&self.library);
+        if let Some(owner) = self.claimed.take() {
+            let _ = std::fs::remove_file(owner);
+        }
         for d in self.created.iter().rev() {
             // Only if still empty: never remove anything another run put there.
             let _ = std::fs::remove_dir(d);

@@ -7,6 +7,8 @@
 //! are refused without touching the file. Writers wait for each other through SQLite's
 //! busy timeout (WAL journal), so concurrent runs are serialised, never corrupting.
 
+pub mod library;
+pub mod reentry;
 pub mod sample;
 mod schema;
 pub mod trust;
@@ -110,6 +112,7 @@ impl std::str::FromStr for ScpMode {
 
 /// What it takes to create a site.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewSite {
     pub site_code: String,
     pub site_version: SiteVersion,
@@ -169,6 +172,7 @@ impl Site {
             .clone()
             .unwrap_or_else(|| format!("Site {code}"));
         let tmp = crate::fsutil::AtomicFile::create(path, false)?;
+        library::check_free_for_new_site(path)?;
         {
             let conn = Connection::open(tmp_path(&tmp))?;
             schema::create(&conn)?;
@@ -360,6 +364,7 @@ impl Site {
     /// transaction, re-evaluate which recorded updates apply to it
     /// ([`updates::reevaluate_applicability`]). Returns the updates whose state changed.
     pub fn set_site_version(&self, v: &SiteVersion) -> Result<Vec<(uuid::Uuid, UpdateState)>> {
+        reentry::check(&self.path)?;
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "UPDATE site SET site_version = ?1 WHERE id = 1",
@@ -371,6 +376,7 @@ impl Site {
     }
 
     pub fn set_diagnostics_level(&self, level: DiagnosticsLevel) -> Result<()> {
+        reentry::check(&self.path)?;
         self.conn.execute(
             "UPDATE site SET diagnostics_level = ?1 WHERE id = 1",
             [level.as_str()],

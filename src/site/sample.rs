@@ -151,6 +151,7 @@ pub fn generate_with_progress(
     seed: u64,
     progress: ProgressFn,
 ) -> Result<u64> {
+    let _held = super::reentry::hold(site.path(), "sample-data generation")?;
     let mut rng = Rng(seed ^ 0x5C7_5A3B1E);
     // A bigger page cache while bulk loading (bounded, restored afterwards) keeps SQLite
     // from spilling half-built pages to the WAL over and over.

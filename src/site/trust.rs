@@ -20,6 +20,7 @@ impl Site {
         key: &PublicKey,
         comment: &str,
     ) -> Result<TrustedPublisher> {
+        super::reentry::check(&self.path)?;
         self.conn.execute(
             "INSERT OR IGNORE INTO trusted_publishers (key_id, public_key, comment, added_utc) VALUES (?1, ?2, ?3, ?4)",
             rusqlite::params![key.key_id(), key.to_base64(), comment, now_rfc3339()],
@@ -62,6 +63,7 @@ impl Site {
 
     /// Stop trusting the key with this ID (case-insensitive). Not trusted → NotFound.
     pub fn remove_trusted_publisher(&self, key_id: &str) -> Result<()> {
+        super::reentry::check(&self.path)?;
         let n = self.conn.execute(
             "DELETE FROM trusted_publishers WHERE key_id = upper(?1)",
             [key_id.trim()],

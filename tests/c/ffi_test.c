@@ -15,11 +15,13 @@
 #include "serviceconnection.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static int checks = 0;
 
@@ -290,19 +292,94 @@ static void test_bad_paths(const char *dir) {
     printf("ok bad paths\n");
 }
 
-static void test_forced_panic(const char *site) {
+static void test_forced_panic(const char *dir, const char *site) {
     char *out = SENTINEL;
+    /* The library must not write to its host's streams: stderr goes to a file meanwhile. */
+    char *captured = path_in(dir, "stderr.txt");
+    fflush(stderr);
+    int saved = dup(2);
+    int fd = open(captured, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    CHECK(saved >= 0 && fd >= 0 && dup2(fd, 2) == 2, "redirect stderr");
+    close(fd);
     setenv("SCT_FFI_TEST_PANIC", "1", 1);
-    EXPECT_STATUS(sct_site_info(site, &out), SCT_PANIC);
+    setenv("RUST_BACKTRACE", "1", 1); /* the default hook would add a backtrace */
+    sct_status got = sct_site_info(site, &out);
     unsetenv("SCT_FFI_TEST_PANIC");
+    unsetenv("RUST_BACKTRACE");
+    dup2(saved, 2);
+    close(saved);
+    EXPECT_STATUS(got, SCT_PANIC);
+    struct stat st;
+    CHECK(stat(captured, &st) == 0 && st.st_size == 0, "the library wrote %lld bytes to stderr",
+          (long long)st.st_size);
+    free(captured);
     CHECK(out == SENTINEL, "no out-parameter written after a panic");
     check_last_error_contains(SCT_PANIC, "SCT_FFI_TEST_PANIC");
+    check_last_error_contains(SCT_PANIC, "src/ffi/panic.rs:");
     /* The process and the library carry on. */
     EXPECT_STATUS(sct_site_info(site, &out), SCT_OK);
     CHECK(out != SENTINEL && has(out, "\"site_code\":\"PS1\""), "info after the panic: %s", out);
     sct_string_free(out);
     check_no_last_error();
     printf("ok forced panic caught\n");
+}
+
+/* Misspelt options are refused with the field's name, never silently ignored. */
+static void test_unknown_option_fields(const char *dir, const char *site) {
+    char *out = SENTINEL;
+    char *other = path_in(dir, "typo.db");
+    EXPECT_STATUS(sct_site_create(other, "{\"site_code\":\"PS2\",\"site_version\":\"5.00.9128.1000\",\"sitename\":\"x\"}",
+                                  &out),
+                  SCT_INVALID_ARGUMENT);
+    check_last_error_contains(SCT_INVALID_ARGUMENT, "unknown field `sitename`");
+    CHECK(!exists(other) && out == SENTINEL, "nothing created");
+    char opts[2048];
+    snprintf(opts, sizeof opts, "{\"site_db\":\"%s\",\"source\":\"%s\",\"insecure_skip_signature_chek\":true}",
+             site, dir);
+    EXPECT_STATUS(sct_import(opts, NULL, NULL, &out), SCT_INVALID_ARGUMENT);
+    check_last_error_contains(SCT_INVALID_ARGUMENT, "unknown field `insecure_skip_signature_chek`");
+    snprintf(opts, sizeof opts,
+             "{\"source\":\"%s\",\"dest\":\"%s/never\",\"service_uri\":\"http://127.0.0.1:9\",\"paralelism\":2}", dir,
+             dir);
+    EXPECT_STATUS(sct_connect(opts, NULL, NULL, &out), SCT_INVALID_ARGUMENT);
+    check_last_error_contains(SCT_INVALID_ARGUMENT, "unknown field `paralelism`");
+    CHECK(out == SENTINEL, "no out-parameter written");
+    free(other);
+    printf("ok unknown option fields refused\n");
+}
+
+/* A write to the same site from inside a callback of a write on it fails at once. */
+struct reentry_state {
+    const char *site;
+    int calls;
+    sct_status status;
+    char *message;
+};
+
+static int reentering_progress(void *user_data, const sct_progress *p) {
+    (void)p;
+    struct reentry_state *s = user_data;
+    if (s->calls++ == 0) {
+        char *json = NULL;
+        s->status = sct_trust_add(s->site, env("SCT_PUBLISHER_PUB"), "from a callback", &json);
+        sct_string_free(json);
+        s->message = sct_last_error_message();
+    }
+    return 0;
+}
+
+static void test_reentrance(const char *site) {
+    struct reentry_state s = {site, 0, SCT_OK, NULL};
+    uint64_t rows = 0;
+    EXPECT_STATUS(sct_generate_sample_data(site, 10, 77, reentering_progress, &s, &rows), SCT_OK);
+    CHECK(s.status == SCT_BUSY, "write from inside the callback: %s", sct_status_name((uint32_t)s.status));
+    CHECK(s.message && strstr(s.message, "same thread"), "message: %s", s.message ? s.message : "(none)");
+    sct_string_free(s.message);
+    char *out = NULL;
+    EXPECT_STATUS(sct_trust_list(site, &out), SCT_OK);
+    CHECK(strcmp(out, "[]") == 0, "the refused write changed nothing: %s", out);
+    sct_string_free(out);
+    printf("ok same-thread re-entrance fails at once\n");
 }
 
 static void test_site_and_sample_data(const char *dir, const char *site) {
@@ -656,6 +733,8 @@ static void test_flow(const char *dir) {
     CHECK(has(out, "\"status\":\"Imported\"") && has(out, pack), "%s", out);
     CHECK(has(out, "\"state\":\"ReadyToInstall\""), "%s", out);
     CHECK(ps.wrong_thread == 0, "Import progress on the calling thread");
+    CHECK(ps.phases_seen == ((1u << 5) | (1u << 6)), "Import reports Verify (5) and Import (6), seen %#x",
+          ps.phases_seen);
     sct_string_free(out);
     CHECK(count_files(library) > 0, "content copied into the content library");
     EXPECT_STATUS(sct_list_updates(site, &out), SCT_OK);
@@ -687,7 +766,9 @@ int main(int argc, char **argv) {
         test_null_arguments(site);
         test_bad_paths(dir);
         test_site_and_sample_data(dir, site);
-        test_forced_panic(site);
+        test_forced_panic(dir, site);
+        test_unknown_option_fields(dir, site);
+        test_reentrance(site);
         test_trust(dir, site);
         test_threads(dir);
         test_same_site_threads(dir);

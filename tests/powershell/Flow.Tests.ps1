@@ -522,3 +522,90 @@ Describe 'Through an authenticating proxy (tinyproxy)' {
         (Get-Content -Raw (Join-Path $dest 'connect-report.json')) | Should -Not -Match ([regex]::Escape($ProxySecret))
     }
 }
+
+Describe 'What the documentation promises (issue 16)' {
+    BeforeAll {
+        $script:P = New-TrustedSite -Name 'promises'
+        $script:PUsb = (New-Item -ItemType Directory -Path (Join-Path $TestDrive 'usb-promises')).FullName
+        $script:PPacks = Join-Path $PUsb 'UpdatePacks'
+        $cab = Export-UsageData -SiteDatabase $P.Db -Destination (Join-Path $PUsb 'UsageData.cab')
+        $null = $cab | Invoke-ServiceConnection -UpdatePackDestination $PPacks -ServiceUri $Uri -Download All
+        # A second site database in the same folder, created before anything was imported there.
+        $script:Second = Join-Path $P.Dir 'second.db'
+        $null = New-ServiceConnectionSite -Path $Second -SiteCode PS2 -SiteVersion $Version -HierarchyId $P.HierarchyId
+        $null = Add-TrustedPublisher -SiteDatabase $Second -Path $PublicKey
+    }
+
+    It 'Import-UpdatePack shows Verify, then Import, with Write-Progress' {
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddCommand('Import-Module').AddParameter('Name', $ModuleManifest).AddParameter('ErrorAction', 'Stop')
+            $null = $ps.Invoke()
+            $ps.Commands.Clear()
+            $null = $ps.AddCommand('Import-UpdatePack').AddParameters(@{ SiteDatabase = $P.Db; Path = $PPacks })
+            $results = @($ps.Invoke())
+            $ps.HadErrors | Should -BeFalse
+            $results.Status | Sort-Object -Unique | Should -Be 'Imported'
+            $statuses = @($ps.Streams.Progress | Where-Object RecordType -ne 'Completed' | ForEach-Object StatusDescription)
+            $verify = [array]::FindIndex([string[]]$statuses, [Predicate[string]] { param($s) $s -like 'Verify*' })
+            $place = [array]::FindIndex([string[]]$statuses, [Predicate[string]] { param($s) $s -like 'Import*' })
+            $verify | Should -BeGreaterOrEqual 0 -Because "Verify is reported ($($statuses -join ' | '))"
+            $place | Should -BeGreaterThan $verify -Because "placement comes after verification ($($statuses -join ' | '))"
+        }
+        finally { $ps.Dispose() }
+    }
+
+    It 'refuses the second site database of the folder at Import, naming the first, and changes nothing' {
+        $before = Get-TreeHash $P.Dir
+        $err = $null
+        $results = @(Import-UpdatePack -SiteDatabase $Second -Path $PPacks -ErrorVariable err -ErrorAction SilentlyContinue)
+        $results | Should -BeNullOrEmpty
+        $err | Should -HaveCount 1
+        $err[0].FullyQualifiedErrorId | Should -BeLike 'ServiceConnection.Conflict*'
+        $err[0].Exception.Message | Should -BeLike "*$($P.Db)*"
+        $err[0].Exception.Message | Should -Not -BeLike '*sct-staging*'
+        @(Get-UpdatePack -SiteDatabase $Second) | Should -BeNullOrEmpty
+        Get-TreeHash $P.Dir | Should -Be $before
+    }
+
+    It 'refuses to create a third site database in that folder, naming the first' {
+        $third = Join-Path $P.Dir 'third.db'
+        $err = $null
+        $null = New-ServiceConnectionSite -Path $third -SiteCode PS3 -SiteVersion $Version -ErrorVariable err -ErrorAction SilentlyContinue
+        $err | Should -HaveCount 1
+        $err[0].FullyQualifiedErrorId | Should -BeLike 'ServiceConnection.Conflict*'
+        $err[0].Exception.Message | Should -BeLike '*site.db*'
+        Test-Path $third | Should -BeFalse
+    }
+
+    It 'imports the second site database once it has a folder of its own' {
+        $own = (New-Item -ItemType Directory -Path (Join-Path $TestDrive 'promises-own')).FullName
+        $moved = Join-Path $own 'second.db'
+        Move-Item -LiteralPath $Second -Destination $moved
+        $results = @(Import-UpdatePack -SiteDatabase $moved -Path $PPacks)
+        $results.Status | Sort-Object -Unique | Should -Be 'Imported'
+        Test-Path (Join-Path $own "EasySetupPayload/Offline/$UpdateGuid") | Should -BeTrue
+    }
+
+    It '-Download SiteVersion brings later steps of an upgrade chain, imported as NotApplicable' {
+        $store = Join-Path $TestDrive 'store-chain'
+        $null = Invoke-ServiceTool -Arguments @('keygen', '--store', $store)
+        $step1 = Publish-TestPack -Store $store -Name 'Step 1' -Version '5.00.9132.1000' -Type Update `
+            -MinSiteVersion $Version -Content (New-TestContent -Path (Join-Path $TestDrive 'chain-1') -Files 1)
+        $step2 = Publish-TestPack -Store $store -Name 'Step 2' -Version '5.00.9135.1000' -Type Update `
+            -MinSiteVersion '5.00.9132.1000' -Content (New-TestContent -Path (Join-Path $TestDrive 'chain-2') -Files 1)
+        $service = Start-TestService -Store $store
+        try {
+            $site = New-TrustedSite -Name 'chain' -Untrusted
+            $null = Add-TrustedPublisher -SiteDatabase $site.Db -Path (Join-Path $store 'publisher.pub')
+            $usb = (New-Item -ItemType Directory -Path (Join-Path $TestDrive 'usb-chain')).FullName
+            $packs = @(Export-UsageData -SiteDatabase $site.Db -Destination (Join-Path $usb 'UsageData.cab') |
+                    Invoke-ServiceConnection -UpdatePackDestination (Join-Path $usb 'UpdatePacks') -ServiceUri $service.Uri -Download SiteVersion)
+            $packs.PackageGuid | Should -Be @($step1, $step2)
+            $imported = @(Import-UpdatePack -SiteDatabase $site.Db -Path (Join-Path $usb 'UpdatePacks'))
+            ($imported | Where-Object PackageGuid -eq $step1).State | Should -Be 'ReadyToInstall'
+            ($imported | Where-Object PackageGuid -eq $step2).State | Should -Be 'NotApplicable'
+        }
+        finally { Stop-TestService $service }
+    }
+}

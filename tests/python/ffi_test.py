@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import sys
+import tempfile
 import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_bool, c_char, c_char_p, c_int,
                     c_size_t, c_uint32, c_uint64, c_void_p)
@@ -23,6 +24,7 @@ SCT_INVALID_ARGUMENT = 7001
 SCT_NOT_FOUND = 7002
 SCT_ALREADY_EXISTS = 7003
 SCT_NOT_A_SITE_DATABASE = 7004
+SCT_BUSY = 7006
 SCT_CANCELLED = 7021
 SCT_NULL_PARAMETER = 7100
 SCT_INVALID_UTF8 = 7101
@@ -136,6 +138,7 @@ class ProgressRecorder:
 
     def __init__(self, cancel_after=0):
         self.calls = 0
+        self.reports = []  # (phase, done, total)
         self.phases = set()
         self.threads = set()
         self.items_ok = True
@@ -144,6 +147,7 @@ class ProgressRecorder:
 
     def _on_progress(self, _user_data, p):
         self.calls += 1
+        self.reports.append((p.contents.phase, p.contents.done, p.contents.total))
         self.phases.add(p.contents.phase)
         self.threads.add(threading.get_ident())
         if p.contents.item is None:
@@ -259,14 +263,83 @@ def test_site(tmp, site):
     print("ok site, sample data, cancellation")
 
 
+def with_captured_stderr(fn):
+    """Run fn() with file descriptor 2 redirected to a file; return (result, bytes written)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            result = fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        return result, captured.read()
+
+
 def test_forced_panic(site):
     os.environ["SCT_FFI_TEST_PANIC"] = "1"
+    os.environ["RUST_BACKTRACE"] = "1"  # the default hook would add a backtrace
     try:
-        expect_error(SCT_PANIC, lib.sct_site_info, b(site), contains="SCT_FFI_TEST_PANIC")
+        msg, written = with_captured_stderr(
+            lambda: expect_error(SCT_PANIC, lib.sct_site_info, b(site), contains="SCT_FFI_TEST_PANIC"))
     finally:
         del os.environ["SCT_FFI_TEST_PANIC"]
+        del os.environ["RUST_BACKTRACE"]
+    assert written == b"", f"the library wrote to the host's stderr: {written!r}"
+    assert "src/ffi/panic.rs:" in msg, f"the panic's location is kept in the message: {msg!r}"
     assert call_json(lib.sct_site_info, b(site))["site_code"] == "PS1"
     print("ok forced panic caught")
+
+
+def test_unknown_option_fields(tmp, site):
+    """A misspelt option is refused, naming the field, in every options type."""
+    other = os.path.join(tmp, "typo.db")
+    expect_error(SCT_INVALID_ARGUMENT, lib.sct_site_create, b(other),
+                 b'{"site_code":"PS2","site_version":"5.00.9128.1000","diagnostic_level":"Full"}',
+                 contains="unknown field `diagnostic_level`")
+    assert not os.path.exists(other)
+    msg = expect_error(SCT_INVALID_ARGUMENT, lib.sct_import,
+                       b(json.dumps({"site_db": site, "source": tmp, "insecure_skip_signature_chek": True})),
+                       NO_PROGRESS, None, contains="unknown field `insecure_skip_signature_chek`")
+    assert "\n" not in msg
+    connect = {"source": tmp, "dest": os.path.join(tmp, "never"), "service_uri": "http://127.0.0.1:9",
+               "selction": "All"}
+    expect_error(SCT_INVALID_ARGUMENT, lib.sct_connect, b(json.dumps(connect)), NO_PROGRESS, None,
+                 contains="unknown field `selction`")
+    del connect["selction"]
+    connect["proxy"] = {"uri": "127.0.0.1:9", "user": "meg", "password": "hunter2"}
+    msg = expect_error(SCT_INVALID_ARGUMENT, lib.sct_connect, b(json.dumps(connect)), NO_PROGRESS, None,
+                       contains="unknown field `user`")
+    assert "hunter2" not in msg
+    assert not os.path.exists(os.path.join(tmp, "never"))
+    print("ok unknown option fields refused")
+
+
+def test_reentrance(site):
+    """A write to the same site from inside a callback of a write on it fails at once."""
+    pub = os.environ["SCT_PUBLISHER_PUB"]
+    seen = []
+
+    @PROGRESS_CB
+    def on_progress(_user_data, _p):
+        if not seen:
+            out = c_void_p()
+            status = lib.sct_trust_add(b(site), b(pub), None, byref(out))
+            seen.append((status, last_error()))
+            # Reads are fine from inside the callback.
+            seen.append(call_json(lib.sct_site_info, b(site))["site_code"])
+        return 0
+
+    rows = c_uint64()
+    assert lib.sct_generate_sample_data(b(site), 10, 99, on_progress, None, byref(rows)) == SCT_OK, last_error()
+    (status, message), code = seen
+    assert status == SCT_BUSY, status_name(status)
+    assert "same thread" in message and "callback" in message, message
+    assert code == "PS1"
+    assert call_json(lib.sct_trust_list, b(site)) == [], "the refused write changed nothing"
+    print("ok same-thread re-entrance fails at once")
 
 
 def test_trust(tmp, site):
@@ -340,6 +413,15 @@ def test_same_site_threads(tmp):
     print("ok 3 threads on one site, serialised")
 
 
+def assert_rows_reported_as_they_go(rec, phase, rows):
+    """Prepare (1) / Export (2) report rows while they run, not only at the ends."""
+    assert rec.phases == {phase}, rec.phases
+    assert all(total == rows for _, _, total in rec.reports), rec.reports
+    dones = [done for _, done, _ in rec.reports]
+    assert dones == sorted(dones) and dones[-1] == rows, dones
+    assert any(0 < d < rows for d in dones), f"no report while the rows were written: {dones}"
+
+
 def test_flow(tmp):
     url = os.environ["SCT_SERVICE_URL"]
     pack = os.environ["SCT_EXPECT_PACK"]
@@ -347,7 +429,8 @@ def test_flow(tmp):
     info = call_json(lib.sct_site_create, b(site), b(SITE_OPTIONS))
     hierarchy = info["hierarchy_id"]
     rows = c_uint64()
-    assert lib.sct_generate_sample_data(b(site), 700, 5, NO_PROGRESS, None, byref(rows)) == SCT_OK
+    # Enough rows that Prepare and Export report several times as they go.
+    assert lib.sct_generate_sample_data(b(site), 30_000, 5, NO_PROGRESS, None, byref(rows)) == SCT_OK
     basic, enhanced, _full = call_json(lib.sct_site_info, b(site))["usage_rows"]
     leaving = basic + enhanced
 
@@ -366,8 +449,10 @@ def test_flow(tmp):
     print(f"ok usage rows ({leaving})")
 
     csv = os.path.join(tmp, "UsageData.csv")
-    exported = call_json(lib.sct_export_csv, b(site), b(csv), False, NO_PROGRESS, None)
+    rec = ProgressRecorder()
+    exported = call_json(lib.sct_export_csv, b(site), b(csv), False, rec.cb, None)
     assert exported["format"] == "Csv" and exported["record_count"] == leaving
+    assert_rows_reported_as_they_go(rec, 2, leaving)
 
     usb = os.path.join(tmp, "usb")
     os.mkdir(usb)
@@ -379,7 +464,7 @@ def test_flow(tmp):
     prepared = call_json(lib.sct_prepare, b(site), b(cab), False, rec.cb, None)
     assert prepared["format"] == "Cab" and prepared["record_count"] == leaving
     assert prepared["hierarchy_id"] == hierarchy and prepared["size"] == os.path.getsize(cab)
-    assert rec.calls > 0 and 1 in rec.phases
+    assert_rows_reported_as_they_go(rec, 1, leaving)
     expect_error(SCT_ALREADY_EXISTS, lib.sct_prepare, b(site), b(cab), False, NO_PROGRESS, None)
     print("ok prepare and export")
 
@@ -388,15 +473,39 @@ def test_flow(tmp):
     cancel = ProgressRecorder(cancel_after=1)
     expect_error(SCT_CANCELLED, lib.sct_connect, b(json.dumps(opts)), cancel.cb, None)
     assert files_under(cancelled_dest) == [], "cancelled Connect left files"
+    # Cancelled mid-download (throttled so the pack cannot finish first): what stays is
+    # exactly what the header says: .sct-partial files and verified content files, but no
+    # manifest.json for the unfinished pack and no connect-report.json.
     dest = os.path.join(tmp, "packs")
     opts["dest"] = dest
+    mid = {"calls": 0}
+
+    @PROGRESS_CB
+    def cancel_mid_download(_user_data, p):
+        mid["calls"] += 1
+        return 1 if p.contents.phase == 4 and 0 < p.contents.done < p.contents.total else 0
+
+    throttled = dict(opts, max_bytes_per_second=100_000)
+    expect_error(SCT_CANCELLED, lib.sct_connect, b(json.dumps(throttled)), cancel_mid_download, None)
+    kept = files_under(dest)
+    assert any(f.endswith(".sct-partial") for f in kept), f"received bytes kept for resuming: {kept}"
+    assert not [f for f in kept if os.path.basename(f) in ("manifest.json", "connect-report.json")], kept
+    unfinished = call_json(lib.sct_import, b(json.dumps(
+        {"site_db": site, "source": dest, "insecure_skip_signature_check": True})), NO_PROGRESS, None)
+    assert [r["status"] for r in unfinished] == ["Refused"], f"Import never trusts an unfinished pack: {unfinished}"
+    assert call_json(lib.sct_list_updates, b(site)) == []
+    assert all(f.endswith(".sct-partial") or "/content/" in f or f.endswith(".minisig") for f in kept), kept
+
     rec = ProgressRecorder()
     report = call_json(lib.sct_connect, b(json.dumps(opts)), rec.cb, None)
     assert [u["status"] for u in report["uploads"]] == ["Uploaded"]
     assert report["uploads"][0]["hierarchy_id"] == hierarchy
     packs = {p["package_guid"]: p for p in report["packs"]}
     assert pack in packs and packs[pack]["status"] == "Downloaded", report
-    assert all(f["status"] == "Downloaded" for f in packs[pack]["files"])
+    statuses = {f["status"] for f in packs[pack]["files"]}
+    assert statuses <= {"Downloaded", "Resumed", "AlreadyComplete"}, statuses
+    assert statuses & {"Resumed", "AlreadyComplete"}, f"the re-run used the kept bytes: {statuses}"
+    assert report["bytes_transferred"] < packs[pack]["size"], report["bytes_transferred"]
     assert rec.threads == {threading.get_ident()}
     assert os.path.isfile(os.path.join(dest, "connect-report.json"))
     print("ok connect")
@@ -408,13 +517,24 @@ def test_flow(tmp):
     cancel = ProgressRecorder(cancel_after=1)
     expect_error(SCT_CANCELLED, lib.sct_import, import_opts, cancel.cb, None)
     assert call_json(lib.sct_list_updates, b(site)) == []
-    results = call_json(lib.sct_import, import_opts, NO_PROGRESS, None)
+    rec = ProgressRecorder()
+    results = call_json(lib.sct_import, import_opts, rec.cb, None)
+    phases = [phase for phase, _, _ in rec.reports]
+    assert set(phases) == {5, 6} and phases == sorted(phases), "Verify (5), then placement (6)"
+    verified = [(done, total) for phase, done, total in rec.reports if phase == 5]
+    assert verified[-1][0] == verified[-1][1] > 0, verified
+    assert [r["status"] for r in results] == ["Imported"]
     assert [(r["package_guid"], r["status"], r["state"]) for r in results] == [
         (pack, "Imported", "ReadyToInstall")], results
     updates = call_json(lib.sct_list_updates, b(site))
     assert [(u["package_guid"], u["state"], u["state_code"]) for u in updates] == [
         (pack, "ReadyToInstall", 262146)]
+    # As the header says: relative to the site database's folder in the list, the same
+    # folder as an absolute path in the import result.
+    assert not os.path.isabs(updates[0]["content_path"]), updates[0]["content_path"]
     content = os.path.join(os.path.dirname(site), updates[0]["content_path"])
+    assert os.path.isabs(results[0]["content_path"])
+    assert os.path.samefile(content, results[0]["content_path"]), (content, results[0]["content_path"])
     assert os.path.isdir(content), content
     again = call_json(lib.sct_import, import_opts, NO_PROGRESS, None)
     assert [r["status"] for r in again] == ["AlreadyImported"]
@@ -433,6 +553,8 @@ def main():
         test_bad_paths(tmp)
         test_site(tmp, site)
         test_forced_panic(site)
+        test_unknown_option_fields(tmp, site)
+        test_reentrance(site)
         test_trust(tmp, site)
         test_threads(tmp)
         test_same_site_threads(tmp)

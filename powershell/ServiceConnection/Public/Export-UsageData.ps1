@@ -17,6 +17,9 @@ function Export-UsageData {
     the intent explicitly (useful in scripts), and one that contradicts the extension is an error. The file is written under a temporary
     name and renamed into place; an existing file is only replaced with -Force.
 
+    Progress (Write-Progress) counts the rows as they are written, out of the rows that leave
+    the site. Stopping the command (Ctrl+C) leaves nothing at the destination.
+
     .PARAMETER SiteDatabase
     Path of the site database. Accepts pipeline input by property name (for example site objects).
 

@@ -13,7 +13,17 @@ function Import-UpdatePack {
     recorded and its content copied into EasySetupPayload/Offline/<package-guid>/ beside the
     site database, in one transaction; one that does not is Refused with a precise reason,
     reported as a non-terminating error, and leaves the site exactly as it was. Importing a
-    pack again is reported as AlreadyImported and changes nothing.
+    pack again is reported as AlreadyImported and changes nothing. A pack for a later site
+    version (a later step of a multi-step upgrade) is recorded as NotApplicable.
+
+    Progress (Write-Progress) shows "Verify" while every byte is hashed, then "Import"
+    while the verified packs are recorded and moved into place. Stopping the command
+    (Ctrl+C) leaves the site exactly as it was.
+
+    One site database per folder: the content library beside a site database belongs to
+    the first site database that imported there. Importing into another site database in
+    the same folder fails (ErrorId ServiceConnection.Conflict) with a message naming the
+    owner, and changes nothing; move that site database to a folder of its own.
 
     -Path accepts the update-pack folder itself, a hierarchy folder in it, or a pack folder;
     UpdatePack objects from Invoke-ServiceConnection can be piped in. Input is collected and

@@ -13,6 +13,18 @@ function Invoke-ServiceConnection {
     Downloads run in parallel (-ThrottleLimit), are verified with SHA-256 while they stream,
     written atomically, resumed where an earlier run stopped and skipped when already
     complete, so running the command again finishes the job rather than starting over.
+    Stopping the command (Ctrl+C) keeps only what that next run resumes from: .sct-partial
+    files and the files already verified. A pack's manifest.json is written only when the
+    pack is complete, so Import-UpdatePack refuses a half-downloaded pack, and no
+    connect-report.json is written for a stopped run.
+
+    A failure that concerns the whole run (bad parameters, an unusable destination, the proxy
+    cannot be reached or refuses the credentials, or TLS verification fails for every cab) is
+    one error (ErrorId ServiceConnection.<Kind>) and nothing is output. Everything else (the
+    service unreachable, a damaged cab, a pack that fails to download or verify) is reported
+    per item: an upload that was tried and did not go through is an error naming the cab; one
+    deliberately not sent (not a usage cab, or a second cab of a hierarchy) is a warning
+    (Skipped); a pack that failed is an error and is still output with Status Failed.
 
     Usage data is collected from the whole pipeline first and sent in one Connect run, so
     "Get-ChildItem E:\*.cab | Invoke-ServiceConnection ..." uploads each hierarchy once.
@@ -33,8 +45,10 @@ function Invoke-ServiceConnection {
 
     .PARAMETER Download
     Which packs to ask for: Latest (the default: only the newest update for the site version,
-    no hotfixes), SiteVersion (updates and hotfixes newer than the site version), Hotfix (every
-    hotfix) or All (everything published for the hierarchy).
+    no hotfixes), SiteVersion (every update and hotfix newer than the site version, including
+    later steps of an upgrade chain that do not apply yet; Import records those as
+    NotApplicable until the site reaches them), Hotfix (every hotfix) or All (everything
+    published for the hierarchy).
 
     .PARAMETER Proxy
     Proxy server as host or host:port (http:// assumed, port 80 by default), such as

@@ -10,6 +10,11 @@ function New-ServiceConnectionSite {
     The file is built under a temporary name and moved into place, so a failure leaves nothing;
     an existing file is never overwritten.
 
+    One site database per folder: the content library (EasySetupPayload beside the site
+    database) belongs to the first site database that imports there. Creating another site
+    database in a folder whose library already belongs to one fails (ErrorId
+    ServiceConnection.Conflict), naming that site database; choose a folder of its own.
+
     With -SampleData, the new site is filled with that many rows of realistic sample usage data
     (for demonstrations, tests and benchmarks). If generating the sample data fails or is
     cancelled, the new database is removed again.
