@@ -207,7 +207,17 @@ extern "C" {
 //                         "status": "Downloaded"|"Resumed"|"AlreadyComplete"|"Failed",
 //                         "bytes_transferred": <bytes>, "message": "..."|null,
 //                         "kind": "<status name>" (only on failure)}],
-//              "message": "..."|null, "kind": "<status name>" (only on failure)}]}`
+//              "message": "..."|null, "kind": "<status name>" (only on failure)}],
+//   "bytes_transferred": <bytes>,
+//   "console_content": {"status": "Downloaded"|"Unchanged"|"NonePublished"|"Failed"|"Skipped",
+//                       "content_version": <n>|null, "published": "<RFC 3339>"|null,
+//                       "path": "<dest>/ConsoleContent", "bytes_transferred": <bytes>,
+//                       "resumed": false, "message": "..."|null,
+//                       "kind": "<status name>" (only on failure)}}`
+// The console content (`<dest>/ConsoleContent/console-content.json` and `.minisig`) is
+// fetched once per run, after the uploads and the packs (a cancelled run has not
+// touched it, but for a `.sct-partial`); `NonePublished` is not a failure, `Skipped`
+// means no upload of the run got through, so it was not asked (the uploads say why).
 // `kind` is a status name as `sct_status_name` gives it (`"Network"`, `"IntegrityMismatch"`, ...).
 // Paths in the report are as given in the options (`cab`) or under `dest` (`path`).
 //
@@ -243,6 +253,30 @@ enum sct_status sct_connect(const char *options_json,
                             sct_progress_cb progress_cb,
                             void *user_data,
                             char **out_json);
+
+// The console content the site holds (the newest imported version), with only the
+// messages meant for this site's hierarchy or for every hierarchy.
+//
+// On success `*out_json` receives:
+// `{"imported": true|false (false: none imported yet; the rest is null or empty),
+//   "content_version": <n>|null, "published": "<RFC 3339>"|null,
+//   "imported_utc": "<RFC 3339>"|null, "publisher_key_id": "<hex>"|null,
+//   "document_sha256": "<hex>"|null,
+//   "servicing": [{"product": "Windows 11", "version": "24H2" (optional),
+//                  "build": "26100.2454" (optional), "channel": "...",
+//                  "release_date": "<YYYY-MM-DD or RFC 3339>",
+//                  "end_of_servicing": "<YYYY-MM-DD or RFC 3339>"}],
+//   "messages": [{"id": "...", "severity": "Info"|"Warning"|"Critical", "title": "...",
+//                 "body": "...", "link": "https://..." (optional),
+//                 "published": "<date>", "expires": "<date>" (optional),
+//                 "hierarchies": ["<guid>", ...] (optional; absent: every hierarchy),
+//                 "expired": true|false (judged now)}]}`
+// Messages come most severe first, then newest first; expired ones are included and
+// marked, for the caller to hide or show. Fields marked optional are absent when unset.
+//
+// # Safety
+// `site_db` is NULL or NUL-terminated; `out_json` is NULL or writable.
+enum sct_status sct_console_content(const char *site_db, char **out_json);
 
 // The status of the calling thread's last failed `sct_` call, or `SCT_OK` when its last
 // call succeeded (or it made none).
@@ -298,8 +332,13 @@ const char *sct_status_name(uint32_t status);
 //   "insecure_skip_signature_check": false (optional; DANGEROUS, accepts unsigned or
 //   untrusted packs)}`
 //
+// The console content in `<source>/ConsoleContent/` is one more result (last), with
+// `"item": "ConsoleContent"`, `"version"` its content_version and `"status"`
+// `Imported`, `AlreadyImported` or `Refused` (unsigned, tampered, untrusted, or older than
+// the site's: a rollback); without that folder there is no such result.
+//
 // On success `*out_json` receives an array with one object per pack (or skipped folder):
-// `{"hierarchy_id": "<guid>"|null, "package_guid": "<guid>"|null, "name": "..."|null,
+// `{"item": "UpdatePack"|"ConsoleContent", "hierarchy_id": "<guid>"|null, "package_guid": "<guid>"|null, "name": "..."|null,
 //   "version": "..."|null, "type": "Update"|"Hotfix"|null,
 //   "status": "Imported"|"AlreadyImported"|"Skipped"|"Refused",
 //   "state": "ReadyToInstall"|"NotApplicable"|...|null, "state_code": <n>|null,

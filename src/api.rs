@@ -12,6 +12,8 @@
 //! | `GET`/`HEAD /v1/packages/{guid}/manifest.json` | the exact signed manifest bytes ([`crate::pack::PackManifest`]), `application/json` |
 //! | `GET`/`HEAD /v1/packages/{guid}/manifest.json.minisig` | the minisign signature of those bytes, `text/plain` |
 //! | `GET`/`HEAD /v1/packages/{guid}/content/{path}` | one content file listed in the manifest, `application/octet-stream` |
+//! | `GET`/`HEAD /v1/console-content` | the newest console content, the exact signed bytes ([`crate::console::ConsoleContent`]), `application/json`; 404 `not_found` when none is published |
+//! | `GET`/`HEAD /v1/console-content.json.minisig` | its minisign signature (trusted comment `console-content version:N sha256:H`), `text/plain`; 404 when none is published |
 //!
 //! `{guid}` is the canonical hyphenated package GUID. `{path}` is the file's manifest path
 //! (`/`-separated, relative to `content/`), each segment percent-encoded; it is decoded,
@@ -73,7 +75,7 @@
 //! | 400 | `bad_path` | the content path is unsafe (`..`, `%2e%2e`, absolute, backslash, `.`, empty segment) |
 //! | 400 | `invalid_package_id` | the `{guid}` segment is not a package GUID |
 //! | 401 | `unauthorized` | token missing or wrong |
-//! | 404 | `not_found` | unknown route, unknown package, or a file the manifest does not list |
+//! | 404 | `not_found` | unknown route, unknown package, a file the manifest does not list, or no console content published |
 //! | 405 | `method_not_allowed` | e.g. `GET /v1/usage` |
 //! | 413 | `payload_too_large` | the upload exceeds the limit (by `Content-Length` up front, or while streaming) |
 //! | 416 | `range_not_satisfiable` | see Downloads; with `Content-Range: bytes */len` |

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod cli;
 pub mod connect;
+pub mod console;
 pub mod error;
 pub mod ffi;
 pub mod fsutil;

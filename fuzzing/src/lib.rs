@@ -112,6 +112,50 @@ pub fn fuzz_pack_manifest(data: &[u8]) {
     }
 }
 
+/// Console content: the signed document Import reads from a transfer drive, and the draft
+/// `sct-service console publish` reads. The input is the document bytes, optionally followed
+/// by a NUL byte and the signature text (checked against [`FUZZ_TRUSTED_KEY`]).
+pub fn fuzz_console_content(data: &[u8]) {
+    use serviceconnection::console::{ConsoleContent, Draft};
+    let (doc, signature) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    match ConsoleContent::from_bytes(doc) {
+        Ok(c) => {
+            let again = ConsoleContent::from_bytes(&c.to_bytes())
+                .expect("accepted console content re-parses");
+            assert_eq!(again, c, "console content does not round-trip");
+            let h = uuid::Uuid::nil();
+            assert!(c.for_hierarchy(&h).messages.iter().all(|m| m.is_for(&h)));
+        }
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::InvalidManifest, "console content: {e}");
+            assert_clean(&e, "console content");
+        }
+    }
+    if let Err(e) = Draft::from_bytes(doc) {
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "console draft: {e}");
+        assert_clean(&e, "console draft");
+    }
+    let sig_text = String::from_utf8_lossy(signature);
+    if let Err(e) = serviceconnection::console::verify(
+        doc,
+        Some(&sig_text),
+        std::slice::from_ref(trusted_key()),
+        false,
+    ) {
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::SignatureInvalid | ErrorKind::InvalidManifest
+            ),
+            "console content verify: {e}"
+        );
+        assert_clean(&e, "console content verify");
+    }
+}
+
 fn trusted_key() -> &'static serviceconnection::signing::PublicKey {
     static KEY: OnceLock<serviceconnection::signing::PublicKey> = OnceLock::new();
     KEY.get_or_init(|| {

@@ -54,6 +54,11 @@ fn replay_usage_cab() {
 }
 
 #[test]
+fn replay_console_content() {
+    replay("console_content", sct_fuzzing::fuzz_console_content);
+}
+
+#[test]
 fn replay_pack_manifest() {
     replay("pack_manifest", sct_fuzzing::fuzz_pack_manifest);
 }

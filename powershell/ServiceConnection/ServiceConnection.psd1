@@ -19,6 +19,7 @@
         'Invoke-ServiceConnection'
         'Import-UpdatePack'
         'Get-UpdatePack'
+        'Get-ConsoleContent'
     )
     CmdletsToExport      = @()
     VariablesToExport    = @()

@@ -9,9 +9,12 @@
         usage data, plus a second hierarchy's site whose cab travels on the same drive;
       * the update service: a fresh store with four signed packs (an update and a hotfix
         for this site's version, an update for a newer version, and one targeted at the
-        other hierarchy), served on a free loopback port;
-      * the internet-connected computer: Connect uploads both cabs and downloads the packs.
-    Then Import brings this hierarchy's packs into the site and skips the other one.
+        other hierarchy) and signed console content (servicing dashboard rows and messages,
+        one of them for the other hierarchy only), served on a free loopback port;
+      * the internet-connected computer: Connect uploads both cabs and downloads the packs
+        and the console content.
+    Then Import brings this hierarchy's packs and the console content into the site and
+    skips the other hierarchy's pack; the site's console content is shown at the end.
     Everything lives under -WorkDir; the transfer folder is left there for inspection.
 
 .PARAMETER WorkDir
@@ -79,6 +82,25 @@ Publish 'Hotfix KB30000001 for 2503' '5.00.9128.1001' Hotfix $siteVersion @()
 Publish 'Configuration Manager 2603' '5.00.9140.1000' Update '5.00.9132.1000' @()
 Publish 'Early ring update for CS2' '5.00.9133.1000' Update $siteVersion @('--hierarchy', $other.HierarchyId)
 
+# Console content: the servicing dashboard's rows and the service's messages to administrators.
+$consoleDraft = [ordered]@{
+    servicing = @(
+        [ordered]@{ product = 'Windows 11'; version = '24H2'; build = '26100.2454'; channel = 'General Availability'; release_date = '2024-10-01'; end_of_servicing = '2026-10-13' }
+        [ordered]@{ product = 'Windows 11'; version = '23H2'; build = '22631.4460'; channel = 'General Availability'; release_date = '2023-10-31'; end_of_servicing = '2025-11-11' }
+        [ordered]@{ product = 'Windows 10 Enterprise LTSC 2021'; build = '19044.5131'; channel = 'Long-Term Servicing Channel'; release_date = '2021-11-16'; end_of_servicing = '2027-01-12' }
+    )
+    messages  = @(
+        [ordered]@{ id = 'cm-2509-available'; severity = 'Info'; title = 'Configuration Manager 2509 is available'; body = 'Import it from the transfer drive, then install it from Updates and Servicing.'; link = 'https://learn.microsoft.com/mem/configmgr'; published = '2026-11-20' }
+        [ordered]@{ id = 'kb30000001'; severity = 'Warning'; title = 'Apply hotfix KB30000001 before upgrading'; body = 'Sites on 2503 need KB30000001 first.'; published = '2026-11-25' }
+        [ordered]@{ id = 'cs2-early-ring'; severity = 'Critical'; title = 'Early ring: CS2 only'; body = 'Meant for the CS2 hierarchy; never shown on PS1.'; published = '2026-11-26'; hierarchies = @($other.HierarchyId) }
+    )
+}
+$consoleFile = Join-Path $WorkDir 'console-content-draft.json'
+$consoleDraft | ConvertTo-Json -Depth 5 | Set-Content -LiteralPath $consoleFile -Encoding utf8NoBOM
+$consoleVersion = & $service console publish --store $storeDir $consoleFile
+if ($LASTEXITCODE) { throw 'sct-service console publish failed' }
+Write-Host "published console content version $($consoleVersion | Select-Object -Last 1)"
+
 # The service's request log goes to a file so it does not interleave with the steps' output.
 $serviceOut = Join-Path $WorkDir 'service.out'
 $serviceLog = Join-Path $WorkDir 'service.log'
@@ -105,11 +127,13 @@ try {
     Step 'Export (offline site): the same data as CSV for review'
     Export-UsageData -SiteDatabase $site.Path -Destination (Join-Path $transfer 'UsageData.csv') | Show
 
-    Step 'Connect (internet-connected computer): upload both cabs, download the packs'
+    Step 'Connect (internet-connected computer): upload both cabs, download the packs and the console content'
     $downloaded = $cab, $otherCab | Invoke-ServiceConnection -UpdatePackDestination $packs -ServiceUri $uri -Download All
     $downloaded | Show
+    $consoleReport = (Get-Content -Raw -LiteralPath (Join-Path $packs 'connect-report.json') | ConvertFrom-Json).console_content
+    Write-Host ("console content: {0}, version {1}, in {2}" -f $consoleReport.status, $consoleReport.content_version, $consoleReport.path)
 
-    Step 'Import (offline site): this hierarchy''s packs only'
+    Step 'Import (offline site): this hierarchy''s packs only, and the console content'
     Import-UpdatePack -SiteDatabase $site.Path -Path $packs | Show
 
     Step 'Import again: nothing to do'
@@ -117,6 +141,12 @@ try {
 
     Step 'Updates and Servicing'
     Get-UpdatePack -SiteDatabase $site.Path | Show
+
+    Step 'Console content: servicing dashboard'
+    Get-ConsoleContent -SiteDatabase $site.Path -Include Servicing | Show
+
+    Step 'Console content: messages for this hierarchy'
+    Get-ConsoleContent -SiteDatabase $site.Path -Include Messages | Show
 }
 finally {
     if (-not $proc.HasExited) { $proc.Kill(); $proc.WaitForExit() }

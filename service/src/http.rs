@@ -168,6 +168,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(&v("/packages/{id}/manifest.json"), get(manifest))
         .route(&v("/packages/{id}/manifest.json.minisig"), get(signature))
         .route(&v("/packages/{id}/content/{*path}"), get(content))
+        .route(
+            &v(super::console::DOCUMENT_ROUTE),
+            get(super::console::document),
+        )
+        .route(
+            &v(super::console::SIGNATURE_ROUTE),
+            get(super::console::signature),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -493,7 +501,7 @@ async fn redirect(
         .expect("valid response"))
 }
 
-enum Source {
+pub(super) enum Source {
     Memory(Bytes),
     /// A file and the size the manifest promises.
     File(PathBuf, u64),
@@ -503,7 +511,7 @@ enum Source {
 
 /// Answer a download: 304 on a matching `If-None-Match`, 206/416 for `Range`, else 200;
 /// `HEAD` gets the same headers without a body.
-async fn send(
+pub(super) async fn send(
     method: &Method,
     headers: &HeaderMap,
     etag: &str,

@@ -20,6 +20,7 @@
 //!   staging/<guid>/           a publish in progress (never served; cleared by the next publish)
 //!   uploads/<hierarchy-id>/<timestamp>-<upload-id>.cab   received usage cabs
 //!   uploads/.incoming/        uploads being received (temporary, removed on failure)
+//!   console/<version>/        console content, one immutable folder per version (console.rs)
 //! ```
 //!
 //! A pack is visible (listed, offered, served) only once its row is in the catalog; the
@@ -30,6 +31,7 @@
 //! bucket instead (see [`content`]); the folder keeps the key and, by default, the catalog.
 
 pub mod catalog;
+pub mod console;
 pub mod content;
 pub mod http;
 pub mod publish;

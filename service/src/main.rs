@@ -10,7 +10,8 @@
 //! sct-service serve   --store DIR [--catalog URL] [--content URL [--content-redirect
 //!                     [--redirect-ttl SECS]]] [--listen 127.0.0.1:0]
 //!                     [--tls-cert F --tls-key F] [--token-file F] [--max-upload-bytes N]
-//! sct-service list    (--catalog URL | --store DIR) [--json] [--uploads]
+//! sct-service list    (--catalog URL | --store DIR) [--json] [--uploads | --console]
+//! sct-service console publish --store DIR FILE.json
 //! ```
 //! `--catalog` is `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (default: the store's
 //! `catalog.sqlite`); it may also come from the `SCT_CATALOG` environment variable. A
@@ -139,7 +140,13 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = service::server::DEFAULT_REDIRECT_TTL.as_secs(), requires = "content_redirect")]
         redirect_ttl: u64,
     },
-    /// List the published packs (or, with --uploads, the received usage cabs).
+    /// Console content: the signed document Connect fetches and Import brings into sites.
+    Console {
+        #[command(subcommand)]
+        action: ConsoleCommand,
+    },
+    /// List the published packs (or, with --uploads, the received usage cabs; with
+    /// --console, the console content versions).
     List {
         /// Store folder made by `keygen` (its catalog.sqlite, unless --catalog is given).
         #[arg(long, required_unless_present = "catalog")]
@@ -151,8 +158,24 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// List received usage cabs instead of packs.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "console")]
         uploads: bool,
+        /// List the published console content versions instead of packs.
+        #[arg(long)]
+        console: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Validate FILE (servicing rows and messages), stamp the next content_version and the
+    /// time, sign it and keep it as a new version; prints the version.
+    Publish {
+        /// Store folder made by `keygen` (its publisher.key signs).
+        #[arg(long)]
+        store: PathBuf,
+        /// JSON file with `servicing` and `messages` (see the README).
+        file: PathBuf,
     },
 }
 
@@ -262,11 +285,44 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                 token,
             )?;
         }
+        Command::Console {
+            action: ConsoleCommand::Publish { store, file },
+        } => {
+            let v = service::console::publish(&store, &file)?;
+            println!("{}", v.content_version);
+            eprintln!(
+                "sct-service: published console content version {} ({} servicing rows, {} messages)",
+                v.content_version, v.servicing, v.messages
+            );
+        }
+        Command::List {
+            store,
+            json,
+            console,
+            ..
+        } if console => {
+            // Console content versions live in the store folder, not in the catalog.
+            let store = store.ok_or_else(|| {
+                serviceconnection::Error::invalid_argument(
+                    "list --console needs --store DIR (console content lives in the store folder)",
+                )
+            })?;
+            let list = service::console::list(&store)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("serializes")
+                );
+            } else {
+                print_console_versions(&list);
+            }
+        }
         Command::List {
             store,
             catalog,
             json,
             uploads,
+            ..
         } => {
             let catalog = match (&catalog, &store) {
                 (None, Some(root)) => {
@@ -330,9 +386,23 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                             targets
                         );
                     }
+                    // The text listing shows the console content versions too (after the
+                    // packs, so the pack lines keep their place); --console lists them alone.
+                    if let Some(root) = &store {
+                        print_console_versions(&service::console::list(root)?);
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+fn print_console_versions(list: &[service::console::ConsoleVersion]) {
+    for v in list {
+        println!(
+            "console content version {}  published {}  {} servicing rows, {} messages  {} bytes  sha256 {}",
+            v.content_version, v.published, v.servicing, v.messages, v.size, v.sha256
+        );
+    }
 }

@@ -197,10 +197,10 @@ pub fn content_digest(files: &[PackFile]) -> String {
 }
 
 /// An exclusive lock on the store for the length of a publish.
-struct StoreLock(std::fs::File);
+pub(super) struct StoreLock(std::fs::File);
 
 impl StoreLock {
-    fn take(store: &Store) -> Result<StoreLock> {
+    pub(super) fn take(store: &Store) -> Result<StoreLock> {
         use fs4::fs_std::FileExt;
         let path = store.root().join(super::LOCK_FILE);
         let f = std::fs::OpenOptions::new()
@@ -383,7 +383,15 @@ pub fn publish_to(
                 .enable_all()
                 .build()
                 .map_err(|e| Error::io("starting the runtime", &e))?;
-            sweep_objects(&rt, o, catalog.as_ref())?;
+            // The catalog is synchronous (its PostgreSQL client must not run inside the
+            // runtime): ask it between the object store's asynchronous steps.
+            let mut unknown = Vec::new();
+            for id in rt.block_on(o.pack_ids())? {
+                if catalog.get_pack(&id)?.is_none() {
+                    unknown.push(id);
+                }
+            }
+            rt.block_on(sweep_objects(o, &unknown))?;
             let cleanup =
                 Cleanup::Objects(Some((o.clone(), format!("{}/{id}/", crate::PACKS_DIR))));
             for (rel, src) in &files {
@@ -509,22 +517,14 @@ async fn upload_hashing(
 /// one may be another publishing machine's publish in progress.
 pub const ORPHAN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
-/// Remove the objects of packs that killed publishes left (unknown to the catalog and
-/// older than [`ORPHAN_GRACE`]). They are never visible, so this only reclaims space.
-/// The catalog is asked outside `rt` (a synchronous PostgreSQL client runs its own).
-fn sweep_objects(
-    rt: &tokio::runtime::Runtime,
-    o: &ObjectContent,
-    catalog: &dyn Catalog,
-) -> Result<()> {
+/// Remove the objects of packs that killed publishes left (`unknown` to the catalog) and
+/// older than [`ORPHAN_GRACE`]. They are never visible, so this only reclaims space.
+async fn sweep_objects(o: &ObjectContent, unknown: &[uuid::Uuid]) -> Result<()> {
     let cutoff = chrono::Utc::now() - ORPHAN_GRACE;
-    for id in rt.block_on(o.pack_ids())? {
-        if catalog.get_pack(&id)?.is_some() {
-            continue;
-        }
+    for id in unknown {
         let prefix = format!("{}/{id}/", crate::PACKS_DIR);
-        if rt.block_on(o.newest(&prefix))?.is_some_and(|t| t < cutoff) {
-            rt.block_on(o.delete_prefix(&prefix))?;
+        if o.newest(&prefix).await?.is_some_and(|t| t < cutoff) {
+            o.delete_prefix(&prefix).await?;
         }
     }
     Ok(())

@@ -16,6 +16,7 @@ pub enum Mode {
     Trust,
     ListUpdates,
     SiteInfo,
+    ConsoleContent,
 }
 
 impl Mode {
@@ -29,9 +30,10 @@ impl Mode {
             Mode::Trust => "trust",
             Mode::ListUpdates => "listupdates",
             Mode::SiteInfo => "siteinfo",
+            Mode::ConsoleContent => "consolecontent",
         }
     }
-    const ALL: [Mode; 8] = [
+    const ALL: [Mode; 9] = [
         Mode::Prepare,
         Mode::Export,
         Mode::NewSite,
@@ -40,6 +42,7 @@ impl Mode {
         Mode::Trust,
         Mode::ListUpdates,
         Mode::SiteInfo,
+        Mode::ConsoleContent,
     ];
 }
 
@@ -61,6 +64,7 @@ const SITE_MODES: &[Mode] = &[
     Trust,
     ListUpdates,
     SiteInfo,
+    ConsoleContent,
 ];
 
 const SPECS: &[Spec] = &[
@@ -185,6 +189,11 @@ const SPECS: &[Spec] = &[
         modes: &[Import],
     },
     Spec {
+        name: "includeexpired",
+        value: None,
+        modes: &[ConsoleContent],
+    },
+    Spec {
         name: "insecureskipsignaturecheck",
         value: None,
         modes: &[Import],
@@ -205,7 +214,7 @@ fn required(mode: Mode) -> &'static [&'static str] {
         Connect => &["usagedatasrc", "updatepackdest"],
         Import => &["updatepacksrc"],
         Trust => &["publickey"],
-        ListUpdates | SiteInfo => &[],
+        ListUpdates | SiteInfo | ConsoleContent => &[],
     }
 }
 
@@ -324,7 +333,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mode = match modes.as_slice() {
         [] => {
             return Err(
-                "no mode given: use one of -prepare, -export, -connect, -import, -newsite, -trust, -listupdates, -siteinfo".into(),
+                "no mode given: use one of -prepare, -export, -connect, -import, -newsite, -trust, -listupdates, -siteinfo, -consolecontent".into(),
             )
         }
         [m] => *m,
@@ -387,6 +396,8 @@ Site administration:
   serviceconnectiontool -trust -publickey FILE       trust an update publisher's key
   serviceconnectiontool -listupdates                 the Updates and Servicing list
   serviceconnectiontool -siteinfo                    the site's identity and usage rows
+  serviceconnectiontool -consolecontent [-includeexpired]
+                                                     the imported console content
 
 Options are case-insensitive and may come in any order. Every mode takes -json
 (print one JSON document on standard output) and, where it uses a site,

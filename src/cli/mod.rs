@@ -187,6 +187,16 @@ fn execute(p: &Parsed) -> Result<u8, Failure> {
             }
             Ok(EXIT_OK)
         }
+        Mode::ConsoleContent => {
+            let site = Site::open_read_only(&site_db(p)?)?;
+            let view = site.console_content()?;
+            if json {
+                print_json(&view)?;
+            } else {
+                print_console(&view, p.has("includeexpired"));
+            }
+            Ok(EXIT_OK)
+        }
         Mode::SiteInfo => {
             let site = Site::open_read_only(&site_db(p)?)?;
             let info = site.info()?;
@@ -392,6 +402,20 @@ fn print_connect(r: &ConnectReport, json: bool) -> Result<u8, Failure> {
                     .unwrap_or_default()
             );
         }
+        if let Some(c) = &r.console_content {
+            println!(
+                "console content {:?}{} {}{}",
+                c.status,
+                c.content_version
+                    .map(|v| format!(" version {v}"))
+                    .unwrap_or_default(),
+                c.path.display(),
+                c.message
+                    .as_deref()
+                    .map(|m| format!(" - {m}"))
+                    .unwrap_or_default()
+            );
+        }
     }
     if r.is_success() {
         Ok(EXIT_OK)
@@ -406,8 +430,14 @@ fn print_connect(r: &ConnectReport, json: bool) -> Result<u8, Failure> {
             .iter()
             .filter(|p| p.status == crate::connect::PackStatus::Failed)
             .count();
+        let console = match &r.console_content {
+            Some(c) if c.status == crate::connect::ConsoleStatus::Failed => {
+                ", console content failed"
+            }
+            _ => "",
+        };
         eprintln!(
-            "serviceconnectiontool: error: connect did not complete: {failed_uploads} cab(s) not uploaded, {failed_packs} pack(s) failed"
+            "serviceconnectiontool: error: connect did not complete: {failed_uploads} cab(s) not uploaded, {failed_packs} pack(s) failed{console}"
         );
         Ok(EXIT_FAILED)
     }
@@ -420,11 +450,14 @@ fn print_import(results: &[ImportResult], json: bool) -> Result<u8, Failure> {
         println!("No update packs for this site's hierarchy.");
     } else {
         for r in results {
-            let id = r
-                .package_guid
-                .map(|g| g.to_string())
-                .or_else(|| r.hierarchy_id.map(|h| format!("hierarchy {h}")))
-                .unwrap_or_else(|| r.source_path.display().to_string());
+            let id = if r.item == crate::import::ImportItem::ConsoleContent {
+                "ConsoleContent".to_string()
+            } else {
+                r.package_guid
+                    .map(|g| g.to_string())
+                    .or_else(|| r.hierarchy_id.map(|h| format!("hierarchy {h}")))
+                    .unwrap_or_else(|| r.source_path.display().to_string())
+            };
             let mut line = format!("{:?} {id}", r.status);
             if let Some(n) = &r.name {
                 line.push_str(&format!(" {n}"));
@@ -446,10 +479,66 @@ fn print_import(results: &[ImportResult], json: bool) -> Result<u8, Failure> {
         .filter(|r| r.status == ImportStatus::Refused)
         .count();
     if refused > 0 {
-        eprintln!("serviceconnectiontool: error: {refused} update pack(s) were refused");
+        eprintln!(
+            "serviceconnectiontool: error: {refused} item(s) were refused (update packs or console content)"
+        );
         Ok(EXIT_FAILED)
     } else {
         Ok(EXIT_OK)
+    }
+}
+
+/// The console content as text: the servicing rows, then the messages (expired ones only
+/// when asked for; how many were hidden is said).
+fn print_console(v: &crate::site::console::ConsoleContentView, include_expired: bool) {
+    let Some(version) = v.content_version else {
+        println!("No console content has been imported into this site.");
+        return;
+    };
+    println!(
+        "Console content version {version}, published {}, imported {}",
+        v.published.as_deref().unwrap_or("-"),
+        v.imported_utc.as_deref().unwrap_or("-")
+    );
+    println!();
+    println!("Servicing ({} rows):", v.servicing.len());
+    for r in &v.servicing {
+        let ver = [r.version.as_deref(), r.build.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" build ");
+        println!(
+            "  {}  {}  {}  released {}  end of servicing {}",
+            r.product, ver, r.channel, r.release_date, r.end_of_servicing
+        );
+    }
+    let shown: Vec<_> = v
+        .messages
+        .iter()
+        .filter(|m| include_expired || !m.expired)
+        .collect();
+    println!();
+    println!("Messages ({}):", shown.len());
+    for m in &shown {
+        let msg = &m.message;
+        println!(
+            "  [{}] {}  {}{}",
+            msg.severity.as_str(),
+            msg.id,
+            msg.title,
+            if m.expired { "  (expired)" } else { "" }
+        );
+        for line in msg.body.lines() {
+            println!("      {line}");
+        }
+        if let Some(link) = &msg.link {
+            println!("      {link}");
+        }
+    }
+    let hidden = v.messages.len() - shown.len();
+    if hidden > 0 {
+        println!("  ({hidden} expired message(s) hidden; -includeexpired shows them)");
     }
 }
 

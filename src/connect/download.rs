@@ -331,7 +331,7 @@ async fn fetch_meta(ctx: &Ctx, offer: &OfferedPack) -> Result<(Vec<u8>, PackMani
 }
 
 /// GET a small document; a 404 becomes `NotFound`.
-async fn fetch_small(ctx: &Ctx, path: &str, what: &str, limit: u64) -> Result<Vec<u8>> {
+pub(crate) async fn fetch_small(ctx: &Ctx, path: &str, what: &str, limit: u64) -> Result<Vec<u8>> {
     let url = ctx.http.url(path).map_err(|e| e.context(what))?;
     let resp = ctx
         .http

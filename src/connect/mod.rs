@@ -28,9 +28,12 @@
 //! environment are deliberately not used, so what happens is what the options say.
 
 mod client;
+mod console;
 mod download;
 mod report;
 mod upload;
+
+pub use console::{ConsoleReport, ConsoleStatus};
 
 use crate::api::Selection;
 use crate::error::{Error, ErrorKind, Result};
@@ -180,14 +183,23 @@ pub struct ConnectReport {
     /// Bytes received over the network for pack content in this run.
     #[serde(default)]
     pub bytes_transferred: u64,
+    /// The console content fetch (`<dest>/ConsoleContent/`); absent in reports of
+    /// versions that did not fetch it.
+    #[serde(default)]
+    pub console_content: Option<ConsoleReport>,
 }
 
 impl ConnectReport {
-    /// True when every cab uploaded and every offered pack is complete and verified.
+    /// True when every cab uploaded, every offered pack is complete and verified, and the
+    /// console content did not fail (none published is not a failure).
     pub fn is_success(&self) -> bool {
-        self.uploads
-            .iter()
-            .all(|u| u.status == UploadStatus::Uploaded)
+        self.console_content
+            .as_ref()
+            .is_none_or(|c| c.status != ConsoleStatus::Failed)
+            && self
+                .uploads
+                .iter()
+                .all(|u| u.status == UploadStatus::Uploaded)
             && self.packs.iter().all(|p| {
                 matches!(
                     p.status,
@@ -546,6 +558,23 @@ fn is_run_wide(kind: ErrorKind) -> bool {
 async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
     let started = crate::site::now_rfc3339();
     let uploads = upload::upload_all(&ctx, cabs).await?;
+    // Console content: once per run, after the uploads (and the packs, below); its failure
+    // never stops the packs. When no upload
+    // of the run got through (service unreachable, proxy, TLS, token refused, bad cabs),
+    // the run has failed already and asking again would only repeat the failure (and its
+    // retries): the fetch is skipped, and the uploads say why.
+    let attempted: Vec<&UploadReport> = uploads
+        .iter()
+        .map(|(u, _)| u)
+        .filter(|u| u.status != UploadStatus::Skipped)
+        .collect();
+    let unreachable = match attempted.first() {
+        Some(first) if attempted.iter().all(|u| u.status == UploadStatus::Failed) => Some((
+            first.kind.unwrap_or(ErrorKind::Network),
+            first.message.clone().unwrap_or_default(),
+        )),
+        _ => None,
+    };
     // A pack offered to several hierarchies is downloaded once; the other hierarchies'
     // folders are filled by copying the verified files (each copy verified again).
     let mut first_dir: std::collections::HashMap<uuid::Uuid, PathBuf> = Default::default();
@@ -592,6 +621,12 @@ async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
     if ctx.http.cancel.is_cancelled() {
         return Err(Error::cancelled());
     }
+    // After the packs, so a run cancelled (or killed) while downloading them has not
+    // replaced the console content either: what it leaves is only what it will resume.
+    let console_content = match unreachable {
+        Some((kind, why)) => console::not_fetched(&ctx, kind, &why),
+        None => console::fetch(&ctx).await?,
+    };
     let uploads: Vec<UploadReport> = uploads.into_iter().map(|(u, _)| u).collect();
     let report = ConnectReport {
         tool_version: crate::tool_version(),
@@ -606,6 +641,7 @@ async fn run(ctx: Arc<Ctx>, cabs: Vec<PathBuf>) -> Result<ConnectReport> {
             .sum(),
         uploads,
         packs,
+        console_content: Some(console_content),
     };
     report::write(&ctx.dest, &report)?;
     let attempted: Vec<&UploadReport> = report

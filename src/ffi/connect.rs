@@ -45,7 +45,17 @@ use std::os::raw::{c_char, c_void};
 ///                         "status": "Downloaded"|"Resumed"|"AlreadyComplete"|"Failed",
 ///                         "bytes_transferred": <bytes>, "message": "..."|null,
 ///                         "kind": "<status name>" (only on failure)}],
-///              "message": "..."|null, "kind": "<status name>" (only on failure)}]}`
+///              "message": "..."|null, "kind": "<status name>" (only on failure)}],
+///   "bytes_transferred": <bytes>,
+///   "console_content": {"status": "Downloaded"|"Unchanged"|"NonePublished"|"Failed"|"Skipped",
+///                       "content_version": <n>|null, "published": "<RFC 3339>"|null,
+///                       "path": "<dest>/ConsoleContent", "bytes_transferred": <bytes>,
+///                       "resumed": false, "message": "..."|null,
+///                       "kind": "<status name>" (only on failure)}}`
+/// The console content (`<dest>/ConsoleContent/console-content.json` and `.minisig`) is
+/// fetched once per run, after the uploads and the packs (a cancelled run has not
+/// touched it, but for a `.sct-partial`); `NonePublished` is not a failure, `Skipped`
+/// means no upload of the run got through, so it was not asked (the uploads say why).
 /// `kind` is a status name as `sct_status_name` gives it (`"Network"`, `"IntegrityMismatch"`, ...).
 /// Paths in the report are as given in the options (`cab`) or under `dest` (`path`).
 ///

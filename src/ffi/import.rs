@@ -27,8 +27,13 @@ use std::os::raw::{c_char, c_void};
 ///   "insecure_skip_signature_check": false (optional; DANGEROUS, accepts unsigned or
 ///   untrusted packs)}`
 ///
+/// The console content in `<source>/ConsoleContent/` is one more result (last), with
+/// `"item": "ConsoleContent"`, `"version"` its content_version and `"status"`
+/// `Imported`, `AlreadyImported` or `Refused` (unsigned, tampered, untrusted, or older than
+/// the site's: a rollback); without that folder there is no such result.
+///
 /// On success `*out_json` receives an array with one object per pack (or skipped folder):
-/// `{"hierarchy_id": "<guid>"|null, "package_guid": "<guid>"|null, "name": "..."|null,
+/// `{"item": "UpdatePack"|"ConsoleContent", "hierarchy_id": "<guid>"|null, "package_guid": "<guid>"|null, "name": "..."|null,
 ///   "version": "..."|null, "type": "Update"|"Hotfix"|null,
 ///   "status": "Imported"|"AlreadyImported"|"Skipped"|"Refused",
 ///   "state": "ReadyToInstall"|"NotApplicable"|...|null, "state_code": <n>|null,

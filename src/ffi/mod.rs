@@ -13,6 +13,7 @@
 //! library modules it calls.
 
 pub mod connect;
+pub mod console;
 pub mod error;
 pub mod import;
 pub mod panic;

@@ -10,6 +10,8 @@
 //! no folder for this hierarchy, or that folder holds no packs, the run succeeds with one
 //! `Skipped` result for this hierarchy (no `package_guid`) saying so, so a caller never
 //! sees an empty, unexplained answer. A missing source is an `Err(NotFound)`.
+//! `<source>/ConsoleContent/` (the console content Connect fetched) is one more result,
+//! `item: ConsoleContent`, after the packs; see `console.rs` (no folder: no result).
 //!
 //! # Per pack
 //!
@@ -71,6 +73,7 @@
 //! `locked`, `journaled`, `staging`, `staged`, `recorded`, `renamed-first`, `renamed`,
 //! `committed`.
 
+mod console;
 mod lock;
 mod place;
 mod verify;
@@ -138,9 +141,23 @@ pub enum ImportStatus {
     Refused,
 }
 
-/// One result per pack (or per skipped hierarchy folder).
+/// What an import result is about.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum ImportItem {
+    /// An update pack (or a hierarchy folder that was skipped).
+    #[default]
+    UpdatePack,
+    /// The console content document (`<source>/ConsoleContent/`); `version` is its
+    /// `content_version`, `package_guid` and `type` are null.
+    ConsoleContent,
+}
+
+/// One result per pack (or per skipped hierarchy folder), plus one for the console
+/// content when the source holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportResult {
+    #[serde(default)]
+    pub item: ImportItem,
     pub hierarchy_id: Option<uuid::Uuid>,
     pub package_guid: Option<uuid::Uuid>,
     pub name: Option<String>,
@@ -162,6 +179,7 @@ pub struct ImportResult {
 impl ImportResult {
     fn new(status: ImportStatus, hierarchy: Option<uuid::Uuid>, source_path: PathBuf) -> Self {
         ImportResult {
+            item: ImportItem::UpdatePack,
             hierarchy_id: hierarchy,
             package_guid: None,
             name: None,
@@ -529,6 +547,12 @@ pub fn import(opts: &ImportOptions, progress: ProgressFn) -> Result<Vec<ImportRe
             ));
             results.push(r);
         }
+    }
+
+    // The console content comes last: a pack refused above never blocks it, and it
+    // commits in its own transaction (see `console.rs`).
+    if let Some(r) = console::import_console(opts, &mut site, hierarchy, &trusted_keys)? {
+        results.push(r);
     }
     Ok(results)
 }

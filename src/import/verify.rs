@@ -75,7 +75,7 @@ pub(crate) fn open_regular(root: &Path, rel: &Path, shown: &str) -> Result<(File
 }
 
 /// Read a small file whole, refusing one larger than `limit` without reading it.
-fn read_limited(root: &Path, rel: &Path, shown: &str, limit: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_limited(root: &Path, rel: &Path, shown: &str, limit: u64) -> Result<Vec<u8>> {
     let (f, len) = open_regular(root, rel, shown)?;
     let too_big = || {
         Error::new(

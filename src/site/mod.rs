@@ -7,6 +7,7 @@
 //! are refused without touching the file. Writers wait for each other through SQLite's
 //! busy timeout (WAL journal), so concurrent runs are serialised, never corrupting.
 
+pub mod console;
 pub mod library;
 pub mod reentry;
 pub mod sample;
@@ -265,7 +266,7 @@ impl Site {
                 ),
             ));
         }
-        if version < SCHEMA_VERSION as i64 {
+        if version < 1 {
             if read_only {
                 return Err(Error::new(
                     ErrorKind::PermissionDenied,
@@ -273,7 +274,11 @@ impl Site {
                 ));
             }
             schema::migrate(&conn, version as u32)?;
+        } else if version < SCHEMA_VERSION as i64 && !read_only {
+            schema::migrate(&conn, version as u32)?;
         }
+        // A reader of an older schema (read-only, so not migrated) sees the tables added
+        // since as empty: every migration only adds tables (see `schema`).
         if !read_only {
             conn.pragma_update(None, "journal_mode", "WAL")?;
         }

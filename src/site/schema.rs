@@ -7,7 +7,7 @@ use rusqlite::Connection;
 /// `PRAGMA application_id` of a site database: "SCT1".
 pub const APPLICATION_ID: i64 = 0x5343_5431;
 /// The schema this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Version 1 of the schema.
 const V1: &str = r#"
@@ -74,9 +74,55 @@ CREATE TABLE update_package_files (
 );
 "#;
 
-/// Migrations from version N to N+1, indexed by N-1. Empty while only version 1 exists;
-/// append here (never edit a released step) when the schema grows.
-const MIGRATIONS: &[&str] = &[];
+/// Version 1 → 2: console content (SPEC section 10). One `console_content` row per
+/// version ever imported (the highest is current; the history is what refuses a
+/// rollback); the servicing rows and messages of the current version only, messages
+/// already filtered to this hierarchy.
+const V2_CONSOLE_CONTENT: &str = r#"
+CREATE TABLE console_content (
+    content_version  INTEGER PRIMARY KEY CHECK (content_version > 0),
+    published        TEXT NOT NULL,
+    document_sha256  TEXT NOT NULL,
+    publisher_key_id TEXT,
+    source_path      TEXT,
+    imported_utc     TEXT NOT NULL,
+    -- messages in the signed document, before those for other hierarchies were dropped
+    messages_total   INTEGER NOT NULL
+);
+
+CREATE TABLE console_servicing (
+    content_version  INTEGER NOT NULL REFERENCES console_content (content_version) ON DELETE CASCADE,
+    position         INTEGER NOT NULL,
+    product          TEXT NOT NULL,
+    version          TEXT,
+    build            TEXT,
+    channel          TEXT NOT NULL,
+    release_date     TEXT NOT NULL,
+    end_of_servicing TEXT NOT NULL,
+    PRIMARY KEY (content_version, position)
+);
+
+CREATE TABLE console_messages (
+    content_version  INTEGER NOT NULL REFERENCES console_content (content_version) ON DELETE CASCADE,
+    position         INTEGER NOT NULL,
+    id               TEXT NOT NULL,
+    severity         TEXT NOT NULL CHECK (severity IN ('Info', 'Warning', 'Critical')),
+    title            TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    link             TEXT,
+    published        TEXT NOT NULL,
+    expires          TEXT,
+    -- JSON array of hierarchy GUIDs; empty = every hierarchy
+    hierarchies      TEXT NOT NULL,
+    PRIMARY KEY (content_version, position)
+);
+"#;
+
+/// Migrations from version N to N+1, indexed by N-1. A migration only adds tables, so a
+/// read-only opener of an older version (which cannot migrate) reads the missing ones as
+/// empty; a step that changes existing tables must revisit `Site::open_read_only`. Append here (never edit a released
+/// step) when the schema grows.
+const MIGRATIONS: &[&str] = &[V2_CONSOLE_CONTENT];
 
 /// Create a fresh schema at the current version.
 pub(crate) fn create(conn: &Connection) -> Result<()> {

@@ -697,13 +697,18 @@ static void test_flow(const char *dir) {
     CHECK(has(out, pack), "the published pack %s is in %s", pack, out);
     CHECK(has(out, "\"status\":\"Downloaded\"") && !has(out, "\"status\":\"Failed\""), "%s", out);
     CHECK(ps.calls > 0 && ps.wrong_thread == 0, "Connect progress on the calling thread");
+    CHECK(has(out, "\"console_content\":{\"status\":\"Downloaded\",\"content_version\":1"), "%s", out);
     sct_string_free(out);
     char *report = path_in(dest, "connect-report.json");
     CHECK(exists(report), "connect-report.json written");
     free(report);
-    /* A re-run finds everything complete. */
+    char *console_doc = path_in(dest, "ConsoleContent/console-content.json");
+    CHECK(exists(console_doc), "console content fetched");
+    free(console_doc);
+    /* A re-run finds everything complete, and the console content unchanged (304). */
     EXPECT_STATUS(sct_connect(opts, NULL, NULL, &out), SCT_OK);
     CHECK(has(out, "\"status\":\"AlreadyComplete\""), "%s", out);
+    CHECK(has(out, "\"console_content\":{\"status\":\"Unchanged\""), "%s", out);
     sct_string_free(out);
     printf("ok connect (cancel, download, re-run)\n");
 
@@ -712,6 +717,11 @@ static void test_flow(const char *dir) {
     EXPECT_STATUS(sct_import(opts, NULL, NULL, &out), SCT_OK);
     CHECK(has(out, "\"status\":\"Refused\"") && has(out, "\"error_kind\":\"SignatureInvalid\""),
           "untrusted pack refused: %s", out);
+    CHECK(has(out, "\"item\":\"ConsoleContent\""), "console content item: %s", out);
+    CHECK(!has(out, "\"status\":\"Imported\""), "nothing imported untrusted: %s", out);
+    sct_string_free(out);
+    EXPECT_STATUS(sct_console_content(site, &out), SCT_OK);
+    CHECK(has(out, "\"imported\":false"), "untrusted console content not recorded: %s", out);
     sct_string_free(out);
     EXPECT_STATUS(sct_trust_add(site, env("SCT_FOREIGN_PUB"), "someone else", &out), SCT_OK);
     sct_string_free(out);
@@ -741,9 +751,23 @@ static void test_flow(const char *dir) {
     CHECK(has(out, pack) && has(out, "\"state\":\"ReadyToInstall\"") && has(out, "\"state_code\":262146"), "%s", out);
     sct_string_free(out);
     EXPECT_STATUS(sct_import(opts, NULL, NULL, &out), SCT_OK);
-    CHECK(has(out, "\"status\":\"AlreadyImported\""), "%s", out);
+    CHECK(has(out, "\"status\":\"AlreadyImported\"") && !has(out, "\"status\":\"Imported\""), "%s", out);
     sct_string_free(out);
     printf("ok import (refused, cancel, import, re-import)\n");
+
+    /* The console content the site now holds: this hierarchy's and every hierarchy's
+     * messages only (the flow service publishes one for another hierarchy). */
+    out = SENTINEL;
+    EXPECT_STATUS(sct_console_content(NULL, &out), SCT_NULL_PARAMETER);
+    EXPECT_STATUS(sct_console_content(site, NULL), SCT_NULL_PARAMETER);
+    CHECK(out == SENTINEL, "untouched");
+    EXPECT_STATUS(sct_console_content(site, &out), SCT_OK);
+    CHECK(has(out, "\"imported\":true") && has(out, "\"content_version\":1"), "%s", out);
+    CHECK(has(out, "\"product\":\"Windows 11\""), "%s", out);
+    CHECK(has(out, "\"id\":\"for-everyone\"") && has(out, "\"expired\":false"), "%s", out);
+    CHECK(!has(out, "for-another") && !has(out, "Not for you"), "another hierarchy's message shown: %s", out);
+    sct_string_free(out);
+    printf("ok console content\n");
 
     free(library);
     free(dest);

@@ -112,6 +112,18 @@ impl FlowService {
             &[],
             &content,
         );
+        // Console content: one message for every hierarchy, one for another hierarchy only.
+        store.publish_console(&serde_json::json!({
+            "servicing": [{"product": "Windows 11", "version": "24H2", "channel": "General Availability",
+                "release_date": "2024-10-01", "end_of_servicing": "2026-10-13"}],
+            "messages": [
+                {"id": "for-everyone", "severity": "Info", "title": "Dashboard refreshed",
+                 "body": "Servicing data for November.", "published": "2026-11-01"},
+                {"id": "for-another", "severity": "Critical", "title": "Not for you",
+                 "body": "Another hierarchy's message.", "published": "2026-11-02",
+                 "hierarchies": ["9a1b2c3d-0000-4000-8000-00000000beef"]}
+            ]
+        }));
         let service = TestService::start(&store, &[]);
         FlowService {
             store,

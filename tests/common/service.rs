@@ -313,6 +313,31 @@ impl TestStore {
         c
     }
 
+    /// Run `sct-service console publish` with `draft` and return the version it prints;
+    /// panics (with stderr) on failure.
+    pub fn publish_console(&self, draft: &serde_json::Value) -> u64 {
+        let file = self
+            .dir()
+            .join(format!("console-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&file, serde_json::to_vec_pretty(draft).unwrap()).unwrap();
+        let out = Command::new(bin())
+            .args(["console", "publish", "--store"])
+            .arg(&self.root)
+            .arg(&file)
+            .output()
+            .expect("run sct-service console publish");
+        assert!(
+            out.status.success(),
+            "console publish failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("console publish prints the version")
+    }
+
     /// Run `publish` and return its output, success or not.
     #[allow(clippy::too_many_arguments)] // the shape of the `publish` command line
     pub fn publish_output(

@@ -74,6 +74,7 @@ declare("sct_usage_rows", c_int, c_char_p, ROW_CB, c_void_p, POINTER(c_uint64))
 declare("sct_connect", c_int, c_char_p, PROGRESS_CB, c_void_p, POINTER(c_void_p))
 declare("sct_import", c_int, c_char_p, PROGRESS_CB, c_void_p, POINTER(c_void_p))
 declare("sct_list_updates", c_int, c_char_p, POINTER(c_void_p))
+declare("sct_console_content", c_int, c_char_p, POINTER(c_void_p))
 declare("sct_trust_add", c_int, c_char_p, c_char_p, c_char_p, POINTER(c_void_p))
 declare("sct_trust_list", c_int, c_char_p, POINTER(c_void_p))
 declare("sct_trust_remove", c_int, c_char_p, c_char_p)
@@ -210,6 +211,8 @@ def test_null_arguments(site):
     assert lib.sct_connect(None, NO_PROGRESS, None, byref(out)) == SCT_NULL_PARAMETER
     assert lib.sct_import(b"{}", NO_PROGRESS, None, None) == SCT_NULL_PARAMETER
     assert lib.sct_list_updates(None, byref(out)) == SCT_NULL_PARAMETER
+    assert lib.sct_console_content(None, byref(out)) == SCT_NULL_PARAMETER
+    assert lib.sct_console_content(b(site), None) == SCT_NULL_PARAMETER
     assert lib.sct_trust_add(b(site), None, None, byref(out)) == SCT_NULL_PARAMETER
     assert lib.sct_trust_list(b(site), None) == SCT_NULL_PARAMETER
     assert lib.sct_trust_remove(b(site), None) == SCT_NULL_PARAMETER
@@ -260,6 +263,10 @@ def test_site(tmp, site):
     assert rows.value == 99 and cancel.calls == 1
     assert sum(call_json(lib.sct_site_info, b(site))["usage_rows"]) == 500
     assert call_json(lib.sct_list_updates, b(site)) == []
+    none = call_json(lib.sct_console_content, b(site))
+    assert none["imported"] is False and none["content_version"] is None, none
+    assert none["servicing"] == [] and none["messages"] == []
+    expect_error(SCT_NOT_FOUND, lib.sct_console_content, b(os.path.join(tmp, "absent.db")))
     print("ok site, sample data, cancellation")
 
 
@@ -508,11 +515,19 @@ def test_flow(tmp):
     assert report["bytes_transferred"] < packs[pack]["size"], report["bytes_transferred"]
     assert rec.threads == {threading.get_ident()}
     assert os.path.isfile(os.path.join(dest, "connect-report.json"))
+    console = report["console_content"]
+    assert console["status"] == "Downloaded" and console["content_version"] == 1, console
+    assert os.path.isfile(os.path.join(dest, "ConsoleContent", "console-content.json"))
+    assert os.path.isfile(os.path.join(dest, "ConsoleContent", "console-content.json.minisig"))
     print("ok connect")
 
     import_opts = b(json.dumps({"site_db": site, "source": dest}))
     refused = call_json(lib.sct_import, import_opts, NO_PROGRESS, None)
-    assert [r["status"] for r in refused] == ["Refused"] and refused[0]["error_kind"] == "SignatureInvalid"
+    # Untrusted: the pack and the console content are both refused, nothing recorded.
+    assert [(r["item"], r["status"], r["error_kind"]) for r in refused] == [
+        ("UpdatePack", "Refused", "SignatureInvalid"),
+        ("ConsoleContent", "Refused", "SignatureInvalid")], refused
+    assert call_json(lib.sct_console_content, b(site))["imported"] is False
     call_json(lib.sct_trust_add, b(site), b(os.environ["SCT_PUBLISHER_PUB"]), b"reference service")
     cancel = ProgressRecorder(cancel_after=1)
     expect_error(SCT_CANCELLED, lib.sct_import, import_opts, cancel.cb, None)
@@ -523,9 +538,10 @@ def test_flow(tmp):
     assert set(phases) == {5, 6} and phases == sorted(phases), "Verify (5), then placement (6)"
     verified = [(done, total) for phase, done, total in rec.reports if phase == 5]
     assert verified[-1][0] == verified[-1][1] > 0, verified
-    assert [r["status"] for r in results] == ["Imported"]
-    assert [(r["package_guid"], r["status"], r["state"]) for r in results] == [
-        (pack, "Imported", "ReadyToInstall")], results
+    assert [(r["item"], r["package_guid"], r["status"], r["state"]) for r in results] == [
+        ("UpdatePack", pack, "Imported", "ReadyToInstall"),
+        ("ConsoleContent", None, "Imported", None)], results
+    assert results[1]["version"] == "1"
     updates = call_json(lib.sct_list_updates, b(site))
     assert [(u["package_guid"], u["state"], u["state_code"]) for u in updates] == [
         (pack, "ReadyToInstall", 262146)]
@@ -537,8 +553,17 @@ def test_flow(tmp):
     assert os.path.samefile(content, results[0]["content_path"]), (content, results[0]["content_path"])
     assert os.path.isdir(content), content
     again = call_json(lib.sct_import, import_opts, NO_PROGRESS, None)
-    assert [r["status"] for r in again] == ["AlreadyImported"]
+    assert [r["status"] for r in again] == ["AlreadyImported", "AlreadyImported"]
     print("ok import")
+
+    held = call_json(lib.sct_console_content, b(site))
+    assert held["imported"] is True and held["content_version"] == 1, held
+    assert [r["product"] for r in held["servicing"]] == ["Windows 11"]
+    # Only the message for every hierarchy: the other hierarchy's was never recorded.
+    assert [m["id"] for m in held["messages"]] == ["for-everyone"], held["messages"]
+    assert held["messages"][0]["expired"] is False and "hierarchies" not in held["messages"][0]
+    assert len(held["publisher_key_id"]) == 16
+    print("ok console content")
 
 
 def main():

@@ -115,6 +115,11 @@ namespace __NAMESPACE__
             out IntPtr outJson);
 
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int sct_console_content(
+            [MarshalAs(UnmanagedType.LPUTF8Str)] string siteDb,
+            out IntPtr outJson);
+
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
         public static extern int sct_trust_add(
             [MarshalAs(UnmanagedType.LPUTF8Str)] string siteDb,
             [MarshalAs(UnmanagedType.LPUTF8Str)] string publicKeyPath,

@@ -106,7 +106,7 @@ function Import-UpdatePack {
             foreach ($r in @($call.Value)) {
                 if ($null -eq $r) { continue }
                 $r = $r | Add-SiteDatabaseProperty -SiteDatabase $db
-                $label = if ($r.Name) { "$($r.Name) $($r.Version) ($($r.PackageGuid))" } else { [string]$r.SourcePath }
+                $label = if ($r.Item -eq 'ConsoleContent') { "console content $($r.Version)".TrimEnd() } elseif ($r.Name) { "$($r.Name) $($r.Version) ($($r.PackageGuid))" } else { [string]$r.SourcePath }
                 switch ($r.Status) {
                     'Refused' {
                         $kind = if ($r.ErrorKind) { [string]$r.ErrorKind } else { 'Refused' }

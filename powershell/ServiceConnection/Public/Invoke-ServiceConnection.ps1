@@ -240,6 +240,19 @@ function Invoke-ServiceConnection {
             }
             $out
         }
+        $console = $report.PSObject.Properties['ConsoleContent']
+        if ($console -and $console.Value) {
+            $c = $console.Value
+            switch ($c.Status) {
+                'Failed' {
+                    $kind = Get-ReportKind -Entry $c -Default DownloadFailed
+                    $PSCmdlet.WriteError((New-ServiceConnectionErrorRecord -Kind $kind -Target ([string]$c.Path) -Message "Fetching the console content failed: $($c.Message)"))
+                }
+                'NonePublished' { Write-Verbose 'The service publishes no console content.' }
+                'Skipped' { Write-Verbose "Console content not fetched: $($c.Message)" }
+                default { Write-Verbose "Console content $($c.Status): version $($c.ContentVersion) in $($c.Path)" }
+            }
+        }
         Write-Verbose "Connect report: $(Join-Path $dest 'connect-report.json')"
     }
 }
