@@ -1,7 +1,9 @@
 //! The update service's throughput on this machine: usage uploads per second and pack
 //! download MB/s, for the zero-setup default (store folder + SQLite, one process), one
-//! replica on PostgreSQL, and three replicas on PostgreSQL behind haproxy, all on
-//! loopback with real processes.
+//! replica on PostgreSQL, three replicas on PostgreSQL behind haproxy, and three replicas
+//! on PostgreSQL with the content in an S3-compatible server (`s3s-fs`), streamed through
+//! the replicas or redirected to presigned URLs (`--content-redirect`), all on loopback
+//! with real processes.
 //!
 //! ```text
 //! cargo bench -p sct-service --bench replicas [-- --uploads N --pack-mib M --clients C]
@@ -61,15 +63,33 @@ struct Setup {
     direct: String,
 }
 
+/// Where a setup keeps its content.
+#[derive(Clone, Copy, PartialEq)]
+enum Content {
+    Folder,
+    /// In s3s-fs, streamed through the replicas.
+    S3,
+    /// In s3s-fs, content requests redirected to presigned URLs.
+    S3Redirect,
+}
+
 impl Setup {
-    fn new(name: &'static str, postgres: bool, replicas: usize) -> Setup {
+    fn new(name: &'static str, postgres: bool, replicas: usize, content: Content) -> Setup {
         let store = if postgres {
             TestStore::new_on_postgres()
         } else {
             TestStore::new()
         };
+        if content != Content::Folder {
+            store.use_shared_s3();
+        }
+        let extra: &[&str] = if content == Content::S3Redirect {
+            &["--content-redirect"]
+        } else {
+            &[]
+        };
         let services: Vec<TestService> = (0..replicas)
-            .map(|_| TestService::start(&store, &[]))
+            .map(|_| TestService::start(&store, extra))
             .collect();
         let direct = services[0].url().to_string();
         let lb = (replicas > 1).then(|| {
@@ -162,9 +182,31 @@ fn download_mb_per_second(
 fn main() {
     let a = args();
     let setups = [
-        Setup::new("store folder + SQLite, 1 process (default)", false, 1),
-        Setup::new("folder + PostgreSQL, 1 replica", true, 1),
-        Setup::new("folder + PostgreSQL, 3 replicas behind haproxy", true, 3),
+        Setup::new(
+            "store folder + SQLite, 1 process (default)",
+            false,
+            1,
+            Content::Folder,
+        ),
+        Setup::new("folder + PostgreSQL, 1 replica", true, 1, Content::Folder),
+        Setup::new(
+            "folder + PostgreSQL, 3 replicas behind haproxy",
+            true,
+            3,
+            Content::Folder,
+        ),
+        Setup::new(
+            "S3 (s3s-fs) + PostgreSQL, 3 replicas, streamed",
+            true,
+            3,
+            Content::S3,
+        ),
+        Setup::new(
+            "S3 (s3s-fs) + PostgreSQL, 3 replicas, --content-redirect",
+            true,
+            3,
+            Content::S3Redirect,
+        ),
     ];
     let file_count = 8;
     let file_size = (a.pack_mib * 1024 * 1024 / file_count) as u64;

@@ -465,6 +465,8 @@ fn bad_s3_configuration_fails_with_a_clear_error() {
     assert!(e.contains("AWS_ALLOW_HTTP=true"), "{e}");
     let e = run("s3://No_Such", &[], &[]);
     assert!(e.contains("not an S3 bucket name"), "{e}");
+    let e = run("/nonexistent/sct-content", &[], &[]);
+    assert!(e.contains("no such folder"), "{e}");
     let e = run("ftp://host/x", &[], &[]);
     assert!(e.contains("only a folder or s3://"), "{e}");
     // A wrong secret: the server checks the signature, so nothing is stored.
@@ -501,4 +503,58 @@ fn ready_reports_an_unreachable_object_store_and_health_stays_live() {
         "{body}"
     );
     assert_eq!(get(&format!("{}/v1/health", svc.url()), &[]).status, 200);
+}
+
+#[test]
+fn a_separate_content_folder_holds_packs_and_uploads() {
+    let store = TestStore::new();
+    let folder = store.dir().join("shared-content");
+    std::fs::create_dir(&folder).unwrap();
+    let content = write_content(&store.dir().join("c"), &[("a.bin", b"folder bytes")]);
+    let out = store
+        .publish_command(
+            "Folder",
+            "5.00.9100.1000",
+            PackType::Update,
+            "5.00.9000.1000",
+            None,
+            &[],
+            &content,
+        )
+        .arg("--content")
+        .arg(&folder)
+        .output()
+        .unwrap();
+    let id = published(&out);
+    assert_eq!(
+        std::fs::read(folder.join(format!("packs/{id}/content/a.bin"))).unwrap(),
+        b"folder bytes"
+    );
+    assert!(!store.path().join("packs").join(id.to_string()).exists());
+
+    let svc = TestService::start_args(
+        store.path(),
+        [std::ffi::OsStr::new("--content"), folder.as_os_str()],
+    );
+    let r = get(
+        &format!("{}/v1/packages/{id}/content/a.bin", svc.url()),
+        &[],
+    );
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"folder bytes"[..]));
+    let h = Uuid::new_v4();
+    let cab = store.dir().join("u.cab");
+    write_usage_cab(&cab, h, "5.00.9000.1000");
+    let r = rt().block_on(async {
+        client()
+            .post(format!("{}/v1/usage", svc.url()))
+            .body(std::fs::read(&cab).unwrap())
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(r.status().as_u16(), 200);
+    let uploads = store.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert!(folder.join(&uploads[0].path).is_file());
+    assert!(!store.path().join(&uploads[0].path).exists());
 }

@@ -216,6 +216,19 @@ impl TestStore {
     pub fn content_root(&self) -> PathBuf {
         content_of(&self.root).map_or_else(|| self.root.clone(), |(_, d)| d)
     }
+    /// Keep this store's content from now on in its own prefix of the process's shared
+    /// s3s-fs server (what `on_s3()` does for every store), e.g. for one setup of a
+    /// benchmark. Call before publishing or serving.
+    pub fn use_shared_s3(&self) {
+        if content_of(&self.root).is_none() {
+            let prefix = s3::unique_prefix();
+            CONTENTS.lock().unwrap().push((
+                self.root.clone(),
+                format!("s3://{}/{prefix}", s3::BUCKET),
+                s3::shared().bucket_dir().join(&prefix),
+            ));
+        }
+    }
     /// The `--content` URL when the content is not in the store folder.
     pub fn content_url(&self) -> Option<String> {
         content_of(&self.root).map(|(u, _)| u)

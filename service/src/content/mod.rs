@@ -84,7 +84,15 @@ impl Content {
     pub fn open(url: Option<&ContentUrl>, store_root: &Path) -> Result<Content> {
         match url {
             None => Ok(Content::Folder(store_root.to_path_buf())),
-            Some(ContentUrl::Folder(p)) => Ok(Content::Folder(p.clone())),
+            Some(ContentUrl::Folder(p)) => {
+                if !p.is_dir() {
+                    return Err(Error::new(
+                        crate::error::ErrorKind::NotFound,
+                        format!("--content {}: no such folder", p.display()),
+                    ));
+                }
+                Ok(Content::Folder(p.clone()))
+            }
             Some(ContentUrl::S3 { bucket, prefix }) => Ok(Content::Object(Arc::new(
                 ObjectContent::from_env(bucket, prefix)?,
             ))),

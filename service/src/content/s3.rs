@@ -24,6 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Part size of multipart uploads (S3's minimum is 5 MiB); smaller objects are one PUT.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts of one multipart upload sent at once.
+pub const MAX_PARTS_IN_FLIGHT: usize = 2;
 
 /// An S3 bucket and key prefix.
 #[derive(Debug)]
@@ -188,7 +190,10 @@ impl ObjectContent {
         mut reader: R,
     ) -> Result<(u64, String)> {
         let what = format!("writing {}/{key}", self.describe());
-        let mut w = BufWriter::with_capacity(self.store(), self.path(key), PART_SIZE);
+        // At most PART_SIZE buffered and MAX_PARTS_IN_FLIGHT parts being sent: memory is
+        // bounded whatever the object's size.
+        let mut w = BufWriter::with_capacity(self.store(), self.path(key), PART_SIZE)
+            .with_max_concurrency(MAX_PARTS_IN_FLIGHT);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
