@@ -200,14 +200,6 @@ pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 /// content store can be read; otherwise 503 naming what failed. (`/v1/health` is
 /// liveness: it answers as long as the process does.)
 async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiFailure> {
-    let st = state.clone();
-    let check = async move {
-        let catalog = tokio::task::spawn_blocking(move || st.catalog.ping())
-            .await
-            .map_err(|e| Error::internal(format!("the catalog check failed: {e}")))?;
-        catalog?;
-        state.content.ping().await
-    };
     let unavailable = |why: String| {
         eprintln!("sct-service: not ready: {why}");
         ApiFailure::new(
@@ -216,9 +208,25 @@ async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiFa
             format!("this replica is not ready: {why}"),
         )
     };
-    match tokio::time::timeout(READY_TIMEOUT, check).await {
+    // Each check has its own deadline, so a 503 names the store that did not answer.
+    let st = state.clone();
+    let catalog = tokio::task::spawn_blocking(move || st.catalog.ping());
+    match tokio::time::timeout(READY_TIMEOUT, catalog).await {
+        Err(_) => {
+            return Err(unavailable(format!(
+                "the catalog {} did not answer within {}s",
+                state.catalog.describe(),
+                READY_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) => return Err(unavailable(format!("the catalog check failed: {e}"))),
+        Ok(Ok(Err(e))) => return Err(unavailable(e.to_string())),
+        Ok(Ok(Ok(()))) => {}
+    }
+    match tokio::time::timeout(READY_TIMEOUT, state.content.ping()).await {
         Err(_) => Err(unavailable(format!(
-            "the catalog or the content store did not answer within {}s",
+            "the content store {} did not answer within {}s",
+            state.content.describe(),
             READY_TIMEOUT.as_secs()
         ))),
         Ok(Err(e)) => Err(unavailable(e.to_string())),

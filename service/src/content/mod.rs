@@ -107,6 +107,14 @@ impl Content {
         }
     }
 
+    /// The content store, for messages: its folder or `s3://BUCKET/PREFIX`.
+    pub fn describe(&self) -> String {
+        match self {
+            Content::Folder(root) => root.display().to_string(),
+            Content::Object(o) => o.describe(),
+        }
+    }
+
     /// Whether the content store answers (for `/v1/ready`): the folder's `packs/` can be
     /// listed, or the bucket can be listed under the prefix.
     pub async fn ping(&self) -> Result<()> {
