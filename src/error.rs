@@ -135,27 +135,37 @@ impl Error {
     }
 
     /// Classify an I/O error that happened while doing `what` (e.g. "writing /mnt/usb/x.cab").
+    /// The operating system's own error code decides first (through `platform::classify`,
+    /// which knows errno from `GetLastError` numbers), then the portable kind.
     pub fn io(what: impl fmt::Display, err: &std::io::Error) -> Self {
+        use crate::platform::OsClass;
         use std::io::ErrorKind as K;
-        let kind = match err.kind() {
-            K::NotFound => ErrorKind::NotFound,
-            K::PermissionDenied | K::ReadOnlyFilesystem => ErrorKind::PermissionDenied,
-            K::AlreadyExists => ErrorKind::AlreadyExists,
-            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => ErrorKind::DiskFull,
-            K::TimedOut => ErrorKind::Timeout,
-            _ => match err.raw_os_error() {
-                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => ErrorKind::DiskFull,
-                Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => {
-                    ErrorKind::PermissionDenied
-                }
+        let class = err.raw_os_error().and_then(crate::platform::classify);
+        let kind = match class {
+            Some(OsClass::DiskFull | OsClass::FileTooLarge) => ErrorKind::DiskFull,
+            Some(OsClass::ReadOnly | OsClass::PermissionDenied) => ErrorKind::PermissionDenied,
+            Some(OsClass::InUse) => ErrorKind::Busy,
+            Some(OsClass::DeviceGone) => ErrorKind::Io,
+            None => match err.kind() {
+                K::NotFound => ErrorKind::NotFound,
+                K::PermissionDenied | K::ReadOnlyFilesystem => ErrorKind::PermissionDenied,
+                K::AlreadyExists => ErrorKind::AlreadyExists,
+                K::StorageFull | K::QuotaExceeded | K::FileTooLarge => ErrorKind::DiskFull,
+                K::TimedOut => ErrorKind::Timeout,
                 _ => ErrorKind::Io,
             },
         };
-        let detail = match kind {
-            ErrorKind::DiskFull => {
+        let detail = match (kind, class) {
+            (_, Some(OsClass::InUse)) => {
+                "the file is in use by another process (an antivirus scanner, Explorer or another run); try again when it has let go".to_string()
+            }
+            (_, Some(OsClass::DeviceGone)) => {
+                "the drive is not ready or was removed; reconnect it and run again".to_string()
+            }
+            (ErrorKind::DiskFull, _) => {
                 "no space left on the device (or the file-size limit was reached)".to_string()
             }
-            ErrorKind::PermissionDenied => {
+            (ErrorKind::PermissionDenied, _) => {
                 "permission denied (or the file system is read-only)".to_string()
             }
             _ => err.to_string(),

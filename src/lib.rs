@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod hashing;
 pub mod import;
 pub mod pack;
+mod platform;
 pub mod progress;
 pub mod signing;
 pub mod site;

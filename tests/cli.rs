@@ -619,6 +619,8 @@ fn newer_schema_site_is_refused_unchanged() {
     }
 }
 
+/// Unix modes and users; Windows ACLs cannot be shown under Wine (README, Windows).
+#[cfg(unix)]
 #[test]
 fn unwritable_destination_folder_is_reported_and_nothing_changes() {
     use std::os::unix::fs::PermissionsExt;
@@ -717,6 +719,8 @@ fn connect_and_import_are_wired_and_report_failures_in_one_line() {
         .is_array());
 }
 
+/// SIGINT; Wine cannot deliver a console Ctrl+C to a child (README, Windows).
+#[cfg(unix)]
 #[test]
 fn interrupt_cancels_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,10 @@
 //! usage cabs made by the real Prepare, through the real tinyproxy, with real TLS, and a
 //! real process killed mid-download.
 
+// On Windows the tinyproxy and TLS tests are left out (Linux programs): what only they
+// use is unused there.
+#![cfg_attr(windows, allow(dead_code, unused_imports))]
+
 #[path = "common/proxy.rs"]
 mod proxy;
 #[path = "common/service.rs"]
@@ -9,7 +13,9 @@ mod service;
 #[path = "common/tls.rs"]
 mod tls;
 
-use proxy::{Action, Flaky, TinyProxy};
+#[cfg(unix)]
+use proxy::TinyProxy;
+use proxy::{Action, Flaky};
 use service::{pseudo_random, write_content, TestService, TestStore};
 use serviceconnection::api::{PackType, Selection};
 use serviceconnection::connect::{
@@ -551,6 +557,7 @@ fn spawn_child(
     c.spawn().unwrap()
 }
 
+#[cfg(unix)] // only the disk-full test reads a child's result
 fn child_result(out: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
@@ -871,6 +878,7 @@ fn assert_no_secret(dest: &Path, text: &str) {
     }
 }
 
+#[cfg(unix)] // tinyproxy is a Linux program
 #[test]
 fn through_tinyproxy_without_and_with_basic_auth() {
     let sc = scene();
@@ -916,6 +924,7 @@ fn through_tinyproxy_without_and_with_basic_auth() {
     assert_no_secret(&dest, &format!("{r:?} {o:?}"));
 }
 
+#[cfg(unix)] // tinyproxy is a Linux program
 #[test]
 fn wrong_proxy_password_is_a_proxy_auth_error() {
     let sc = scene();
@@ -974,6 +983,7 @@ fn wrong_proxy_port_is_a_proxy_connect_error() {
     assert_no_secret(&dest, &format!("{e} {e:?}"));
 }
 
+#[cfg(unix)] // the test CA is made with the openssl command
 #[test]
 fn tls_needs_the_private_ca_and_works_with_it() {
     let sc = scene();
@@ -1149,6 +1159,8 @@ fn a_second_concurrent_run_on_the_same_destination_is_refused() {
 
 /// A full disk (here: the file-size limit of the process, which fails writes the same
 /// way) is permanent: the file fails at once with a clear message, no retry.
+/// RLIMIT_FSIZE stands in for a full disk; Windows has no per-process file-size limit.
+#[cfg(unix)]
 #[test]
 fn disk_full_fails_fast_with_a_clear_message() {
     child_mode();
@@ -1341,6 +1353,7 @@ fn partial_files_are_continued_restarted_or_discarded() {
 
 /// An https:// service through the proxy (a CONNECT tunnel): works, and a refusal of the
 /// credentials is named as such although the proxy refuses the tunnel with a 401.
+#[cfg(unix)] // tinyproxy and the openssl command are Linux programs
 #[test]
 fn https_through_tinyproxy_tunnel() {
     let sc = scene();

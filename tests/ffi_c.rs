@@ -158,3 +158,145 @@ fn header_compiles_as_cpp() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The same C program built for Windows x64: compiled with mingw-w64 against the Windows
+/// `serviceconnection.dll` (linked through its import library `libserviceconnection.dll.a`)
+/// and run under Wine (`.ci/wine-run`), with every path a Windows path (`Z:\...`, Wine's
+/// view of the Linux root), so options JSON carries escaped backslashes. The reference
+/// service is the Linux one on 127.0.0.1. Needs mingw-w64 and Wine (`.ci/setup` installs
+/// them; skipped with a message elsewhere, never in CI).
+#[cfg(target_os = "linux")]
+mod windows {
+    use super::{ffi, service};
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    const TARGET: &str = "x86_64-pc-windows-gnu";
+
+    fn available() -> bool {
+        let ok = ffi::have("x86_64-w64-mingw32-gcc")
+            && (ffi::have("wine64") || Path::new("/usr/lib/wine/wine64").is_file());
+        assert!(
+            ok || std::env::var_os("CI").is_none(),
+            "mingw-w64 and Wine are required in CI (bash .ci/setup)"
+        );
+        if !ok {
+            eprintln!("mingw-w64 or Wine is missing: skipping the Windows C test");
+        }
+        ok
+    }
+
+    /// `target/x86_64-pc-windows-gnu/<profile>/`, holding serviceconnection.dll and its
+    /// import library; built with `cargo build --lib --target ...` only when missing (as
+    /// `ffi::built_cdylib` does for the Linux library).
+    fn windows_build() -> &'static Path {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let linux = ffi::built_cdylib().parent().unwrap().to_path_buf();
+            let profile = linux.file_name().unwrap().to_str().unwrap().to_string();
+            let target_dir = linux.parent().unwrap();
+            let dir = target_dir.join(TARGET).join(&profile);
+            if dir.join("serviceconnection.dll").is_file()
+                && dir.join("libserviceconnection.dll.a").is_file()
+            {
+                return dir;
+            }
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--lib", "--target", TARGET])
+                .arg("--manifest-path")
+                .arg(ffi::root().join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(target_dir);
+            match profile.as_str() {
+                "debug" => {}
+                "release" => {
+                    cmd.arg("--release");
+                }
+                other => {
+                    cmd.args(["--profile", other]);
+                }
+            }
+            let out = cmd.output().expect("run cargo build --target");
+            assert!(
+                out.status.success(),
+                "cargo build --lib --target {TARGET} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            dir
+        })
+    }
+
+    /// A Linux path as the Windows program sees it under Wine (drive Z: is `/`).
+    fn wine_path(p: &Path) -> String {
+        format!("Z:{}", p.to_str().unwrap().replace('/', "\\"))
+    }
+
+    fn run(mode: &str, setup: impl FnOnce(&mut Command)) {
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        // The DLL beside the program: Windows looks in the program's folder first.
+        for f in ["serviceconnection.dll", "libserviceconnection.dll.a"] {
+            std::fs::copy(windows_build().join(f), w.join(f)).unwrap();
+        }
+        let exe = w.join("ffi_test.exe");
+        let out = Command::new("x86_64-w64-mingw32-gcc")
+            .args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-g", "-O0"])
+            .args(["-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .arg("-I")
+            .arg(ffi::root().join("include"))
+            .arg(ffi::root().join("tests/c/ffi_test.c"))
+            .arg(w.join("libserviceconnection.dll.a"))
+            .arg("-o")
+            .arg(&exe)
+            // The MinGW runtime (winpthreads, libgcc) linked in: no DLL but ours and Windows'.
+            .args(["-static", "-pthread"])
+            .output()
+            .expect("run x86_64-w64-mingw32-gcc");
+        assert!(
+            out.status.success(),
+            "compiling tests/c/ffi_test.c for Windows failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut cmd = Command::new(ffi::root().join(".ci/wine-run"));
+        cmd.arg(&exe).arg(mode);
+        setup(&mut cmd);
+        // The paths the program reads, as Windows paths.
+        for var in ["SCT_TEST_DIR", "SCT_PUBLISHER_PUB", "SCT_FOREIGN_PUB"] {
+            if let Some(p) = cmd
+                .get_envs()
+                .find(|(k, _)| *k == var)
+                .and_then(|(_, v)| v.map(PathBuf::from))
+            {
+                cmd.env(var, wine_path(&p));
+            }
+        }
+        let out = cmd.output().expect("run .ci/wine-run");
+        ffi::assert_passed(&format!("ffi_test.exe {mode} under Wine"), &out);
+    }
+
+    #[test]
+    fn c_program_basics_on_windows() {
+        if !available() {
+            return;
+        }
+        let store = service::TestStore::new();
+        let scratch = tempfile::tempdir().unwrap();
+        run("basics", |c| {
+            ffi::basic_env(c, scratch.path(), &store.public_key_path())
+        });
+    }
+
+    #[test]
+    fn c_program_full_flow_on_windows() {
+        if !available() {
+            return;
+        }
+        let flow = ffi::FlowService::start();
+        let scratch = tempfile::tempdir().unwrap();
+        run("flow", |c| {
+            ffi::basic_env(c, scratch.path(), &flow.store.public_key_path());
+            ffi::flow_env(c, &flow);
+        });
+    }
+}

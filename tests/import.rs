@@ -1036,15 +1036,60 @@ fn spawn_child(e: &Env, pause_at: Option<&str>) -> Child {
     .env_remove(PAUSE_ENV)
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    if let Some(stage) = pause_at {
-        // The pause point appends its marker to our end of the child's stdout pipe.
-        c.env(PAUSE_ENV, format!("{stage}:/dev/stdout"));
+    let flag = pause_at.map(|stage| {
+        let flag = pause_flag();
+        c.env(PAUSE_ENV, format!("{stage}:{}", flag.display()));
+        flag
+    });
+    let child = c.spawn().unwrap();
+    if let Some(flag) = flag {
+        PAUSE_FLAGS.lock().unwrap().insert(child.id(), flag);
     }
-    c.spawn().unwrap()
+    child
+}
+
+/// Where a paused child writes its marker, by child pid ([`read_until`] looks there).
+static PAUSE_FLAGS: std::sync::Mutex<BTreeMap<u32, PathBuf>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Unix: the pause point appends its marker to our end of the child's stdout pipe.
+#[cfg(unix)]
+fn pause_flag() -> PathBuf {
+    PathBuf::from("/dev/stdout")
+}
+
+/// Windows has no `/dev/stdout`: the marker goes to a file of its own, which
+/// [`read_until`] watches.
+#[cfg(windows)]
+fn pause_flag() -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let p = std::env::temp_dir().join(format!("sct-pause-{}-{n}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
 }
 
 /// Read the child's stdout until `marker` appears; panics if it exits first.
 fn read_until(child: &mut Child, marker: &str) -> String {
+    let flag = PAUSE_FLAGS.lock().unwrap().remove(&child.id());
+    let flag = flag.expect("read_until is for children spawned with a pause point");
+    #[cfg(unix)]
+    let _ = flag; // the marker comes through the stdout pipe
+    #[cfg(windows)]
+    {
+        // The marker is in the child's flag file: watch it (and the child).
+        loop {
+            let text = std::fs::read_to_string(&flag).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+                let _ = std::fs::remove_file(&flag);
+                return line.to_string();
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     let out = child.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines();
     for line in lines.by_ref() {
@@ -1098,7 +1143,6 @@ fn child_results(child: Child) -> Vec<ImportResult> {
     serde_json::from_str(line).unwrap()
 }
 
-#[cfg(unix)]
 #[test]
 fn concurrent_imports_from_several_processes_import_each_pack_once() {
     let e = env();
@@ -1122,7 +1166,6 @@ fn concurrent_imports_from_several_processes_import_each_pack_once() {
     }
 }
 
-#[cfg(unix)]
 #[test]
 fn second_import_waits_for_the_lock_then_refuses_busy_with_a_clear_message() {
     let e = env();
@@ -1157,7 +1200,6 @@ const STAGES: &[&str] = &[
     "committed",
 ];
 
-#[cfg(unix)]
 #[test]
 fn import_killed_at_any_point_leaves_the_site_unchanged_or_complete_and_a_rerun_completes() {
     kill_at_every_stage(&|| {
@@ -1661,7 +1703,6 @@ fn connect_output_with_a_used_guid_but_different_content_is_a_conflict() {
     );
 }
 
-#[cfg(unix)]
 #[test]
 fn connect_output_import_killed_at_any_point_is_recovered_and_completed() {
     let c = connected();

@@ -248,6 +248,7 @@ fn read_rusage(file: &Path) -> (u64, f64) {
 }
 
 /// Wait for `child` with `wait4`, returning its exit status and `ru_maxrss` (KiB).
+#[cfg(unix)]
 fn wait4(child: &Child) -> (i32, u64, f64) {
     let mut status = 0;
     // SAFETY: zeroed rusage is a valid value; wait4 writes it for the reaped child.
@@ -272,6 +273,84 @@ fn wait4(child: &Child) -> (i32, u64, f64) {
         code,
         ru.ru_maxrss as u64,
         secs(ru.ru_utime) + secs(ru.ru_stime),
+    )
+}
+
+/// Windows' counterpart of [`wait4`]: wait on the process handle, then its exit code, its
+/// peak working set (KiB) and its user + kernel time. (The child's handle stays open until
+/// `Child` is dropped, so the figures are still there after it exits.)
+#[cfg(windows)]
+fn wait4(child: &Child) -> (i32, u64, f64) {
+    use std::os::windows::io::AsRawHandle;
+    type Handle = *mut std::ffi::c_void;
+    #[repr(C)]
+    #[derive(Default)]
+    struct FileTime {
+        low: u32,
+        high: u32,
+    }
+    /// PROCESS_MEMORY_COUNTERS
+    #[repr(C)]
+    #[derive(Default)]
+    struct MemoryCounters {
+        cb: u32,
+        page_fault_count: u32,
+        peak_working_set_size: usize,
+        working_set_size: usize,
+        quota_peak_paged_pool_usage: usize,
+        quota_paged_pool_usage: usize,
+        quota_peak_non_paged_pool_usage: usize,
+        quota_non_paged_pool_usage: usize,
+        pagefile_usage: usize,
+        peak_pagefile_usage: usize,
+    }
+    #[link(name = "kernel32")]
+    extern "system" {
+        fn WaitForSingleObject(handle: Handle, millis: u32) -> u32;
+        fn GetExitCodeProcess(handle: Handle, code: *mut u32) -> i32;
+        fn GetProcessTimes(
+            handle: Handle,
+            creation: *mut FileTime,
+            exit: *mut FileTime,
+            kernel: *mut FileTime,
+            user: *mut FileTime,
+        ) -> i32;
+        fn K32GetProcessMemoryInfo(handle: Handle, counters: *mut MemoryCounters, cb: u32) -> i32;
+    }
+    const INFINITE: u32 = u32::MAX;
+    const WAIT_OBJECT_0: u32 = 0;
+    let h = child.as_raw_handle() as Handle;
+    let mut code = 0u32;
+    let (mut c, mut e, mut k, mut u) = Default::default();
+    let mut mem = MemoryCounters {
+        cb: std::mem::size_of::<MemoryCounters>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `h` is our own child's process handle, open for as long as `child` lives;
+    // every out-pointer is a valid local of the declared type and size.
+    unsafe {
+        assert_eq!(
+            WaitForSingleObject(h, INFINITE),
+            WAIT_OBJECT_0,
+            "WaitForSingleObject: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(GetExitCodeProcess(h, &mut code) != 0, "GetExitCodeProcess");
+        assert!(
+            GetProcessTimes(h, &mut c, &mut e, &mut k, &mut u) != 0,
+            "GetProcessTimes"
+        );
+        assert!(
+            K32GetProcessMemoryInfo(h, &mut mem, mem.cb) != 0,
+            "GetProcessMemoryInfo"
+        );
+    }
+    // FILETIME durations count 100 ns units.
+    let secs = |t: &FileTime| ((u64::from(t.high) << 32) | u64::from(t.low)) as f64 / 1e7;
+    (
+        code as i32,
+        mem.peak_working_set_size as u64 / 1024,
+        secs(&k) + secs(&u),
     )
 }
 
@@ -478,7 +557,17 @@ fn ensure_tools() {
         return;
     }
     eprintln!("installing stock tools: {}", missing.join(" "));
+    if !cfg!(unix) {
+        panic!(
+            "install {} (the stock tools this benchmark compares against)",
+            missing.join(" ")
+        );
+    }
+    #[cfg(unix)]
+    // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
+    #[cfg(not(unix))]
+    let root = false;
     let mut c = if root {
         Command::new("apt-get")
     } else {

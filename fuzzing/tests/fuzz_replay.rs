@@ -72,7 +72,8 @@ fn replay_service_request() {
     let mut seen = std::collections::BTreeSet::new();
     for p in inputs("service_request")
         .into_iter()
-        .filter(|p| p.to_string_lossy().contains("/seeds/"))
+        // By path component, not by text: Windows paths use `\`.
+        .filter(|p| p.components().any(|c| c.as_os_str() == "seeds"))
     {
         let data = std::fs::read(&p).unwrap();
         if let Some(s) = sct_fuzzing::fuzz_service_request(&data) {

@@ -9,6 +9,8 @@
 //! cargo bench -p sct-service --bench replicas [-- --uploads N --pack-mib M --clients C]
 //! ```
 //! Prints a Markdown table (the README's performance section quotes one).
+// PostgreSQL, haproxy and s3s-fs run on Unix only.
+#![cfg_attr(not(unix), allow(dead_code, unused_imports))]
 
 #[path = "../../tests/common/haproxy.rs"]
 mod haproxy;
@@ -179,6 +181,12 @@ fn download_mb_per_second(
     (clients as u64 * size) as f64 / secs / 1e6
 }
 
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("the replica benchmark needs PostgreSQL, haproxy and s3s-fs: Unix only");
+}
+
+#[cfg(unix)]
 fn main() {
     let a = args();
     let setups = [

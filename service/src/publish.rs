@@ -57,32 +57,21 @@ pub fn keygen(root: &Path) -> Result<crate::signing::PublicKey> {
         SqliteCatalog::open(&store.catalog_path())?;
     }
     let key = SecretKey::generate()?;
-    // AtomicFile's temporary file is created with mode 0600 and keeps it on rename.
-    let mut f = AtomicFile::create(&store.secret_key_path(), false)?;
+    // Owner-only from the moment the file exists (0600, or on Windows a protected DACL
+    // with the current user alone), and the rename keeps it.
+    let mut f = AtomicFile::create_private(&store.secret_key_path(), false)?;
     f.write_all(key.to_file_text()?.as_bytes())
         .map_err(|e| Error::io(format!("writing {}", store.secret_key_path().display()), &e))?;
-    set_mode(f.temp_path(), 0o600)?;
     f.commit()?;
+    // Public: the mode (or inherited ACL) every output gets.
     let mut p = AtomicFile::create(&store.public_key_path(), false)?;
     p.write_all(key.public_key().to_file_text().as_bytes())
         .map_err(|e| Error::io(format!("writing {}", store.public_key_path().display()), &e))?;
-    set_mode(p.temp_path(), 0o644)?;
     p.commit()?;
     for d in [store.packs_dir(), store.staging_dir(), store.uploads_dir()] {
         mkdirs(&d)?;
     }
     Ok(key.public_key().clone())
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io(format!("setting permissions of {}", path.display()), &e))
-}
-#[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) -> Result<()> {
-    Ok(())
 }
 
 /// What to publish.
@@ -172,15 +161,13 @@ pub fn scan_content(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     // Sites may live on case-insensitive file systems (Windows): two names that differ
-    // only by case would overwrite each other there.
-    let mut seen = std::collections::HashMap::new();
-    for (rel, _) in &out {
-        if let Some(other) = seen.insert(rel.to_lowercase(), rel) {
-            return Err(Error::invalid_argument(format!(
-                "content folder {} has both '{other}' and '{rel}'; names must differ by more than case",
-                dir.display()
-            )));
-        }
+    // only by case (`A.bin` beside `a.bin`, or `Docs/x` beside `docs/y`) would be one
+    // file or folder there.
+    if let Some((other, rel)) = crate::fsutil::case_collision(out.iter().map(|(r, _)| r.as_str())) {
+        return Err(Error::invalid_argument(format!(
+            "content folder {} has both '{other}' and '{rel}'; names must differ by more than case",
+            dir.display()
+        )));
     }
     Ok(out)
 }
@@ -536,8 +523,21 @@ fn copy_hashing(src: &Path, content_root: &Path, rel: &str) -> Result<PackFile> 
     if let Some(parent) = dest.parent() {
         mkdirs(parent)?;
     }
-    let mut input = std::fs::File::open(src)
-        .map_err(|e| Error::io(format!("reading {}", src.display()), &e))?;
+    // Scanned as a regular file; opened without following a link (symbolic link or
+    // junction) that may have replaced it since.
+    let mut input = crate::fsutil::open_no_follow(src).map_err(|e| {
+        if crate::fsutil::is_link_refusal(&e) {
+            Error::new(
+                ErrorKind::UnsafePath,
+                format!(
+                    "{} is a symbolic link; a pack holds regular files only",
+                    src.display()
+                ),
+            )
+        } else {
+            Error::io(format!("reading {}", src.display()), &e)
+        }
+    })?;
     let out = std::fs::File::create(&dest)
         .map_err(|e| Error::io(format!("writing {}", dest.display()), &e))?;
     let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(256 * 1024, out));

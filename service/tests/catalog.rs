@@ -1,6 +1,8 @@
 //! The catalog beyond one machine: `migrate` and the schema checks, the PostgreSQL URL,
 //! password and TLS rules, `/v1/ready`, and "one cab, one upload" across replicas, on a
 //! real PostgreSQL server (tests/common/postgres.rs) and real SQLite files.
+// PostgreSQL, haproxy and s3s-fs test servers run on Unix only.
+#![cfg(unix)]
 
 #[path = "../../tests/common/service.rs"]
 mod service;

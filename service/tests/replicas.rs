@@ -2,6 +2,8 @@
 //! one content store, behind a real `haproxy` on loopback. Many hierarchies upload at
 //! once and each is recorded exactly once; a replica killed in the middle of a download
 //! costs nothing: Connect completes through the balancer, resuming on another replica.
+// PostgreSQL, haproxy and s3s-fs test servers run on Unix only.
+#![cfg(unix)]
 
 #[path = "../../tests/common/haproxy.rs"]
 mod haproxy;

@@ -6,6 +6,8 @@
 //! upload is recorded once, and the catalog and the bucket agree afterwards.
 //! (This target's name puts its test stores' content in the shared s3s-fs server: see
 //! `service::on_s3`.)
+// PostgreSQL, haproxy and s3s-fs test servers run on Unix only.
+#![cfg(unix)]
 
 #[path = "../../tests/common/haproxy.rs"]
 mod haproxy;

@@ -3,6 +3,8 @@
 //! s3://...` streaming with `Range`/`ETag`, `--content-redirect` presigned 307s, usage
 //! cabs stored in the bucket, killed publishes leaving nothing visible, and the
 //! configuration errors.
+// PostgreSQL, haproxy and s3s-fs test servers run on Unix only.
+#![cfg(unix)]
 
 #[path = "../../tests/common/service.rs"]
 mod service;

@@ -5,6 +5,8 @@
 //! `tests/common/s3.rs`). The harness switches on this target's name. The tests look at
 //! the stored objects through the folder s3s-fs keeps them in
 //! (`TestStore::content_root`), whose layout is the store folder's.
+// PostgreSQL, haproxy and s3s-fs test servers run on Unix only.
+#![cfg(unix)]
 
 #[path = "service.rs"]
 mod suite;

@@ -613,19 +613,8 @@ fn clear_progress() {
 /// callback, so it removes its temporary output and the site stays as it was.
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-#[cfg(unix)]
-extern "C" fn on_interrupt(_: libc::c_int) {
-    // Async-signal-safe only: an atomic store, or `_exit` on a second signal.
-    if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        unsafe { libc::_exit(130) };
-    }
-}
-
+/// Ctrl+C (and SIGTERM, or closing the console window on Windows) sets [`INTERRUPTED`]
+/// through the platform's handler; a second Ctrl+C ends the process at once.
 fn install_interrupt_handler() {
-    #[cfg(unix)]
-    unsafe {
-        let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
+    crate::platform::on_interrupt(&INTERRUPTED);
 }

@@ -317,10 +317,13 @@ async fn attempt(ctx: &Ctx, dir: &Path, report: &mut ConsoleReport) -> Result<()
     f.write_all(sig.as_bytes())
         .map_err(|e| Error::io(format!("writing {}", sig_path.display()), &e))?;
     f.commit()?;
-    std::fs::File::open(&part_path)
+    // Flushed through a handle that may write (Windows flushes no other).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&part_path)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(format!("writing {}", part_path.display()), &e))?;
-    std::fs::rename(&part_path, &doc_path)
+    crate::fsutil::rename_retrying(&part_path, &doc_path)
         .map_err(|e| Error::io(format!("moving into place {}", doc_path.display()), &e))?;
     crate::fsutil::sync_dir(dir);
     report.status = ConsoleStatus::Downloaded;

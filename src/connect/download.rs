@@ -211,26 +211,12 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Flush everything written to the file system holding `dir` (one `syncfs` instead of an
-/// fsync per file and folder, which dominated runs of many small files).
+/// Make everything written for the pack in `dir` durable before its manifest says
+/// "complete": one `syncfs` on Linux; on Windows each file was already flushed before its
+/// rename (see `crate::platform`).
 fn sync_filesystem(dir: &Path) -> Result<()> {
-    let f = std::fs::File::open(dir)
-        .map_err(|e| Error::io(format!("opening {}", dir.display()), &e))?;
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
-        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-            return Err(Error::io(
-                format!("flushing {}", dir.display()),
-                &std::io::Error::last_os_error(),
-            ));
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    f.sync_all()
-        .map_err(|e| Error::io(format!("flushing {}", dir.display()), &e))?;
-    Ok(())
+    crate::platform::sync_filesystem(dir)
+        .map_err(|e| Error::io(format!("flushing {}", dir.display()), &e))
 }
 
 fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -708,14 +694,32 @@ async fn discard(ctx: &Ctx, part: &mut Partial) -> Result<()> {
     part.restart().await
 }
 
-/// Move the verified partial file to its final name. No fsync here: the pack is made
-/// durable once, before its manifest is written (see `sync_filesystem`).
+/// Move the verified partial file to its final name. No fsync here where the pack is made
+/// durable once, before its manifest is written (see `sync_filesystem`); where that is not
+/// possible (Windows), the file's data is flushed before its rename.
 async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
     let what = || format!("writing {}", part.path.display());
     part.file.flush().await.map_err(|e| Error::io(what(), &e))?;
-    tokio::fs::rename(&part.path, final_path)
-        .await
-        .map_err(|e| Error::io(format!("moving into place {}", final_path.display()), &e))?;
+    if crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME {
+        part.file
+            .sync_all()
+            .await
+            .map_err(|e| Error::io(what(), &e))?;
+    }
+    // A virus scanner may hold the new file for a moment (Windows): tried again briefly.
+    let mut tries = 0;
+    while let Err(e) = tokio::fs::rename(&part.path, final_path).await {
+        tries += 1;
+        match crate::fsutil::rename_retry_pause(tries, &e) {
+            Some(pause) => tokio::time::sleep(pause).await,
+            None => {
+                return Err(Error::io(
+                    format!("moving into place {}", final_path.display()),
+                    &e,
+                ))
+            }
+        }
+    }
     Ok(())
 }
 

@@ -347,7 +347,7 @@ pub fn connect(opts: &ConnectOptions, progress: ProgressFn) -> Result<ConnectRep
             };
             let last = ctx.events.snapshot(Phase::Download, String::new(), 0, 0);
             let _ = tx.send(Msg::Progress(last));
-            let _ = tx.send(Msg::Done(result));
+            let _ = tx.send(Msg::Done(Box::new(result)));
         })
         .map_err(|e| Error::internal(format!("cannot start the Connect worker: {e}")))?;
     // Should the callback panic, unwinding drops this and stops the worker's transfers.
@@ -385,7 +385,7 @@ fn pump(
                 return Some(if cancelled {
                     Err(Error::cancelled())
                 } else {
-                    r
+                    *r
                 })
             }
         }
@@ -463,7 +463,9 @@ impl Drop for CancelOnDrop {
 
 enum Msg {
     Progress(Progress),
-    Done(Result<ConnectReport>),
+    /// Boxed: a report is far larger than a progress message (more so on Windows, whose
+    /// paths are wider), and the channel carries mostly progress.
+    Done(Box<Result<ConnectReport>>),
 }
 
 /// State shared by every task of one run.

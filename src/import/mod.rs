@@ -681,7 +681,7 @@ fn place_and_commit(
                     ),
                 ));
             }
-            std::fs::rename(&staging, &fin)
+            crate::fsutil::rename_retrying(&staging, &fin)
                 .map_err(|e| Error::io(format!("moving {} into place", staging.display()), &e))?;
             placement.staged.retain(|s| s != &staging);
             placement.renamed.push(fin);

@@ -364,12 +364,13 @@ fn place_file(
             .map_err(|e| Error::io(format!("creating {}", dest.display()), &e))
     };
     let mut placed = false;
+    let mut linked = false;
     let mut dst = None;
     // A reflink shares blocks copy-on-write: later changes to the source never reach the
     // clone, and hashing the clone checks exactly what was placed.
     if size > 0 && copier.try_reflink.load(Ordering::Relaxed) {
         let f = create()?;
-        placed = reflink(&src, &f);
+        placed = crate::platform::reflink(&src, &f);
         if !placed {
             copier.try_reflink.store(false, Ordering::Relaxed);
         }
@@ -380,7 +381,8 @@ fn place_file(
             std::fs::remove_file(dest)
                 .map_err(|e| Error::io(format!("removing {}", dest.display()), &e))?;
         }
-        placed = hard_link_open_file(&src, dest);
+        placed = crate::platform::hard_link_open_file(&src, &root.join(&job.src_rel), dest);
+        linked = placed;
         if placed {
             dst = Some(
                 File::open(dest)
@@ -433,53 +435,13 @@ fn place_file(
             job.sha256
         )));
     }
-    dst.sync_all().map_err(wio)?;
-    Ok(())
-}
-
-/// Hard-link the already opened `src` (not whatever its path names now) as `dest`
-/// (Linux: `linkat` through `/proc/self/fd`). False when the file system cannot (another
-/// device, no hard links, no `/proc`), and the caller copies instead.
-#[cfg(target_os = "linux")]
-fn hard_link_open_file(src: &File, dest: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::io::AsRawFd;
-    let Ok(from) = std::ffi::CString::new(format!("/proc/self/fd/{}", src.as_raw_fd())) else {
-        return false;
-    };
-    let Ok(to) = std::ffi::CString::new(dest.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
-    unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        ) == 0
+    if linked {
+        // Opened for reading only: nothing was written through it.
+        crate::platform::sync_read_only(&dst).map_err(wio)?;
+    } else {
+        dst.sync_all().map_err(wio)?;
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn hard_link_open_file(_src: &File, _dest: &Path) -> bool {
-    false
-}
-
-/// Clone `src` into the empty `dst` (Linux `FICLONE`: btrfs, XFS, bcachefs…).
-/// False when the file system cannot (different device, no reflink support).
-#[cfg(target_os = "linux")]
-fn reflink(src: &File, dst: &File) -> bool {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: both descriptors are open for the duration of the call; FICLONE takes the
-    // source descriptor as its argument and touches no user memory.
-    unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) == 0 }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn reflink(_src: &File, _dst: &File) -> bool {
-    false
+    Ok(())
 }
 
 /// What one run has put into the content library and not yet committed. Dropped

@@ -34,22 +34,15 @@ pub(crate) struct TrustedManifest {
     pub key_id: Option<String>,
 }
 
-/// Open a file for reading without following a symbolic link in its last component.
+/// Open a file for reading without following a link (symbolic link, junction) in its
+/// last component.
 pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    }
-    o.open(path)
+    fsutil::open_no_follow(path)
 }
 
 /// Map an error opening `shown` to a precise kind: a link is `UnsafePath`.
 pub(crate) fn open_error(shown: &str, e: &std::io::Error) -> Error {
-    #[cfg(unix)]
-    if e.raw_os_error() == Some(libc::ELOOP) {
+    if fsutil::is_link_refusal(e) {
         return Error::new(
             ErrorKind::UnsafePath,
             format!("{shown} is a symbolic link; links are never followed"),
@@ -257,7 +250,12 @@ pub(crate) fn check_layout(root: &Path, pack_rel: &Path, manifest: &PackManifest
             for entry in read_dir(&content.join(&rel_dir), CONTENT_DIR)? {
                 let (name, ft) = entry?;
                 let rel = rel_dir.join(&name);
-                let shown = format!("{CONTENT_DIR}/{}", rel.to_string_lossy());
+                // Named as the manifest names files (`/`-separated) on every platform.
+                let shown = rel.components().fold(CONTENT_DIR.to_string(), |mut s, c| {
+                    s.push('/');
+                    s.push_str(&c.as_os_str().to_string_lossy());
+                    s
+                });
                 if ft.is_symlink() {
                     return Err(link(shown));
                 }

@@ -102,11 +102,35 @@ impl PackManifest {
             if !crate::hashing::is_sha256_hex(&f.sha256) {
                 return Err(bad(format!("file '{}' has a malformed sha256", f.path)));
             }
-            if !seen.insert(f.path.to_ascii_lowercase()) {
+            if !seen.insert(f.path.as_str()) {
                 return Err(bad(format!("file '{}' is listed twice", f.path)));
             }
         }
-        Ok(())
+        // A file cannot also be a folder of another file (`a` and `a/b`).
+        for f in &self.files {
+            let mut parent = f.path.as_str();
+            while let Some((p, _)) = parent.rsplit_once('/') {
+                if seen.contains(p) {
+                    return Err(bad(format!(
+                        "'{p}' is listed as a file and is also the folder of '{}'",
+                        f.path
+                    )));
+                }
+                parent = p;
+            }
+        }
+        // Names that differ only in case are one file on Windows: refused everywhere.
+        match crate::fsutil::case_collision(self.files.iter().map(|f| f.path.as_str())) {
+            Some((a, b)) => Err(Error::new(
+                ErrorKind::UnsafePath,
+                format!(
+                    "unsafe path: the pack lists both '{}' and '{}', which differ only in letter case and would be one file on Windows",
+                    a.escape_debug(),
+                    b.escape_debug()
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn total_size(&self) -> u64 {
@@ -123,5 +147,68 @@ impl PackFile {
     /// The validated relative path under `content/`.
     pub fn rel_path(&self) -> Result<PathBuf> {
         crate::fsutil::safe_relative_path(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(paths: &[&str]) -> PackManifest {
+        PackManifest {
+            format_version: PACK_FORMAT_VERSION,
+            id: uuid::Uuid::new_v4(),
+            name: "Update".into(),
+            version: "5.00.9100.1000".parse().unwrap(),
+            pack_type: PackType::Update,
+            min_site_version: "5.00.9000.1000".parse().unwrap(),
+            max_site_version: None,
+            hierarchies: Vec::new(),
+            publisher: Publisher {
+                name: "p".into(),
+                key_id: "0123456789ABCDEF".into(),
+            },
+            created: "2026-01-01T00:00:00Z".into(),
+            files: paths
+                .iter()
+                .map(|p| PackFile {
+                    path: p.to_string(),
+                    size: 1,
+                    sha256: "0".repeat(64),
+                })
+                .collect(),
+        }
+    }
+
+    /// Paths that would collide or be unusable on Windows are refused on every platform.
+    #[test]
+    fn windows_unsafe_file_lists_are_refused() {
+        assert!(manifest(&["a/b.bin", "a/c.bin", "d.bin"])
+            .validate()
+            .is_ok());
+        for (paths, kind, words) in [
+            (
+                &["Setup.exe", "setup.EXE"][..],
+                ErrorKind::UnsafePath,
+                "letter case",
+            ),
+            (
+                &["Docs/a", "docs/b"][..],
+                ErrorKind::UnsafePath,
+                "letter case",
+            ),
+            (&["a.bin", "a.bin"][..], ErrorKind::InvalidManifest, "twice"),
+            (
+                &["a", "a/b"][..],
+                ErrorKind::InvalidManifest,
+                "also the folder",
+            ),
+            (&["x/nul.txt"][..], ErrorKind::UnsafePath, "reserves"),
+            (&["x/y. "][..], ErrorKind::UnsafePath, "dot or a space"),
+        ] {
+            let e = manifest(paths).validate().unwrap_err();
+            assert_eq!(e.kind(), kind, "{paths:?}: {e}");
+            assert!(e.message().contains(words), "{paths:?}: {e}");
+        }
     }
 }

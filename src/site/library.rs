@@ -40,6 +40,15 @@ fn is_site_database(path: &Path) -> bool {
         ])) == super::APPLICATION_ID
 }
 
+/// Whether two paths name one file: on Windows (and macOS) `Site.db` and `site.db` do,
+/// so a claim written under one spelling is still this site's under the other.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Whether the library holds anything yet (a pack folder, a staging folder).
 fn library_has_content(site_db: &Path) -> bool {
     let offline = parent_dir(site_db).join(super::updates::CONTENT_LIBRARY);
@@ -58,7 +67,7 @@ fn other_owner(site_db: &Path) -> Result<Option<PathBuf>> {
                 return Ok(None);
             }
             let other = dir.join(name);
-            Ok(is_site_database(&other).then_some(other))
+            Ok((is_site_database(&other) && !same_file(&other, site_db)).then_some(other))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if !library_has_content(site_db) {
@@ -74,7 +83,7 @@ fn other_owner(site_db: &Path) -> Result<Option<PathBuf>> {
                 .filter(|e| e.file_name() != me)
                 .filter(|e| !e.file_name().to_string_lossy().ends_with(".sct-partial"))
                 .map(|e| e.path())
-                .filter(|p| is_site_database(p))
+                .filter(|p| is_site_database(p) && !same_file(p, site_db))
                 .collect();
             others.sort();
             Ok(others.into_iter().next())
@@ -183,6 +192,27 @@ mod tests {
         std::fs::remove_file(d.path().join("moved.sqlite.bak")).unwrap();
         check_owner(&b).unwrap();
         assert!(claim(&b).unwrap().is_some());
+    }
+
+    /// A claim is this site's under any spelling of its path: another folder on the way
+    /// (`sub/..`) anywhere, another letter case where the file system ignores case
+    /// (Windows: `A.DB` is `a.db`).
+    #[test]
+    fn the_owner_under_another_spelling_is_still_the_owner() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let a = d.path().join("a.db");
+        new_site(&a).unwrap();
+        std::fs::create_dir_all(d.path().join(crate::site::updates::CONTENT_LIBRARY)).unwrap();
+        claim(&a).unwrap();
+        check_owner(&d.path().join("sub").join("..").join("a.db")).unwrap();
+        #[cfg(windows)]
+        {
+            check_owner(&d.path().join("A.DB")).unwrap();
+            assert!(claim(&d.path().join("A.DB")).is_ok());
+        }
+        // A different file is still refused.
+        new_site(&d.path().join("b.db")).err().unwrap();
     }
 
     #[test]

@@ -402,9 +402,10 @@ fn open_io_failure(conn: &Connection, e: &rusqlite::Error, shown: &str) -> Optio
     }
     // SAFETY: the handle is live while `conn` is borrowed; the call only reads state.
     let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
-    let why = match errno {
-        libc::EFBIG => "the file-size limit (ulimit -f) is below the 32 KiB SQLite needs for its index file beside the database",
-        libc::ENOSPC => "no space left on the device for the 32 KiB index file SQLite keeps beside the database",
+    use crate::platform::OsClass;
+    let why = match crate::platform::classify(errno) {
+        Some(OsClass::FileTooLarge) => "the file-size limit (ulimit -f) is below the 32 KiB SQLite needs for its index file beside the database",
+        Some(OsClass::DiskFull) => "no space left on the device for the 32 KiB index file SQLite keeps beside the database",
         _ => return None,
     };
     Some(Error::new(

@@ -84,7 +84,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Whether this process runs as root (then the server runs as `postgres`).
+fn is_root() -> bool {
+    #[cfg(unix)]
+    // SAFETY: geteuid has no preconditions.
+    return unsafe { libc::geteuid() } == 0;
+    #[cfg(not(unix))]
+    return false;
+}
+
 /// The `postgres` account's uid and gid.
+#[cfg(unix)]
 fn postgres_ids() -> (u32, u32) {
     let name = std::ffi::CString::new("postgres").unwrap();
     // SAFETY: getpwnam returns a pointer to static storage or null; read at once.
@@ -100,7 +110,7 @@ fn postgres_ids() -> (u32, u32) {
 impl PgServer {
     fn start() -> PgServer {
         let bindir = bindir();
-        let as_postgres = unsafe { libc::geteuid() } == 0;
+        let as_postgres = is_root();
         let root = tempfile::Builder::new()
             .prefix("sct-pg-")
             .tempdir()
@@ -120,6 +130,7 @@ impl PgServer {
         std::fs::copy(&ca.cert, &server_cert).unwrap();
         std::fs::copy(&ca.key, &server_key).unwrap();
         set_mode(&server_key, 0o600);
+        #[cfg(unix)]
         if as_postgres {
             let (uid, gid) = postgres_ids();
             for p in [&root, &socket_dir, &pwfile, &server_cert, &server_key] {
@@ -270,6 +281,11 @@ impl PgServer {
 }
 
 fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    #[cfg(not(unix))]
+    let _ = (p, mode);
 }

@@ -56,6 +56,7 @@ pub fn shared() -> &'static S3Server {
 extern "C" fn stop_shared_at_exit() {
     if let Some(s) = SHARED.get() {
         // SAFETY: plain kill(2) of our own child's pid; statics are never dropped.
+        #[cfg(unix)]
         unsafe {
             libc::kill(s.child.id() as libc::pid_t, libc::SIGKILL);
         }

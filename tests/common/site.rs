@@ -210,7 +210,14 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
 }
 
 /// Run a stock tool; returns (success, stdout+stderr).
+///
+/// On Windows the Linux cabinet tools are not there; Windows' own `extrac32.exe` (its
+/// cabinet API; Wine's under Wine) stands in for `cabextract -t`, `cabextract -q -d DIR`,
+/// `gcab -t` and `gcab -l`: see [`windows_cab_tool`].
 pub fn tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) {
+    if cfg!(windows) {
+        return windows_cab_tool(program, args, cwd);
+    }
     let out = std::process::Command::new(program)
         .args(args)
         .current_dir(cwd)
@@ -224,4 +231,60 @@ pub fn tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// The Windows counterpart of the cabinet checks [`tool`] runs on Linux: the cab is
+/// extracted by Windows' `extrac32.exe` (which exits 0 even when extraction fails, so every
+/// file its `manifest.json` lists is then checked by size and SHA-256, and nothing else may
+/// be there). Output: one `name size` line per extracted file.
+fn windows_cab_tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) {
+    let (cab, dest, keep) = match (program, args) {
+        ("cabextract" | "gcab", ["-t", cab]) | ("gcab", ["-l", cab]) => (*cab, None, false),
+        ("cabextract", ["-q", "-d", dest, cab]) => (*cab, Some(PathBuf::from(dest)), true),
+        _ => panic!("no Windows counterpart for {program} {args:?}"),
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let dest = dest.unwrap_or_else(|| scratch.path().join("x"));
+    std::fs::create_dir_all(&dest).unwrap();
+    let out = std::process::Command::new("extrac32.exe")
+        .args(["/Y", "/E", "/L"])
+        .arg(&dest)
+        .arg(cwd.join(cab))
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("extrac32.exe could not run: {e}"));
+    let mut text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found = snapshot(&dest);
+    for name in found.keys() {
+        let size = std::fs::metadata(dest.join(name)).unwrap().len();
+        text.push_str(&format!("{name} {size}\n"));
+    }
+    let verified = (|| {
+        let bytes = std::fs::read(dest.join("manifest.json")).ok()?;
+        let manifest = serviceconnection::usage::UsageManifest::from_bytes(&bytes).ok()?;
+        let mut expected: Vec<String> = vec!["manifest.json".into()];
+        for f in &manifest.files {
+            let p = dest.join(&f.name);
+            let ok = std::fs::metadata(&p).ok()?.len() == f.size && sha256_file(&p) == f.sha256;
+            if !ok {
+                return None;
+            }
+            expected.push(f.name.clone());
+        }
+        expected.sort();
+        let got: Vec<String> = found.keys().cloned().collect();
+        (got == expected).then_some(())
+    })()
+    .is_some();
+    if !verified {
+        text.push_str("extracted files do not match the cab's manifest.json\n");
+    }
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+    (out.status.success() && verified, text)
 }

@@ -90,6 +90,22 @@ Describe 'Loading the native library' {
         ($out | Select-Object -Last 1) | Should -Be (Join-Path $libDir $rid.FileName)
     }
 
+    It 'looks for lib/<rid>/<file> as the release archives lay it out, win-x64 included' {
+        $m = Get-Module ServiceConnection
+        foreach ($case in @(
+                @{ OS = 'Windows'; Arch = 'X64'; Rid = 'win-x64'; File = 'serviceconnection.dll' }
+                @{ OS = 'Linux'; Arch = 'X64'; Rid = 'linux-x64'; File = 'libserviceconnection.so' }
+                @{ OS = 'MacOS'; Arch = 'Arm64'; Rid = 'osx-arm64'; File = 'libserviceconnection.dylib' }
+            )) {
+            $r = & $m { param($o, $a) Get-NativeLibraryRid -OS $o -Architecture $a } $case.OS $case.Arch
+            $r.Rid | Should -Be $case.Rid
+            $r.FileName | Should -Be $case.File
+        }
+        # The running platform's default is one of those, and is what the module loaded.
+        $here = & $m { Get-NativeLibraryRid }
+        $here.Rid | Should -BeIn @('win-x64', 'win-arm64', 'linux-x64', 'linux-arm64', 'osx-x64', 'osx-arm64')
+    }
+
     It 'fails with a clear error naming every path it tried when the library is missing' {
         $copy = Copy-ModuleWithoutLib -Destination (Join-Path $TestDrive 'nolib/ServiceConnection')
         $missing = Join-Path $TestDrive 'does-not-exist/libserviceconnection.so'

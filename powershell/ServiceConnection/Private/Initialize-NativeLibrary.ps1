@@ -2,22 +2,30 @@ function Get-NativeLibraryRid {
     <#
     .SYNOPSIS
     The runtime identifier (lib/<rid>/ folder) and library file name for this platform.
+    .DESCRIPTION
+    -OS and -Architecture default to the running system; they exist so the mapping for
+    every platform (win-x64: lib/win-x64/serviceconnection.dll) can be checked anywhere.
     #>
     [CmdletBinding()]
     [OutputType([pscustomobject])]
-    param()
+    param(
+        [ValidateSet('Windows', 'MacOS', 'Linux')]
+        [string]$OS = $(if ($IsWindows) { 'Windows' } elseif ($IsMacOS) { 'MacOS' } else { 'Linux' }),
+        [System.Runtime.InteropServices.Architecture]$Architecture =
+            [System.Runtime.InteropServices.RuntimeInformation]::OSArchitecture
+    )
 
-    $arch = switch ([System.Runtime.InteropServices.RuntimeInformation]::OSArchitecture) {
+    $arch = switch ($Architecture) {
         'X64' { 'x64' }
         'Arm64' { 'arm64' }
         'X86' { 'x86' }
         'Arm' { 'arm' }
         default { $_.ToString().ToLowerInvariant() }
     }
-    if ($IsWindows) {
+    if ($OS -eq 'Windows') {
         $os = 'win'; $file = 'serviceconnection.dll'
     }
-    elseif ($IsMacOS) {
+    elseif ($OS -eq 'MacOS') {
         $os = 'osx'; $file = 'libserviceconnection.dylib'
     }
     else {
