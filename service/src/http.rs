@@ -3,7 +3,8 @@
 //! and `HEAD`. Files are streamed from disk; nothing is held whole in memory but the
 //! (size-limited) manifest and signature. See [`crate::api`] for the wire contract.
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, SqliteCatalog};
+use super::content::{pack_key, Content, ObjectContent};
 use super::range::{decide, RangeAnswer};
 use super::Store;
 use crate::api::{ApiError, ApiErrorBody, Health, API_PREFIX};
@@ -22,7 +23,7 @@ use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 /// Version of the HTTP API (`/v1`).
 pub const API_VERSION: u32 = 1;
@@ -32,29 +33,66 @@ const STREAM_CHUNK: usize = 64 * 1024;
 /// Shared state of a running service.
 pub struct AppState {
     pub store: Store,
-    pub catalog: Mutex<Catalog>,
+    /// Shared by all requests; each call is its own transaction.
+    pub catalog: Arc<dyn Catalog>,
     /// SHA-256 of the configured bearer token (the token itself is not kept).
     token_digest: Option<[u8; 32]>,
     pub max_upload_bytes: u64,
     /// Published packs are immutable, so what was read once is kept.
     packs: RwLock<HashMap<uuid::Uuid, Arc<ServedPack>>>,
+    /// Where content, manifests, signatures and uploads live (`--content`).
+    pub content: Content,
+    /// `--content-redirect`: answer content requests with a 307 to a presigned URL valid
+    /// this long (object stores only).
+    pub content_redirect: Option<std::time::Duration>,
 }
 
 impl AppState {
+    /// State over the store's own SQLite catalog.
     pub fn new(store: Store, token: Option<&str>, max_upload_bytes: u64) -> crate::Result<Self> {
-        let catalog = Catalog::open(&store.catalog_path())?;
-        Ok(AppState {
+        let catalog = Arc::new(SqliteCatalog::open(&store.catalog_path())?);
+        Ok(Self::with_catalog(store, catalog, token, max_upload_bytes))
+    }
+
+    /// State over any catalog (`--catalog`).
+    pub fn with_catalog(
+        store: Store,
+        catalog: Arc<dyn Catalog>,
+        token: Option<&str>,
+        max_upload_bytes: u64,
+    ) -> Self {
+        AppState {
+            content: Content::Folder(store.root().to_path_buf()),
+            content_redirect: None,
             store,
-            catalog: Mutex::new(catalog),
+            catalog,
             token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
             max_upload_bytes,
             packs: RwLock::new(HashMap::new()),
-        })
+        }
+    }
+
+    /// Serve content from `content` (default: the store folder); with `redirect`, answer
+    /// content requests with a 307 to a presigned URL valid that long.
+    pub fn with_content(
+        mut self,
+        content: Content,
+        redirect: Option<std::time::Duration>,
+    ) -> crate::Result<Self> {
+        if redirect.is_some() && content.object().is_none() {
+            return Err(Error::invalid_argument(
+                "--content-redirect needs an object store (--content s3://BUCKET/PREFIX): a folder has no URLs to redirect to",
+            ));
+        }
+        self.content = content;
+        self.content_redirect = redirect;
+        Ok(self)
     }
 }
 
 /// A published pack as served: its exact manifest bytes, signature and file index.
 pub struct ServedPack {
+    id: uuid::Uuid,
     dir: PathBuf,
     manifest_bytes: Bytes,
     manifest_etag: String,
@@ -125,6 +163,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(&v("/health"), get(health))
         .route(&v("/version"), get(health))
+        .route(&v("/ready"), get(ready))
         .route(&v("/usage"), post(super::upload::upload))
         .route(&v("/packages/{id}/manifest.json"), get(manifest))
         .route(&v("/packages/{id}/manifest.json.minisig"), get(signature))
@@ -152,6 +191,52 @@ async fn health() -> Json<Health> {
         version: crate::VERSION.into(),
         api_version: API_VERSION,
     })
+}
+
+/// How long `/v1/ready` waits for the catalog and the content store.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET /v1/ready`, for load balancers: 200 only when the catalog answers a query and the
+/// content store can be read; otherwise 503 naming what failed. (`/v1/health` is
+/// liveness: it answers as long as the process does.)
+async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiFailure> {
+    let unavailable = |why: String| {
+        eprintln!("sct-service: not ready: {why}");
+        ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("this replica is not ready: {why}"),
+        )
+    };
+    // Each check has its own deadline, so a 503 names the store that did not answer.
+    let st = state.clone();
+    let catalog = tokio::task::spawn_blocking(move || st.catalog.ping());
+    match tokio::time::timeout(READY_TIMEOUT, catalog).await {
+        Err(_) => {
+            return Err(unavailable(format!(
+                "the catalog {} did not answer within {}s",
+                state.catalog.describe(),
+                READY_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) => return Err(unavailable(format!("the catalog check failed: {e}"))),
+        Ok(Ok(Err(e))) => return Err(unavailable(e.to_string())),
+        Ok(Ok(Ok(()))) => {}
+    }
+    match tokio::time::timeout(READY_TIMEOUT, state.content.ping()).await {
+        Err(_) => Err(unavailable(format!(
+            "the content store {} did not answer within {}s",
+            state.content.describe(),
+            READY_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(unavailable(e.to_string())),
+        Ok(Ok(())) => Ok(Json(Health {
+            status: "ready".into(),
+            service: "sct-service".into(),
+            version: crate::VERSION.into(),
+            api_version: API_VERSION,
+        })),
+    }
 }
 
 async fn not_found() -> ApiFailure {
@@ -191,7 +276,10 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
         return next.run(req).await;
     };
     let path = req.uri().path();
-    if path == format!("{API_PREFIX}/health") || path == format!("{API_PREFIX}/version") {
+    if path == format!("{API_PREFIX}/health")
+        || path == format!("{API_PREFIX}/version")
+        || path == format!("{API_PREFIX}/ready")
+    {
         return next.run(req).await;
     }
     let given = req
@@ -248,13 +336,20 @@ async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPa
         return Ok(p.clone());
     }
     let st = state.clone();
+    let handle = tokio::runtime::Handle::current();
     let loaded = tokio::task::spawn_blocking(move || -> Result<Option<ServedPack>, Error> {
-        let record = st.catalog.lock().expect("catalog").get_pack(&id)?;
+        let record = st.catalog.get_pack(&id)?;
         let Some(record) = record else {
             return Ok(None);
         };
-        let dir = st.store.pack_dir(&id);
+        let dir = match &st.content {
+            Content::Folder(root) => Store::at(root).pack_dir(&id),
+            Content::Object(_) => PathBuf::new(),
+        };
         let read = |name: &str| -> Result<Vec<u8>, Error> {
+            if let Some(o) = st.content.object() {
+                return handle.block_on(o.read_small(&pack_key(&id, name), MAX_MANIFEST_BYTES));
+            }
             let p = dir.join(name);
             let meta = p
                 .symlink_metadata()
@@ -279,6 +374,7 @@ async fn load_pack(state: &Arc<AppState>, id: uuid::Uuid) -> Result<Arc<ServedPa
         let signature = read(SIGNATURE_FILE)?;
         let signature_etag = format!("\"{}\"", crate::hashing::sha256_hex(&signature));
         Ok(Some(ServedPack {
+            id,
             dir,
             manifest_etag: format!("\"{sha}\""),
             manifest_bytes: Bytes::from(manifest_bytes),
@@ -375,23 +471,50 @@ async fn content(
             path.escape_debug()
         )));
     };
-    let root = pack.dir.join(CONTENT_DIR);
-    ensure_no_symlinks(&root, &rel).map_err(|e| ApiFailure::internal(&e))?;
-    let full = root.join(&rel);
-    Ok(send(
-        &method,
-        &headers,
-        &format!("\"{}\"", file.sha256),
-        "application/octet-stream",
-        Source::File(full, file.size),
-    )
-    .await)
+    let etag = format!("\"{}\"", file.sha256);
+    let src = if let Some(o) = state.content.object() {
+        let key = pack_key(&pack.id, &format!("{CONTENT_DIR}/{path}"));
+        // HEAD is answered here: a presigned URL is signed for GET only.
+        if let Some(ttl) = state.content_redirect.filter(|_| method == Method::GET) {
+            return redirect(o, &key, ttl, &etag).await;
+        }
+        Source::Object(o.clone(), key, file.size)
+    } else {
+        let root = pack.dir.join(CONTENT_DIR);
+        ensure_no_symlinks(&root, &rel).map_err(|e| ApiFailure::internal(&e))?;
+        Source::File(root.join(&rel), file.size)
+    };
+    Ok(send(&method, &headers, &etag, "application/octet-stream", src).await)
+}
+
+/// `--content-redirect`: a 307 to a presigned URL of the object. 307 keeps the method
+/// (GET or HEAD) and the client's `Range`; the URL carries its own short-lived signature,
+/// so no token is needed (or sent) there.
+async fn redirect(
+    o: &ObjectContent,
+    key: &str,
+    ttl: std::time::Duration,
+    etag: &str,
+) -> Result<Response, ApiFailure> {
+    let url = o
+        .presign(key, ttl)
+        .await
+        .map_err(|e| ApiFailure::internal(&e))?;
+    Ok(Response::builder()
+        .status(StatusCode::TEMPORARY_REDIRECT)
+        .header(header::LOCATION, url.as_str())
+        .header(header::ETAG, etag)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::empty())
+        .expect("valid response"))
 }
 
 pub(super) enum Source {
     Memory(Bytes),
     /// A file and the size the manifest promises.
     File(PathBuf, u64),
+    /// An object (store, key) and the size the manifest promises.
+    Object(Arc<ObjectContent>, String, u64),
 }
 
 /// Answer a download: 304 on a matching `If-None-Match`, 206/416 for `Range`, else 200;
@@ -405,7 +528,7 @@ pub(super) async fn send(
 ) -> Response {
     let len = match &src {
         Source::Memory(b) => b.len() as u64,
-        Source::File(_, size) => *size,
+        Source::File(_, size) | Source::Object(_, _, size) => *size,
     };
     let hv = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let mut base = Response::builder()
@@ -447,6 +570,10 @@ pub(super) async fn send(
         match src {
             Source::Memory(b) => Body::from(b.slice(start as usize..(start + count) as usize)),
             Source::File(path, size) => match open_range(&path, size, start, count).await {
+                Ok(body) => body,
+                Err(e) => return ApiFailure::internal(&e).into_response(),
+            },
+            Source::Object(o, key, size) => match o.body(&key, size, start, count).await {
                 Ok(body) => body,
                 Err(e) => return ApiFailure::internal(&e).into_response(),
             },

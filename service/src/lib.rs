@@ -26,9 +26,13 @@
 //! A pack is visible (listed, offered, served) only once its row is in the catalog; the
 //! folder is renamed into `packs/` before that row is written, so a publish killed at any
 //! moment leaves at most an unlisted folder that the next publish removes.
+//!
+//! With `--content s3://BUCKET/PREFIX` the `packs/` and `uploads/` keys live in that
+//! bucket instead (see [`content`]); the folder keeps the key and, by default, the catalog.
 
 pub mod catalog;
 pub mod console;
+pub mod content;
 pub mod http;
 pub mod publish;
 pub mod range;
@@ -46,7 +50,7 @@ pub(crate) use serviceconnection::{
 use crate::error::{Error, ErrorKind};
 use std::path::{Path, PathBuf};
 
-pub use catalog::{Catalog, CatalogPack, UploadRecord};
+pub use catalog::{Catalog, CatalogPack, CatalogUrl, SqliteCatalog, UploadInsert, UploadRecord};
 pub use publish::{keygen, publish, PublishRequest};
 pub use select::select_packs;
 pub use server::{serve, ServeOptions};
@@ -99,6 +103,22 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// A store folder whose catalog is given separately (`--catalog`): only the folder
+    /// must exist.
+    pub fn open_folder(root: &Path) -> Result<Store> {
+        if !root.is_dir() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "store {} does not exist (create it with `sct-service keygen --store {}`)",
+                    root.display(),
+                    root.display()
+                ),
+            ));
+        }
+        Ok(Store::at(root))
     }
 
     /// Paths only, no checks (used by `keygen` before the store exists).

@@ -2,19 +2,30 @@
 //!
 //! ```text
 //! sct-service keygen  --store DIR
-//! sct-service publish --store DIR --name NAME --version V --type Update|Hotfix
-//!                     --min-site-version V [--max-site-version V] [--hierarchy GUID ...]
-//!                     [--publisher-name N] CONTENT_DIR
-//! sct-service serve   --store DIR [--listen 127.0.0.1:0] [--tls-cert F --tls-key F]
-//!                     [--token-file F] [--max-upload-bytes N]
-//! sct-service list    --store DIR [--json] [--uploads | --console]
+//! sct-service migrate (--catalog URL | --store DIR)
+//! sct-service publish --store DIR [--catalog URL] [--content URL] [--key FILE] --name NAME
+//!                     --version V --type Update|Hotfix --min-site-version V
+//!                     [--max-site-version V] [--hierarchy GUID ...] [--publisher-name N]
+//!                     CONTENT_DIR
+//! sct-service serve   --store DIR [--catalog URL] [--content URL [--content-redirect
+//!                     [--redirect-ttl SECS]]] [--listen 127.0.0.1:0]
+//!                     [--tls-cert F --tls-key F] [--token-file F] [--max-upload-bytes N]
+//! sct-service list    (--catalog URL | --store DIR) [--json] [--uploads | --console]
 //! sct-service console publish --store DIR FILE.json
 //! ```
+//! `--catalog` is `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (default: the store's
+//! `catalog.sqlite`); it may also come from the `SCT_CATALOG` environment variable. A
+//! PostgreSQL password comes from `PGPASSWORD` or a pgpass file, never the command line.
+//! `--content` is a folder (default: the store) or `s3://BUCKET/PREFIX`, with endpoint,
+//! region and credentials from `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY` (`AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint).
 //! Exit status 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
 
 use clap::{Parser, Subcommand};
+use sct_service::content::ContentUrl;
 use sct_service::{
-    self as service, publish::DEFAULT_PUBLISHER_NAME, Catalog, PublishRequest, ServeOptions, Store,
+    self as service, catalog, publish::DEFAULT_PUBLISHER_NAME, CatalogUrl, PublishRequest,
+    ServeOptions, Store,
 };
 use serviceconnection::api::PackType;
 use serviceconnection::SiteVersion;
@@ -40,11 +51,27 @@ enum Command {
         #[arg(long)]
         store: PathBuf,
     },
+    /// Create the catalog's schema or upgrade it to this version (safe to run from
+    /// several machines at once); `serve` refuses a catalog that was not migrated.
+    Migrate {
+        /// Catalog: sqlite:PATH or postgres://USER@HOST:PORT/DB.
+        #[arg(long, env = "SCT_CATALOG", required_unless_present = "store")]
+        catalog: Option<String>,
+        /// Store folder whose catalog.sqlite to migrate (when --catalog is not given).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Add CONTENT_DIR as a new signed update pack; prints its GUID.
     Publish {
-        /// Store folder made by `keygen`.
+        /// Store folder made by `keygen` (where the content goes).
         #[arg(long)]
         store: PathBuf,
+        /// Catalog: sqlite:PATH or postgres://USER@HOST:PORT/DB (default: the store's).
+        #[arg(long, env = "SCT_CATALOG")]
+        catalog: Option<String>,
+        /// Minisign secret key file (default: the store's publisher.key).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
         /// Display name, e.g. "Configuration Manager 2211".
         #[arg(long)]
         name: String,
@@ -65,6 +92,10 @@ enum Command {
         /// Publisher name written into the manifest.
         #[arg(long, value_name = "N", default_value = DEFAULT_PUBLISHER_NAME)]
         publisher_name: String,
+        /// Where the pack's content, manifest and signature go: a folder (default: the
+        /// store) or s3://BUCKET/PREFIX (endpoint, region and credentials from AWS_*).
+        #[arg(long, value_name = "URL", value_parser = parse_content)]
+        content: Option<ContentUrl>,
         /// Folder of regular files (no symbolic links) that becomes the pack's content/.
         content_dir: PathBuf,
     },
@@ -73,6 +104,9 @@ enum Command {
         /// Store folder made by `keygen`.
         #[arg(long)]
         store: PathBuf,
+        /// Catalog: sqlite:PATH or postgres://USER@HOST:PORT/DB (default: the store's).
+        #[arg(long, env = "SCT_CATALOG")]
+        catalog: Option<String>,
         /// Address to listen on; port 0 picks a free port (printed on the first line).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
@@ -94,6 +128,17 @@ enum Command {
         /// Connections served at once; more clients wait until one closes.
         #[arg(long, value_name = "N", default_value_t = service::server::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
+        /// Content, manifests, signatures and uploads: a folder (default: the store) or
+        /// s3://BUCKET/PREFIX (endpoint, region and credentials from AWS_* variables).
+        #[arg(long, value_name = "URL", value_parser = parse_content)]
+        content: Option<ContentUrl>,
+        /// Answer content requests with a 307 to a short-lived presigned URL of the
+        /// object store instead of streaming the bytes through this process.
+        #[arg(long)]
+        content_redirect: bool,
+        /// Lifetime of those presigned URLs.
+        #[arg(long, value_name = "SECS", default_value_t = service::server::DEFAULT_REDIRECT_TTL.as_secs(), requires = "content_redirect")]
+        redirect_ttl: u64,
     },
     /// Console content: the signed document Connect fetches and Import brings into sites.
     Console {
@@ -103,9 +148,12 @@ enum Command {
     /// List the published packs (or, with --uploads, the received usage cabs; with
     /// --console, the console content versions).
     List {
-        /// Store folder made by `keygen`.
-        #[arg(long)]
-        store: PathBuf,
+        /// Store folder made by `keygen` (its catalog.sqlite, unless --catalog is given).
+        #[arg(long, required_unless_present = "catalog")]
+        store: Option<PathBuf>,
+        /// Catalog: sqlite:PATH or postgres://USER@HOST:PORT/DB.
+        #[arg(long, env = "SCT_CATALOG")]
+        catalog: Option<String>,
         /// One JSON document on stdout instead of text.
         #[arg(long)]
         json: bool,
@@ -131,6 +179,10 @@ enum ConsoleCommand {
     },
 }
 
+fn parse_content(s: &str) -> Result<ContentUrl, String> {
+    ContentUrl::parse(s).map_err(|e| e.message().to_string())
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -151,8 +203,19 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                 Store::at(&store).public_key_path().display()
             );
         }
+        Command::Migrate { catalog, store } => {
+            let url = CatalogUrl::or_store(catalog.as_deref(), store.as_deref())?;
+            let (before, after) = catalog::migrate(&url)?;
+            if before == after {
+                eprintln!("sct-service: catalog {url} is at schema {after}; nothing to do");
+            } else {
+                eprintln!("sct-service: catalog {url} migrated from schema {before} to {after}");
+            }
+        }
         Command::Publish {
             store,
+            catalog,
+            key,
             name,
             version,
             pack_type,
@@ -160,10 +223,20 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             max_site_version,
             hierarchies,
             publisher_name,
+            content,
             content_dir,
         } => {
-            let pack = service::publish(
+            let store = match &catalog {
+                None => Store::open(&store)?,
+                Some(_) => Store::open_folder(&store)?,
+            };
+            let url = CatalogUrl::or_store(catalog.as_deref(), Some(store.root()))?;
+            let key = key.unwrap_or_else(|| store.secret_key_path());
+            let pack = service::publish::publish_to(
                 &store,
+                &url,
+                &key,
+                content.as_ref(),
                 &PublishRequest {
                     name,
                     version,
@@ -179,6 +252,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
         }
         Command::Serve {
             store,
+            catalog,
             listen,
             tls_cert,
             tls_key,
@@ -186,6 +260,9 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             max_upload_bytes,
             idle_timeout,
             max_connections,
+            content,
+            content_redirect,
+            redirect_ttl,
         } => {
             let token = token_file
                 .as_deref()
@@ -194,12 +271,16 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             service::serve(
                 &ServeOptions {
                     store,
+                    catalog: catalog.as_deref().map(CatalogUrl::parse).transpose()?,
                     listen,
                     tls_cert,
                     tls_key,
                     max_upload_bytes,
                     idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
                     max_connections,
+                    content,
+                    content_redirect: content_redirect
+                        .then(|| std::time::Duration::from_secs(redirect_ttl.max(1))),
                 },
                 token,
             )?;
@@ -220,6 +301,12 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             console,
             ..
         } if console => {
+            // Console content versions live in the store folder, not in the catalog.
+            let store = store.ok_or_else(|| {
+                serviceconnection::Error::invalid_argument(
+                    "list --console needs --store DIR (console content lives in the store folder)",
+                )
+            })?;
             let list = service::console::list(&store)?;
             if json {
                 println!(
@@ -232,12 +319,18 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
         }
         Command::List {
             store,
+            catalog,
             json,
             uploads,
             ..
         } => {
-            let store = Store::open(&store)?;
-            let catalog = Catalog::open(&store.catalog_path())?;
+            let catalog = match (&catalog, &store) {
+                (None, Some(root)) => {
+                    let store = Store::open(root)?;
+                    catalog::open(&CatalogUrl::Sqlite(store.catalog_path()))?
+                }
+                _ => catalog::open(&CatalogUrl::or_store(catalog.as_deref(), store.as_deref())?)?,
+            };
             if uploads {
                 let list = catalog.list_uploads()?;
                 if json {
@@ -295,7 +388,9 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                     }
                     // The text listing shows the console content versions too (after the
                     // packs, so the pack lines keep their place); --console lists them alone.
-                    print_console_versions(&service::console::list(store.root())?);
+                    if let Some(root) = &store {
+                        print_console_versions(&service::console::list(root)?);
+                    }
                 }
             }
         }

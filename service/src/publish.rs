@@ -7,7 +7,8 @@
 //! recorded in the catalog, in one transaction. Until that row exists nothing serves,
 //! lists or offers the pack; the next publish removes leftovers of a killed one.
 
-use super::catalog::{duplicate_error, Catalog, CatalogPack};
+use super::catalog::{self, duplicate_error, Catalog, CatalogPack, CatalogUrl, SqliteCatalog};
+use super::content::{pack_key, Content, ContentUrl, ObjectContent};
 use super::{mkdirs, Store};
 use crate::api::PackType;
 use crate::error::{Error, ErrorKind, Result};
@@ -21,6 +22,7 @@ use crate::signing::SecretKey;
 use crate::version::SiteVersion;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Default `--publisher-name`.
 pub const DEFAULT_PUBLISHER_NAME: &str = "ServiceConnection reference update service";
@@ -50,9 +52,9 @@ pub fn keygen(root: &Path) -> Result<crate::signing::PublicKey> {
     }
     mkdirs(root)?;
     if !store.catalog_path().exists() {
-        Catalog::create(&store.catalog_path())?;
+        SqliteCatalog::create(&store.catalog_path())?;
     } else {
-        Catalog::open(&store.catalog_path())?;
+        SqliteCatalog::open(&store.catalog_path())?;
     }
     let key = SecretKey::generate()?;
     // Owner-only from the moment the file exists (0600, or on Windows a protected DACL
@@ -209,7 +211,7 @@ impl Drop for StoreLock {
 
 /// Remove what killed publishes left: everything in `staging/`, and folders in `packs/`
 /// that the catalog does not know. Runs under the store lock only.
-fn sweep_leftovers(store: &Store, catalog: &Catalog) -> Result<()> {
+fn sweep_leftovers(store: &Store, catalog: &dyn Catalog) -> Result<()> {
     if let Ok(rd) = std::fs::read_dir(store.staging_dir()) {
         for e in rd.flatten() {
             let _ = remove_any(&e.path());
@@ -238,12 +240,39 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes a staging folder unless disarmed.
-struct Cleanup(Option<PathBuf>);
+/// Removes a staging folder, or a pack's objects, unless disarmed.
+enum Cleanup {
+    Dir(Option<PathBuf>),
+    Objects(Option<(Arc<ObjectContent>, String)>),
+}
+impl Cleanup {
+    fn disarm(&mut self) {
+        match self {
+            Cleanup::Dir(d) => *d = None,
+            Cleanup::Objects(o) => *o = None,
+        }
+    }
+}
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
+        match self {
+            Cleanup::Dir(d) => {
+                if let Some(p) = d.take() {
+                    let _ = std::fs::remove_dir_all(p);
+                }
+            }
+            Cleanup::Objects(o) => {
+                if let Some((o, prefix)) = o.take() {
+                    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        if let Err(e) = rt.block_on(o.delete_prefix(&prefix)) {
+                            eprintln!("sct-service: could not remove {prefix}: {e}");
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -265,9 +294,31 @@ fn pause_point(at: &str) {
     }
 }
 
-/// Publish `req` into the store at `root`; returns the recorded pack.
+/// Publish `req` into the store at `root` with its own catalog and key; returns the
+/// recorded pack.
 pub fn publish(root: &Path, req: &PublishRequest) -> Result<CatalogPack> {
     let store = Store::open(root)?;
+    publish_to(
+        &store,
+        &CatalogUrl::Sqlite(store.catalog_path()),
+        &store.secret_key_path(),
+        None,
+        req,
+    )
+}
+
+/// Publish `req` with its row in `catalog`, signed with the minisign secret key in
+/// `key_file` (which a serving replica never needs), its content, manifest and signature
+/// in `content` (default: the store folder `store`, whose `.lock` serialises publishes
+/// from this machine).
+pub fn publish_to(
+    store: &Store,
+    catalog: &CatalogUrl,
+    key_file: &Path,
+    content: Option<&ContentUrl>,
+    req: &PublishRequest,
+) -> Result<CatalogPack> {
+    let content = Content::open(content, store.root())?;
     if req.name.trim().is_empty() || req.name.chars().any(char::is_control) {
         return Err(Error::invalid_argument(
             "the pack name must be non-empty text without control characters",
@@ -285,32 +336,57 @@ pub fn publish(root: &Path, req: &PublishRequest) -> Result<CatalogPack> {
     hierarchies.sort();
     hierarchies.dedup();
     let files = scan_content(&req.content_dir)?;
-    let key_text = std::fs::read_to_string(store.secret_key_path()).map_err(|e| {
+    let key_text = std::fs::read_to_string(key_file).map_err(|e| {
         Error::io(
-            format!(
-                "reading the signing key {}",
-                store.secret_key_path().display()
-            ),
+            format!("reading the signing key {}", key_file.display()),
             &e,
         )
     })?;
     let key = SecretKey::parse(&key_text)?;
 
-    let _lock = StoreLock::take(&store)?;
-    let mut catalog = Catalog::open(&store.catalog_path())?;
-    sweep_leftovers(&store, &catalog)?;
-    mkdirs(&store.staging_dir())?;
-    mkdirs(&store.packs_dir())?;
-
+    let _lock = StoreLock::take(store)?;
+    let catalog = catalog::open(catalog)?;
     let id = uuid::Uuid::new_v4();
-    let stage = store.staging_dir().join(id.to_string());
-    let mut cleanup = Cleanup(Some(stage.clone()));
-    let content_root = stage.join(CONTENT_DIR);
-    mkdirs(&content_root)?;
     let mut pack_files = Vec::with_capacity(files.len());
-    for (rel, src) in &files {
-        pack_files.push(copy_hashing(src, &content_root, rel)?);
-    }
+    // Content first: into a staging folder, or straight to the pack's keys in the object
+    // store (nothing refers to them until the catalog row exists).
+    let (target, mut cleanup) = match &content {
+        Content::Folder(root) => {
+            let cstore = Store::at(root);
+            sweep_leftovers(&cstore, catalog.as_ref())?;
+            mkdirs(&cstore.staging_dir())?;
+            mkdirs(&cstore.packs_dir())?;
+            let stage = cstore.staging_dir().join(id.to_string());
+            let cleanup = Cleanup::Dir(Some(stage.clone()));
+            let content_root = stage.join(CONTENT_DIR);
+            mkdirs(&content_root)?;
+            for (rel, src) in &files {
+                pack_files.push(copy_hashing(src, &content_root, rel)?);
+            }
+            (Target::Folder { cstore, stage }, cleanup)
+        }
+        Content::Object(o) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::io("starting the runtime", &e))?;
+            // The catalog is synchronous (its PostgreSQL client must not run inside the
+            // runtime): ask it between the object store's asynchronous steps.
+            let mut unknown = Vec::new();
+            for id in rt.block_on(o.pack_ids())? {
+                if catalog.get_pack(&id)?.is_none() {
+                    unknown.push(id);
+                }
+            }
+            rt.block_on(sweep_objects(o, &unknown))?;
+            let cleanup =
+                Cleanup::Objects(Some((o.clone(), format!("{}/{id}/", crate::PACKS_DIR))));
+            for (rel, src) in &files {
+                pack_files.push(rt.block_on(upload_hashing(o, &id, src, rel))?);
+            }
+            (Target::Object { o: o.clone(), rt }, cleanup)
+        }
+    };
     let digest = content_digest(&pack_files);
     if let Some(existing) = catalog.find_duplicate(&req.name, &req.version, &digest)? {
         return Err(duplicate_error(&existing));
@@ -342,22 +418,35 @@ pub fn publish(root: &Path, req: &PublishRequest) -> Result<CatalogPack> {
             req.pack_type.as_str()
         ),
     )?;
-    write_synced(&stage.join(MANIFEST_FILE), &bytes)?;
-    write_synced(&stage.join(SIGNATURE_FILE), signature.as_bytes())?;
-    sync_dir(&stage);
+    match &target {
+        Target::Folder { cstore, stage } => {
+            write_synced(&stage.join(MANIFEST_FILE), &bytes)?;
+            write_synced(&stage.join(SIGNATURE_FILE), signature.as_bytes())?;
+            sync_dir(stage);
 
-    pause_point("staged");
-    let dest = store.pack_dir(&id);
-    std::fs::rename(&stage, &dest).map_err(|e| {
-        Error::io(
-            format!("moving {} into {}", stage.display(), dest.display()),
-            &e,
-        )
-    })?;
-    cleanup.0 = Some(dest.clone());
-    sync_dir(&store.packs_dir());
-    sync_dir(&store.staging_dir());
-    pause_point("renamed");
+            pause_point("staged");
+            let dest = cstore.pack_dir(&id);
+            std::fs::rename(stage, &dest).map_err(|e| {
+                Error::io(
+                    format!("moving {} into {}", stage.display(), dest.display()),
+                    &e,
+                )
+            })?;
+            cleanup = Cleanup::Dir(Some(dest.clone()));
+            sync_dir(&cstore.packs_dir());
+            sync_dir(&cstore.staging_dir());
+            pause_point("renamed");
+        }
+        Target::Object { o, rt } => {
+            pause_point("staged");
+            rt.block_on(o.put_bytes(&pack_key(&id, MANIFEST_FILE), bytes.clone()))?;
+            rt.block_on(o.put_bytes(
+                &pack_key(&id, SIGNATURE_FILE),
+                signature.as_bytes().to_vec(),
+            ))?;
+            pause_point("renamed");
+        }
+    }
 
     let record = CatalogPack {
         id,
@@ -375,8 +464,57 @@ pub fn publish(root: &Path, req: &PublishRequest) -> Result<CatalogPack> {
         published: manifest.created.clone(),
     };
     catalog.insert_pack(&record)?;
-    cleanup.0 = None;
+    cleanup.disarm();
     Ok(record)
+}
+
+/// Where a publish in progress puts its pack.
+enum Target {
+    Folder {
+        cstore: Store,
+        stage: PathBuf,
+    },
+    Object {
+        o: Arc<ObjectContent>,
+        rt: tokio::runtime::Runtime,
+    },
+}
+
+/// Stream `src` to the pack's `content/rel` object, hashing the bytes as they are sent.
+async fn upload_hashing(
+    o: &ObjectContent,
+    id: &uuid::Uuid,
+    src: &Path,
+    rel: &str,
+) -> Result<PackFile> {
+    let input = tokio::fs::File::open(src)
+        .await
+        .map_err(|e| Error::io(format!("reading {}", src.display()), &e))?;
+    let (size, sha256) = o
+        .put_stream(&pack_key(id, &format!("{CONTENT_DIR}/{rel}")), input)
+        .await?;
+    Ok(PackFile {
+        path: rel.to_string(),
+        size,
+        sha256,
+    })
+}
+
+/// How old an unlisted pack's objects must be before a publish removes them: a younger
+/// one may be another publishing machine's publish in progress.
+pub const ORPHAN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// Remove the objects of packs that killed publishes left (`unknown` to the catalog) and
+/// older than [`ORPHAN_GRACE`]. They are never visible, so this only reclaims space.
+async fn sweep_objects(o: &ObjectContent, unknown: &[uuid::Uuid]) -> Result<()> {
+    let cutoff = chrono::Utc::now() - ORPHAN_GRACE;
+    for id in unknown {
+        let prefix = format!("{}/{id}/", crate::PACKS_DIR);
+        if o.newest(&prefix).await?.is_some_and(|t| t < cutoff) {
+            o.delete_prefix(&prefix).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Copy `src` to `content_root/rel`, hashing the bytes as they are written.

@@ -2,6 +2,7 @@
 //! connections (plain or TLS) and serve them until SIGINT/SIGTERM, then finish the
 //! requests in flight (for up to [`SHUTDOWN_GRACE`]) and exit.
 
+use super::content::{Content, ContentUrl};
 use super::http::{router, AppState};
 use super::Store;
 use crate::error::{Error, ErrorKind, Result};
@@ -30,6 +31,8 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub store: PathBuf,
+    /// `--catalog`; `None`: the store's own `catalog.sqlite`.
+    pub catalog: Option<crate::catalog::CatalogUrl>,
     /// `127.0.0.1:0` by default: loopback only, a free port.
     pub listen: SocketAddr,
     pub tls_cert: Option<PathBuf>,
@@ -41,6 +44,11 @@ pub struct ServeOptions {
     /// Connections served at once; further clients wait in the listen backlog until one
     /// closes, so a flood of connections cannot exhaust descriptors or memory.
     pub max_connections: usize,
+    /// `--content`: where content and uploads live (default: the store folder).
+    pub content: Option<ContentUrl>,
+    /// `--content-redirect`: answer content requests with a 307 to a presigned URL valid
+    /// this long instead of streaming the bytes through this process.
+    pub content_redirect: Option<Duration>,
 }
 
 /// Default `--idle-timeout`.
@@ -49,11 +57,25 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// parallel downloads each), far below a process's usual 1,024-descriptor limit once
 /// each served file's descriptor is counted too.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default lifetime of a presigned URL with `--content-redirect`: long enough to start a
+/// download (a started GET is not cut off when its URL expires; a resume asks the
+/// service again and gets a fresh URL), short enough that a leaked URL soon stops working.
+pub const DEFAULT_REDIRECT_TTL: Duration = Duration::from_secs(300);
 
 /// Serve until SIGINT/SIGTERM. `token` (never logged) enables bearer authentication.
 /// The first line on stdout is `sct-service listening on http(s)://ADDR`, flushed.
 pub fn serve(opts: &ServeOptions, token: Option<String>) -> Result<()> {
-    let store = Store::open(&opts.store)?;
+    let (store, catalog): (Store, Arc<dyn crate::catalog::Catalog>) = match &opts.catalog {
+        None => {
+            let store = Store::open(&opts.store)?;
+            let c = crate::catalog::SqliteCatalog::open(&store.catalog_path())?;
+            (store, Arc::new(c))
+        }
+        Some(url) => (
+            Store::open_folder(&opts.store)?,
+            Arc::from(crate::catalog::open(url)?),
+        ),
+    };
     let tls = match (&opts.tls_cert, &opts.tls_key) {
         (Some(c), Some(k)) => Some(super::tls::acceptor(c, k)?),
         (None, None) => None,
@@ -63,22 +85,28 @@ pub fn serve(opts: &ServeOptions, token: Option<String>) -> Result<()> {
             ))
         }
     };
-    let state = Arc::new(AppState::new(
-        store,
-        token.as_deref(),
-        opts.max_upload_bytes,
-    )?);
+    // Kept here so the catalog (a PostgreSQL client pool, whose synchronous clients must
+    // not be dropped inside the async runtime) is dropped last, after the runtime.
+    let keep_catalog = catalog.clone();
+    let content = Content::open(opts.content.as_ref(), store.root())?;
+    let state = Arc::new(
+        AppState::with_catalog(store, catalog, token.as_deref(), opts.max_upload_bytes)
+            .with_content(content, opts.content_redirect)?,
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the runtime", &e))?;
-    rt.block_on(run(
+    let result = rt.block_on(run(
         opts.listen,
         tls,
         state,
         opts.idle_timeout,
         opts.max_connections.max(1),
-    ))
+    ));
+    drop(rt);
+    drop(keep_catalog);
+    result
 }
 
 async fn run(

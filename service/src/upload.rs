@@ -2,11 +2,17 @@
 //! limit, never buffered whole), validate it, store it under
 //! `uploads/<hierarchy-id>/<timestamp>-<upload-id>.cab`, record it, and answer with the
 //! packs the selection offers that hierarchy.
+//!
+//! The same cab (same SHA-256, same hierarchy) is one upload however often it is sent and
+//! through whichever replica: a cab already recorded is not stored again and the answer
+//! carries the first upload's id; two replicas racing with the same cab are decided by
+//! the catalog's unique constraint, and the loser removes the copy it stored.
 
-use super::catalog::UploadRecord;
+use super::catalog::{UploadInsert, UploadRecord};
+use super::content::{Content, ObjectContent};
 use super::http::{ApiFailure, AppState};
-use super::mkdirs;
 use super::select::select_packs;
+use super::{mkdirs, Store};
 use crate::api::{OfferedPack, Selection, UploadResponse, API_PREFIX};
 use crate::error::{Error, ErrorKind};
 use crate::usage::manifest::{UsageManifest, USAGE_MANIFEST_FILE};
@@ -17,7 +23,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
@@ -74,21 +80,32 @@ pub async fn upload(
     }
 
     // Receive into a temporary file that removes itself if anything below fails
-    // (including the client going away, which drops this future).
-    let incoming = state.store.incoming_dir();
-    mkdirs(&incoming).map_err(|e| ApiFailure::internal(&e))?;
-    let temp = tempfile::Builder::new()
-        .prefix("upload-")
-        .suffix(crate::fsutil::PARTIAL_SUFFIX)
-        .tempfile_in(&incoming)
-        .map_err(|e| {
-            ApiFailure::internal(&Error::io(
-                format!("creating a file in {}", incoming.display()),
-                &e,
-            ))
-        })?;
+    // (including the client going away, which drops this future). With a content
+    // folder it is a named file beside the uploads (so storing it is a rename); with an
+    // object store it is an anonymous one in the system's temporary folder, gone when
+    // closed, so a replica keeps nothing of its own.
+    let temp = match &state.content {
+        Content::Folder(root) => {
+            let incoming = Store::at(root).incoming_dir();
+            mkdirs(&incoming).map_err(|e| ApiFailure::internal(&e))?;
+            let named = tempfile::Builder::new()
+                .prefix("upload-")
+                .suffix(crate::fsutil::PARTIAL_SUFFIX)
+                .tempfile_in(&incoming)
+                .map_err(|e| {
+                    ApiFailure::internal(&Error::io(
+                        format!("creating a file in {}", incoming.display()),
+                        &e,
+                    ))
+                })?;
+            Spool::Named(named)
+        }
+        Content::Object(_) => Spool::Anonymous(tempfile::tempfile().map_err(|e| {
+            ApiFailure::internal(&Error::io("creating a temporary file for the upload", &e))
+        })?),
+    };
     let std_file = temp
-        .as_file()
+        .file()
         .try_clone()
         .map_err(|e| ApiFailure::internal(&Error::io("opening the upload file", &e)))?;
     let mut out =
@@ -130,12 +147,13 @@ pub async fn upload(
     let sha256 = hex::encode(hasher.finalize());
 
     let st = state.clone();
+    let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<UploadResponse, ApiFailure> {
-        let manifest = validate(temp.path())?;
-        let packs = {
-            let catalog = st.catalog.lock().expect("catalog");
-            catalog.list_packs().map_err(|e| ApiFailure::internal(&e))?
-        };
+        let manifest = validate(temp.file())?;
+        let packs = st
+            .catalog
+            .list_packs()
+            .map_err(|e| ApiFailure::internal(&e))?;
         let chosen = select_packs(
             &packs,
             &manifest.hierarchy_id,
@@ -163,6 +181,22 @@ pub async fn upload(
             })
             .collect();
 
+        let answer = |upload_id: String| UploadResponse {
+            upload_id,
+            hierarchy_id: manifest.hierarchy_id,
+            site_version: manifest.site_version.clone(),
+            selection,
+            packages: offered.clone(),
+        };
+        // Sent before (a retry, perhaps through another replica): recorded once.
+        if let Some(existing) = st
+            .catalog
+            .find_upload(&manifest.hierarchy_id, &sha256)
+            .map_err(|e| ApiFailure::internal(&e))?
+        {
+            return Ok(answer(existing.id));
+        }
+
         let upload_id = uuid::Uuid::new_v4().to_string();
         let now = chrono::Utc::now();
         let rel = format!(
@@ -172,11 +206,29 @@ pub async fn upload(
             now.format("%Y%m%dT%H%M%S%3fZ"),
             upload_id
         );
-        let dest = st.store.root().join(&rel);
-        mkdirs(crate::fsutil::parent_dir(&dest)).map_err(|e| ApiFailure::internal(&e))?;
-        temp.persist_noclobber(&dest).map_err(|e| {
-            ApiFailure::internal(&Error::io(format!("storing {}", dest.display()), &e.error))
-        })?;
+        let stored = match (&st.content, temp) {
+            (Content::Folder(root), Spool::Named(temp)) => {
+                let dest = root.join(&rel);
+                mkdirs(crate::fsutil::parent_dir(&dest)).map_err(|e| ApiFailure::internal(&e))?;
+                temp.persist_noclobber(&dest).map_err(|e| {
+                    ApiFailure::internal(&Error::io(
+                        format!("storing {}", dest.display()),
+                        &e.error,
+                    ))
+                })?;
+                Stored::File(dest)
+            }
+            (Content::Object(o), Spool::Anonymous(mut file)) => {
+                use std::io::Seek;
+                file.rewind()
+                    .map_err(|e| ApiFailure::internal(&Error::io("rereading the upload", &e)))?;
+                handle
+                    .block_on(o.put_stream(&rel, tokio::fs::File::from_std(file)))
+                    .map_err(|e| ApiFailure::internal(&e))?;
+                Stored::Object(o.clone(), rel.clone())
+            }
+            _ => unreachable!("the spool matches the content store"),
+        };
         let record = UploadRecord {
             id: upload_id.clone(),
             hierarchy_id: manifest.hierarchy_id,
@@ -189,17 +241,26 @@ pub async fn upload(
             received: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             offered: offered.len() as u64,
         };
-        if let Err(e) = st.catalog.lock().expect("catalog").insert_upload(&record) {
-            let _ = std::fs::remove_file(&dest);
-            return Err(ApiFailure::internal(&e));
+        let take_back = || match &stored {
+            Stored::File(dest) => {
+                let _ = std::fs::remove_file(dest);
+            }
+            Stored::Object(o, key) => {
+                let _ = handle.block_on(o.delete(key));
+            }
+        };
+        match st.catalog.insert_upload(&record) {
+            Ok(UploadInsert::Inserted) => Ok(answer(upload_id)),
+            // Another replica recorded the same cab between our check and our insert.
+            Ok(UploadInsert::Existing(first)) => {
+                take_back();
+                Ok(answer(first.id))
+            }
+            Err(e) => {
+                take_back();
+                Err(ApiFailure::internal(&e))
+            }
         }
-        Ok(UploadResponse {
-            upload_id,
-            hierarchy_id: manifest.hierarchy_id,
-            site_version: manifest.site_version,
-            selection,
-            packages: offered,
-        })
     })
     .await
     .map_err(|e| ApiFailure::internal(&Error::internal(format!("upload task failed: {e}"))))?
@@ -208,11 +269,14 @@ pub async fn upload(
 
 /// Validate a received usage cab, classifying each failure with its own code:
 /// `not_a_cab`, `manifest_missing`, `manifest_invalid`, `hash_mismatch`, `cab_corrupt`.
-fn validate(path: &Path) -> Result<UsageManifest, ApiFailure> {
+fn validate(file: &std::fs::File) -> Result<UsageManifest, ApiFailure> {
+    // Each reader gets its own handle on the same file, from the start.
     let open = || {
-        std::fs::File::open(path)
+        use std::io::Seek;
+        file.try_clone()
+            .and_then(|mut f| f.rewind().map(|_| f))
             .map(std::io::BufReader::new)
-            .map_err(|e| ApiFailure::internal(&Error::io("reopening the upload", &e)))
+            .map_err(|e| ApiFailure::internal(&Error::io("rereading the upload", &e)))
     };
     let cabinet = cab::Cabinet::new(open()?).map_err(|e| {
         unprocessable(
@@ -239,4 +303,27 @@ fn validate(path: &Path) -> Result<UsageManifest, ApiFailure> {
         ErrorKind::InvalidCab => unprocessable("cab_corrupt", e.message().to_string()),
         _ => ApiFailure::internal(&e),
     })
+}
+
+/// Where a received cab waits while it is validated.
+enum Spool {
+    /// A named file under `uploads/.incoming/` (content folder): stored by a rename.
+    Named(tempfile::NamedTempFile),
+    /// An unnamed file (object store): streamed to the bucket, then closed and gone.
+    Anonymous(std::fs::File),
+}
+
+impl Spool {
+    fn file(&self) -> &std::fs::File {
+        match self {
+            Spool::Named(t) => t.as_file(),
+            Spool::Anonymous(f) => f,
+        }
+    }
+}
+
+/// Where a received cab was stored (to take it back if the catalog refuses it).
+enum Stored {
+    File(PathBuf),
+    Object(Arc<ObjectContent>, String),
 }

@@ -56,6 +56,72 @@ pub struct ListedUpload {
 #[path = "workspace_bin.rs"]
 mod workspace_bin;
 
+#[path = "postgres.rs"]
+pub mod postgres;
+
+#[path = "s3.rs"]
+pub mod s3;
+
+/// Whether this test process keeps every test store's content in the shared s3s-fs
+/// server (`--content s3://...`, one prefix per store): the `*_s3*` suites do (their
+/// `service.rs` compiled again, e.g. `service_s3_postgres`), and any suite does with
+/// `SCT_TEST_CONTENT=s3`.
+pub fn on_s3() -> bool {
+    option_env!("CARGO_CRATE_NAME").is_some_and(|n| n.ends_with("_s3") || n.contains("_s3_"))
+        || std::env::var("SCT_TEST_CONTENT").is_ok_and(|v| v == "s3")
+}
+
+/// (store folder, `--content` URL, folder where s3s-fs keeps that prefix's objects) of
+/// each test store whose content is in the object store.
+static CONTENTS: std::sync::Mutex<Vec<(PathBuf, String, PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn content_of(store: &Path) -> Option<(String, PathBuf)> {
+    CONTENTS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _, _)| p == store)
+        .map(|(_, u, d)| (u.clone(), d.clone()))
+}
+
+/// Point `cmd` at the content store of the store at `store` (nothing for a store that
+/// keeps its own content); the S3 credentials go in the environment.
+pub fn with_content<'c>(cmd: &'c mut Command, store: &Path) -> &'c mut Command {
+    if let Some((url, _)) = content_of(store) {
+        cmd.arg("--content").arg(url).envs(s3::shared().env());
+    }
+    cmd
+}
+
+/// Whether this test process runs the service on a PostgreSQL catalog: the
+/// `service_postgres` suite does (it is `service.rs` compiled again), and any suite does
+/// with `SCT_TEST_CATALOG=postgres` in the environment.
+pub fn on_postgres() -> bool {
+    option_env!("CARGO_CRATE_NAME").is_some_and(|n| n.ends_with("_postgres"))
+        || std::env::var("SCT_TEST_CATALOG").is_ok_and(|v| v == "postgres")
+}
+
+/// `--catalog URL` of each test store whose catalog is not its own catalog.sqlite.
+static CATALOGS: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Point `cmd` at the catalog of the store at `store` (nothing for a store on its own
+/// catalog.sqlite); the PostgreSQL password goes in the environment, never an argument.
+pub fn with_catalog<'c>(cmd: &'c mut Command, store: &Path) -> &'c mut Command {
+    let url = CATALOGS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| p == store)
+        .map(|(_, u)| u.clone());
+    if let Some(url) = url {
+        cmd.arg("--catalog")
+            .arg(url)
+            .env("PGPASSWORD", postgres::server().password());
+    }
+    cmd
+}
+
 /// Path of the `sct-service` binary: cargo names it to the service crate's own tests;
 /// the library's tests find it beside them in `target/<profile>/` (see `workspace_bin`).
 pub fn bin() -> &'static str {
@@ -76,7 +142,17 @@ pub struct TestStore {
 }
 
 impl TestStore {
+    /// A store on the backend this test process uses (see [`on_postgres`]).
     pub fn new() -> TestStore {
+        Self::with_postgres(on_postgres())
+    }
+
+    /// A store whose catalog is a fresh, migrated PostgreSQL database.
+    pub fn new_on_postgres() -> TestStore {
+        Self::with_postgres(true)
+    }
+
+    fn with_postgres(pg: bool) -> TestStore {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("store");
         let out = Command::new(bin())
@@ -90,6 +166,30 @@ impl TestStore {
             String::from_utf8_lossy(&out.stderr)
         );
         let public_key_base64 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        if pg {
+            let pg = postgres::server();
+            let url = pg.url(&pg.create_database());
+            let out = Command::new(bin())
+                .args(["migrate", "--catalog", &url])
+                .env("PGPASSWORD", pg.password())
+                .output()
+                .expect("run sct-service migrate");
+            assert!(
+                out.status.success(),
+                "migrate failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            CATALOGS.lock().unwrap().push((root.clone(), url));
+        }
+        if on_s3() {
+            let server = s3::shared();
+            let prefix = s3::unique_prefix();
+            CONTENTS.lock().unwrap().push((
+                root.clone(),
+                format!("s3://{}/{prefix}", s3::BUCKET),
+                server.bucket_dir().join(&prefix),
+            ));
+        }
         TestStore {
             dir,
             root,
@@ -97,9 +197,41 @@ impl TestStore {
         }
     }
 
+    /// The `--catalog` URL when the store's catalog is not its own catalog.sqlite.
+    pub fn catalog_url(&self) -> Option<String> {
+        CATALOGS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| *p == self.root)
+            .map(|(_, u)| u.clone())
+    }
+
     /// The store folder (`--store`).
     pub fn path(&self) -> &Path {
         &self.root
+    }
+    /// The folder holding `packs/` and `uploads/`: the store folder, or (content in
+    /// s3s-fs) the folder where s3s-fs keeps the store's prefix, object keys as paths.
+    pub fn content_root(&self) -> PathBuf {
+        content_of(&self.root).map_or_else(|| self.root.clone(), |(_, d)| d)
+    }
+    /// Keep this store's content from now on in its own prefix of the process's shared
+    /// s3s-fs server (what `on_s3()` does for every store), e.g. for one setup of a
+    /// benchmark. Call before publishing or serving.
+    pub fn use_shared_s3(&self) {
+        if content_of(&self.root).is_none() {
+            let prefix = s3::unique_prefix();
+            CONTENTS.lock().unwrap().push((
+                self.root.clone(),
+                format!("s3://{}/{prefix}", s3::BUCKET),
+                s3::shared().bucket_dir().join(&prefix),
+            ));
+        }
+    }
+    /// The `--content` URL when the content is not in the store folder.
+    pub fn content_url(&self) -> Option<String> {
+        content_of(&self.root).map(|(u, _)| u)
     }
     /// A scratch folder beside the store, removed with it (for content folders, cabs...).
     pub fn dir(&self) -> &Path {
@@ -119,7 +251,7 @@ impl TestStore {
     }
     /// Where a published pack lives in the store.
     pub fn pack_dir(&self, id: &uuid::Uuid) -> PathBuf {
-        self.root.join("packs").join(id.to_string())
+        self.content_root().join("packs").join(id.to_string())
     }
 
     /// Run `sct-service publish` and return its GUID; panics (with stderr) on failure.
@@ -160,9 +292,8 @@ impl TestStore {
         content_dir: &Path,
     ) -> Command {
         let mut c = Command::new(bin());
-        c.arg("publish")
-            .arg("--store")
-            .arg(&self.root)
+        c.arg("publish").arg("--store").arg(&self.root);
+        with_content(with_catalog(&mut c, &self.root), &self.root)
             .args([
                 "--name",
                 name,
@@ -237,6 +368,7 @@ impl TestStore {
     fn list_json<T: serde::de::DeserializeOwned>(&self, uploads: bool) -> T {
         let mut c = Command::new(bin());
         c.args(["list", "--json", "--store"]).arg(&self.root);
+        with_catalog(&mut c, &self.root);
         if uploads {
             c.arg("--uploads");
         }
@@ -283,19 +415,36 @@ impl TestService {
         store: &Path,
         extra_args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
     ) -> TestService {
+        Self::start_env(store, extra_args, std::iter::empty::<(String, String)>())
+    }
+
+    /// Like [`start_args`](Self::start_args) with extra environment variables (e.g. the
+    /// `AWS_*` of an S3 content store).
+    pub fn start_env<'a, K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+        store: &Path,
+        extra_args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> TestService {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("sct-service.log");
-        let mut child = Command::new(bin())
-            .arg("serve")
-            .arg("--store")
-            .arg(store)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn sct-service serve");
+        let mut child = with_content(
+            with_catalog(
+                Command::new(bin())
+                    .envs(env)
+                    .arg("serve")
+                    .arg("--store")
+                    .arg(store),
+                store,
+            ),
+            store,
+        )
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn sct-service serve");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
