@@ -10,7 +10,7 @@
 //! sct-service serve   --store DIR [--catalog URL] [--content URL [--content-redirect
 //!                     [--redirect-ttl SECS]]] [--listen 127.0.0.1:0]
 //!                     [--tls-cert F --tls-key F] [--token-file F] [--max-upload-bytes N]
-//! sct-service list    (--catalog URL | --store DIR) [--json] [--uploads | --console]
+//! sct-service list    (--catalog URL | --store DIR | --content URL) [--json] [--uploads | --console]
 //! sct-service console publish (--store DIR | --key FILE) [--content URL] [--catalog URL] FILE.json
 //! ```
 //! `--catalog` is `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (default: the store's

@@ -1,7 +1,8 @@
 //! The content store in a real S3-compatible server (`s3s-fs`, which checks SigV4
 //! signatures and presigned URLs): `publish --content s3://...`, `serve --content
 //! s3://...` streaming with `Range`/`ETag`, `--content-redirect` presigned 307s, usage
-//! cabs stored in the bucket, killed publishes leaving nothing visible, and the
+//! cabs stored in the bucket, console content published to and served from the bucket,
+//! killed publishes leaving nothing visible, and the
 //! configuration errors.
 // PostgreSQL, haproxy and s3s-fs test servers run on Unix only.
 #![cfg(unix)]
@@ -709,6 +710,33 @@ fn console_content_is_published_to_s3_and_served_by_a_replica() {
     let parsed: serde_json::Value = serde_json::from_slice(&newer.body).unwrap();
     assert_eq!(parsed["content_version"], 4);
     assert_eq!(list(&[]).len(), 3);
+
+    // Bad invocations: a clear error, nothing stored.
+    let before = s3.keys();
+    let (ok, _, err) = sct_s3(
+        &s3,
+        &[
+            "console".as_ref(),
+            "publish".as_ref(),
+            "--key".as_ref(),
+            store.secret_key_path().as_os_str(),
+            draft.as_os_str(),
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("--content URL or --store DIR"), "{err}");
+    let (ok, _, err) = sct_s3(
+        &s3,
+        &[
+            "list".as_ref(),
+            "--console".as_ref(),
+            "--catalog".as_ref(),
+            "sqlite:/nonexistent/catalog.sqlite".as_ref(),
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("--content URL or --store DIR"), "{err}");
+    assert_eq!(s3.keys(), before);
 
     // The replica wrote nothing of its own.
     assert!(!store.path().join("console").exists());
