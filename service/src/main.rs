@@ -10,8 +10,8 @@
 //! sct-service serve   --store DIR [--catalog URL] [--content URL [--content-redirect
 //!                     [--redirect-ttl SECS]]] [--listen 127.0.0.1:0]
 //!                     [--tls-cert F --tls-key F] [--token-file F] [--max-upload-bytes N]
-//! sct-service list    (--catalog URL | --store DIR) [--json] [--uploads | --console]
-//! sct-service console publish --store DIR FILE.json
+//! sct-service list    (--catalog URL | --store DIR | --content URL) [--json] [--uploads | --console]
+//! sct-service console publish (--store DIR | --key FILE) [--content URL] [--catalog URL] FILE.json
 //! ```
 //! `--catalog` is `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (default: the store's
 //! `catalog.sqlite`); it may also come from the `SCT_CATALOG` environment variable. A
@@ -22,7 +22,7 @@
 //! Exit status 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
 
 use clap::{Parser, Subcommand};
-use sct_service::content::ContentUrl;
+use sct_service::content::{Content, ContentUrl};
 use sct_service::{
     self as service, catalog, publish::DEFAULT_PUBLISHER_NAME, CatalogUrl, PublishRequest,
     ServeOptions, Store,
@@ -149,11 +149,15 @@ enum Command {
     /// --console, the console content versions).
     List {
         /// Store folder made by `keygen` (its catalog.sqlite, unless --catalog is given).
-        #[arg(long, required_unless_present = "catalog")]
+        #[arg(long, required_unless_present_any = ["catalog", "content"])]
         store: Option<PathBuf>,
         /// Catalog: sqlite:PATH or postgres://USER@HOST:PORT/DB.
         #[arg(long, env = "SCT_CATALOG")]
         catalog: Option<String>,
+        /// Content store of the console content versions (with --console): a folder
+        /// (default: the store) or s3://BUCKET/PREFIX.
+        #[arg(long, value_name = "URL", value_parser = parse_content)]
+        content: Option<ContentUrl>,
         /// One JSON document on stdout instead of text.
         #[arg(long)]
         json: bool,
@@ -171,9 +175,20 @@ enum ConsoleCommand {
     /// Validate FILE (servicing rows and messages), stamp the next content_version and the
     /// time, sign it and keep it as a new version; prints the version.
     Publish {
-        /// Store folder made by `keygen` (its publisher.key signs).
-        #[arg(long)]
-        store: PathBuf,
+        /// Store folder made by `keygen` (its publisher.key signs; the default content store).
+        #[arg(long, required_unless_present = "key")]
+        store: Option<PathBuf>,
+        /// Minisign secret key file (default: the store's publisher.key).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Catalog: accepted like `publish` takes it; console content versions live in the
+        /// content store, not in the catalog, so it is only checked for syntax.
+        #[arg(long, env = "SCT_CATALOG")]
+        catalog: Option<String>,
+        /// Where the versions go: a folder (default: the store) or s3://BUCKET/PREFIX
+        /// (endpoint, region and credentials from AWS_*).
+        #[arg(long, value_name = "URL", value_parser = parse_content)]
+        content: Option<ContentUrl>,
         /// JSON file with `servicing` and `messages` (see the README).
         file: PathBuf,
     },
@@ -286,9 +301,37 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             )?;
         }
         Command::Console {
-            action: ConsoleCommand::Publish { store, file },
+            action:
+                ConsoleCommand::Publish {
+                    store,
+                    key,
+                    catalog,
+                    content,
+                    file,
+                },
         } => {
-            let v = service::console::publish(&store, &file)?;
+            if let Some(c) = &catalog {
+                CatalogUrl::parse(c)?;
+            }
+            let v = match (&store, &key, &content) {
+                // The default, unchanged: the store's key, versions in the store folder.
+                (Some(store), None, None) => service::console::publish(store, &file)?,
+                _ => {
+                    let key = match (&key, &store) {
+                        (Some(k), _) => k.clone(),
+                        (None, Some(s)) => Store::at(s).secret_key_path(),
+                        (None, None) => unreachable!("clap requires --store or --key"),
+                    };
+                    let root = store.clone().unwrap_or_default();
+                    if content.is_none() && store.is_none() {
+                        return Err(serviceconnection::Error::invalid_argument(
+                            "console publish --key needs --content URL or --store DIR (where the versions go)",
+                        ));
+                    }
+                    let content = Content::open(content.as_ref(), &root)?;
+                    service::console::publish_to(&key, &content, &file)?
+                }
+            };
             println!("{}", v.content_version);
             eprintln!(
                 "sct-service: published console content version {} ({} servicing rows, {} messages)",
@@ -299,15 +342,22 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             store,
             json,
             console,
+            content,
             ..
         } if console => {
-            // Console content versions live in the store folder, not in the catalog.
-            let store = store.ok_or_else(|| {
-                serviceconnection::Error::invalid_argument(
-                    "list --console needs --store DIR (console content lives in the store folder)",
-                )
-            })?;
-            let list = service::console::list(&store)?;
+            // Console content versions live in the content store, not in the catalog.
+            let list = match (&content, &store) {
+                (None, Some(store)) => service::console::list(store)?,
+                (None, None) => {
+                    return Err(serviceconnection::Error::invalid_argument(
+                        "list --console needs --content URL or --store DIR (console content lives in the content store)",
+                    ))
+                }
+                (Some(url), _) => service::console::list_in(&Content::open(
+                    Some(url),
+                    store.as_deref().unwrap_or(std::path::Path::new("")),
+                )?)?,
+            };
             if json {
                 println!(
                     "{}",
@@ -322,6 +372,7 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
             catalog,
             json,
             uploads,
+            content,
             ..
         } => {
             let catalog = match (&catalog, &store) {
@@ -388,8 +439,17 @@ fn run(cli: Cli) -> serviceconnection::Result<()> {
                     }
                     // The text listing shows the console content versions too (after the
                     // packs, so the pack lines keep their place); --console lists them alone.
-                    if let Some(root) = &store {
-                        print_console_versions(&service::console::list(root)?);
+                    match (&content, &store) {
+                        (Some(url), _) => {
+                            print_console_versions(&service::console::list_in(&Content::open(
+                                Some(url),
+                                store.as_deref().unwrap_or(std::path::Path::new("")),
+                            )?)?)
+                        }
+                        (None, Some(root)) => {
+                            print_console_versions(&service::console::list(root)?)
+                        }
+                        (None, None) => {}
                     }
                 }
             }

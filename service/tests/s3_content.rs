@@ -1,7 +1,8 @@
 //! The content store in a real S3-compatible server (`s3s-fs`, which checks SigV4
 //! signatures and presigned URLs): `publish --content s3://...`, `serve --content
 //! s3://...` streaming with `Range`/`ETag`, `--content-redirect` presigned 307s, usage
-//! cabs stored in the bucket, killed publishes leaving nothing visible, and the
+//! cabs stored in the bucket, console content published to and served from the bucket,
+//! killed publishes leaving nothing visible, and the
 //! configuration errors.
 // PostgreSQL, haproxy and s3s-fs test servers run on Unix only.
 #![cfg(unix)]
@@ -559,4 +560,192 @@ fn a_separate_content_folder_holds_packs_and_uploads() {
     assert_eq!(uploads.len(), 1);
     assert!(folder.join(&uploads[0].path).is_file());
     assert!(!store.path().join(&uploads[0].path).exists());
+}
+
+/// `sct-service` with the S3 environment; returns (success, stdout, stderr).
+fn sct_s3(s3: &S3Server, args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(service::bin())
+        .args(args)
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn console_content_is_published_to_s3_and_served_by_a_replica() {
+    let s3 = S3Server::start();
+    let store = TestStore::new();
+    let url = content_url();
+    let draft = store.dir().join("console-draft.json");
+    let publish = |title: &str| {
+        std::fs::write(
+            &draft,
+            serde_json::to_vec(&serde_json::json!({
+                "servicing": [{"product": "Windows 11", "version": "24H2", "build": "26100.2454",
+                    "channel": "General Availability", "release_date": "2024-10-01",
+                    "end_of_servicing": "2026-10-13"}],
+                "messages": [{"id": title, "severity": "Info", "title": title,
+                    "body": "Servicing dashboard refreshed.", "published": "2026-11-03"}]
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        // Only the key file and the content store: no store folder is written.
+        sct_s3(
+            &s3,
+            &[
+                "console".as_ref(),
+                "publish".as_ref(),
+                "--key".as_ref(),
+                store.secret_key_path().as_os_str(),
+                "--content".as_ref(),
+                url.as_ref(),
+                draft.as_os_str(),
+            ],
+        )
+    };
+    let (ok, out, err) = publish("first");
+    assert!(ok, "console publish failed: {err}");
+    assert_eq!(out.trim(), "1");
+    let (ok, out, err) = publish("second");
+    assert!(ok, "console publish failed: {err}");
+    assert_eq!(out.trim(), "2");
+
+    let keys = s3.keys();
+    for n in [1, 2] {
+        for name in ["console-content.json", "console-content.json.minisig"] {
+            let want = format!("{PREFIX}/console/{n}/{name}");
+            assert!(keys.contains(&want), "{want} not in {keys:#?}");
+        }
+    }
+    assert!(
+        !store.path().join("console").exists(),
+        "the store folder holds no console content"
+    );
+
+    // A publish killed after claiming number 3 (document, no signature yet): never served
+    // nor listed, and the next publish takes 4.
+    let half = s3.bucket_dir().join(PREFIX).join("console/3");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("console-content.json"), b"{\"half\": true}").unwrap();
+
+    let list = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args: Vec<&std::ffi::OsStr> = ["list", "--console", "--json", "--content"]
+            .iter()
+            .map(|s| s.as_ref())
+            .collect();
+        args.push(url.as_ref());
+        args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+        let (ok, out, err) = sct_s3(&s3, &args);
+        assert!(ok, "list --console failed: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let listed = list(&[]);
+    let versions: Vec<u64> = listed
+        .iter()
+        .map(|v| v["content_version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+
+    let svc = serve_s3(&store, &s3, &[]);
+    let doc = get(&format!("{}/v1/console-content", svc.url()), &[]);
+    assert_eq!(doc.status, 200);
+    let parsed: serde_json::Value = serde_json::from_slice(&doc.body).unwrap();
+    assert_eq!(parsed["content_version"], 2);
+    assert_eq!(parsed["messages"][0]["id"], "second");
+    let etag = doc.header("etag").unwrap();
+    assert_eq!(
+        etag,
+        format!("\"{}\"", serviceconnection::hashing::sha256_hex(&doc.body))
+    );
+    assert_eq!(
+        listed[1]["sha256"],
+        serviceconnection::hashing::sha256_hex(&doc.body)
+    );
+    let again = get(
+        &format!("{}/v1/console-content", svc.url()),
+        &[("If-None-Match", &etag)],
+    );
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    let sig = get(
+        &format!("{}/v1/console-content.json.minisig", svc.url()),
+        &[],
+    );
+    assert_eq!(sig.status, 200);
+
+    // Stock minisign verifies what the replica served against the store's public key.
+    let check = store.dir().join("served");
+    std::fs::create_dir_all(&check).unwrap();
+    std::fs::write(check.join("console-content.json"), &doc.body).unwrap();
+    std::fs::write(check.join("console-content.json.minisig"), &sig.body).unwrap();
+    let out = Command::new("minisign")
+        .arg("-Vm")
+        .arg(check.join("console-content.json"))
+        .arg("-x")
+        .arg(check.join("console-content.json.minisig"))
+        .arg("-p")
+        .arg(store.public_key_path())
+        .output()
+        .expect("minisign is installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "minisign -V refused: {text}");
+    assert!(text.contains("console-content version:2"), "{text}");
+
+    // A new publication is served at once; the half-written number is skipped.
+    let (ok, out, err) = publish("third");
+    assert!(ok, "console publish failed: {err}");
+    assert_eq!(out.trim(), "4");
+    let newer = get(
+        &format!("{}/v1/console-content", svc.url()),
+        &[("If-None-Match", &etag)],
+    );
+    assert_eq!(newer.status, 200);
+    let parsed: serde_json::Value = serde_json::from_slice(&newer.body).unwrap();
+    assert_eq!(parsed["content_version"], 4);
+    assert_eq!(list(&[]).len(), 3);
+
+    // Bad invocations: a clear error, nothing stored.
+    let before = s3.keys();
+    let (ok, _, err) = sct_s3(
+        &s3,
+        &[
+            "console".as_ref(),
+            "publish".as_ref(),
+            "--key".as_ref(),
+            store.secret_key_path().as_os_str(),
+            draft.as_os_str(),
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("--content URL or --store DIR"), "{err}");
+    let (ok, _, err) = sct_s3(
+        &s3,
+        &[
+            "list".as_ref(),
+            "--console".as_ref(),
+            "--catalog".as_ref(),
+            "sqlite:/nonexistent/catalog.sqlite".as_ref(),
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("--content URL or --store DIR"), "{err}");
+    assert_eq!(s3.keys(), before);
+
+    // The replica wrote nothing of its own.
+    assert!(!store.path().join("console").exists());
+    assert!(
+        !store.path().join("staging").exists()
+            || std::fs::read_dir(store.path().join("staging"))
+                .unwrap()
+                .count()
+                == 0
+    );
+    svc.stop();
 }

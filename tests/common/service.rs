@@ -320,9 +320,11 @@ impl TestStore {
             .dir()
             .join(format!("console-{}.json", uuid::Uuid::new_v4()));
         std::fs::write(&file, serde_json::to_vec_pretty(draft).unwrap()).unwrap();
-        let out = Command::new(bin())
-            .args(["console", "publish", "--store"])
-            .arg(&self.root)
+        let mut cmd = Command::new(bin());
+        cmd.args(["console", "publish", "--store"]).arg(&self.root);
+        // Into the store's content store (the bucket when this suite runs on S3).
+        with_content(&mut cmd, &self.root);
+        let out = cmd
             .arg(&file)
             .output()
             .expect("run sct-service console publish");

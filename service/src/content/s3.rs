@@ -181,6 +181,39 @@ impl ObjectContent {
             .map_err(|e| s3_error(&format!("writing {}/{key}", self.describe()), e))
     }
 
+    /// Store small bytes under `key` only if no object is there yet (a create-only PUT,
+    /// `If-None-Match: *`); `Ok(false)` when another writer got there first.
+    pub async fn put_create(&self, key: &str, bytes: Vec<u8>) -> Result<bool> {
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .s3
+            .put_opts(&self.path(key), PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(s3_error(&format!("writing {}/{key}", self.describe()), e)),
+        }
+    }
+
+    /// The names one level below `key_prefix` (the "folders" of a listing).
+    pub async fn child_names(&self, key_prefix: &str) -> Result<Vec<String>> {
+        let what = format!("listing {}/{key_prefix}", self.describe());
+        let listed = self
+            .s3
+            .list_with_delimiter(Some(&self.path(key_prefix)))
+            .await
+            .map_err(|e| s3_error(&what, e))?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
     /// Stream everything `reader` yields into `key` (multipart above [`PART_SIZE`]),
     /// hashing exactly the bytes sent; returns (size, SHA-256 hex). A failure aborts the
     /// multipart upload, so no half object is left.
