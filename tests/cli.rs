@@ -23,7 +23,7 @@ fn run_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().unwrap()
+    site::output(&mut c)
 }
 
 fn run(cwd: &Path, args: &[&str]) -> Output {
@@ -796,6 +796,7 @@ fn skipping_signature_checks_is_announced_loudly() {
 /// The progress line a person at a terminal sees (the tool shows it only when standard
 /// error is a terminal: run under `script`, which gives it one) moves while the rows are
 /// written, not only at the end.
+#[cfg(unix)] // `script` (util-linux) provides the terminal; Windows has no counterpart.
 #[test]
 fn export_progress_line_moves_as_rows_are_written() {
     if Command::new("script").arg("--version").output().is_err() {

@@ -209,6 +209,33 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// Run `cmd` to completion and collect its output, like [`std::process::Command::output`].
+///
+/// On Windows (under Wine) the child's standard output and error go to temporary files
+/// rather than pipes: Wine's background processes (services started on demand during a
+/// run) can inherit a pipe's write end, and then reading the pipe never sees end-of-file
+/// although the child has exited (`newsite_prepare_export_with_the_original_syntax` once
+/// hung there for minutes). A file has no such end to wait for.
+pub fn output(cmd: &mut std::process::Command) -> std::process::Output {
+    if !cfg!(windows) {
+        return cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd:?} could not run: {e}"));
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (scratch.path().join("stdout"), scratch.path().join("stderr"));
+    let status = cmd
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .status()
+        .unwrap_or_else(|e| panic!("{cmd:?} could not run: {e}"));
+    std::process::Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
+    }
+}
+
 /// Run a stock tool; returns (success, stdout+stderr).
 ///
 /// On Windows the Linux cabinet tools are not there; Windows' own `extrac32.exe` (its
@@ -235,8 +262,8 @@ pub fn tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) {
 
 /// The Windows counterpart of the cabinet checks [`tool`] runs on Linux: the cab is
 /// extracted by Windows' `extrac32.exe` (which exits 0 even when extraction fails, so every
-/// file its `manifest.json` lists is then checked by size and SHA-256, and nothing else may
-/// be there). Output: one `name size` line per extracted file.
+/// file its `manifest.json` lists is then checked by size and SHA-256, `SiteVersion.txt`
+/// against the manifest's site version, and nothing else may be there). Output: one `name size` line per extracted file.
 fn windows_cab_tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) {
     let (cab, dest, keep) = match (program, args) {
         ("cabextract" | "gcab", ["-t", cab]) | ("gcab", ["-l", cab]) => (*cab, None, false),
@@ -246,14 +273,14 @@ fn windows_cab_tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) 
     let scratch = tempfile::tempdir().unwrap();
     let dest = dest.unwrap_or_else(|| scratch.path().join("x"));
     std::fs::create_dir_all(&dest).unwrap();
-    let out = std::process::Command::new("extrac32.exe")
-        .stdin(std::process::Stdio::null())
-        .args(["/Y", "/E", "/L"])
-        .arg(&dest)
-        .arg(cwd.join(cab))
-        .current_dir(cwd)
-        .output()
-        .unwrap_or_else(|e| panic!("extrac32.exe could not run: {e}"));
+    let out = output(
+        std::process::Command::new("extrac32.exe")
+            .stdin(std::process::Stdio::null())
+            .args(["/Y", "/E", "/L"])
+            .arg(&dest)
+            .arg(cwd.join(cab))
+            .current_dir(cwd),
+    );
     let mut text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -264,28 +291,50 @@ fn windows_cab_tool(program: &str, args: &[&str], cwd: &Path) -> (bool, String) 
         let size = std::fs::metadata(dest.join(name)).unwrap().len();
         text.push_str(&format!("{name} {size}\n"));
     }
-    let verified = (|| {
-        let bytes = std::fs::read(dest.join("manifest.json")).ok()?;
-        let manifest = serviceconnection::usage::UsageManifest::from_bytes(&bytes).ok()?;
-        let mut expected: Vec<String> = vec!["manifest.json".into()];
+    let verified = (|| -> Result<(), String> {
+        let bytes = std::fs::read(dest.join("manifest.json"))
+            .map_err(|e| format!("no manifest.json extracted: {e}"))?;
+        let manifest = serviceconnection::usage::UsageManifest::from_bytes(&bytes)
+            .map_err(|e| format!("manifest.json does not parse: {e}"))?;
+        // The cab also holds SiteVersion.txt (the site's version, as in the manifest),
+        // which the manifest does not list among its data files.
+        use serviceconnection::usage::manifest::SITE_VERSION_FILE;
+        let version = std::fs::read_to_string(dest.join(SITE_VERSION_FILE))
+            .map_err(|e| format!("no {SITE_VERSION_FILE} extracted: {e}"))?;
+        if version != manifest.site_version.as_str() {
+            return Err(format!(
+                "{SITE_VERSION_FILE} says {version:?}, the manifest {}",
+                manifest.site_version.as_str()
+            ));
+        }
+        let mut expected: Vec<String> = vec!["manifest.json".into(), SITE_VERSION_FILE.into()];
         for f in &manifest.files {
             let p = dest.join(&f.name);
-            let ok = std::fs::metadata(&p).ok()?.len() == f.size && sha256_file(&p) == f.sha256;
-            if !ok {
-                return None;
+            let size = std::fs::metadata(&p)
+                .map_err(|e| format!("{} listed but not extracted: {e}", f.name))?
+                .len();
+            if size != f.size || sha256_file(&p) != f.sha256 {
+                return Err(format!(
+                    "{}: size {size} (manifest {}) or SHA-256 differs",
+                    f.name, f.size
+                ));
             }
             expected.push(f.name.clone());
         }
         expected.sort();
         let got: Vec<String> = found.keys().cloned().collect();
-        (got == expected).then_some(())
-    })()
-    .is_some();
-    if !verified {
-        text.push_str("extracted files do not match the cab's manifest.json\n");
+        if got != expected {
+            return Err(format!("extracted {got:?}, manifest lists {expected:?}"));
+        }
+        Ok(())
+    })();
+    if let Err(why) = &verified {
+        text.push_str(&format!(
+            "extracted files do not match the cab's manifest.json: {why}\n"
+        ));
     }
     if !keep {
         let _ = std::fs::remove_dir_all(&dest);
     }
-    (out.status.success() && verified, text)
+    (out.status.success() && verified.is_ok(), text)
 }
