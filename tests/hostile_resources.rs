@@ -450,8 +450,13 @@ fn import_on_a_reflink_file_system_places_clones() {
 /// device answers EIO half-way through the file, as a failing USB stick does). The pack is
 /// refused with one clear line naming the file and the I/O error; the site is exactly as
 /// it was; once the packs are readable again the import succeeds.
+/// The EIO tests drop the machine-wide page cache (`fail_beyond`) after reading back the
+/// files they need cached: run in parallel, one would evict the other's files.
+static EIO_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn import_from_a_drive_failing_with_eio_changes_nothing() {
+    let _one_at_a_time = EIO_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let Some(usb) = XfsImage::mount(300) else {
         return;
     };
@@ -501,6 +506,7 @@ fn import_from_a_drive_failing_with_eio_changes_nothing() {
 /// other hierarchy's cab, elsewhere, still goes through.
 #[test]
 fn connect_with_a_cab_on_a_drive_failing_with_eio_reports_it_and_goes_on() {
+    let _one_at_a_time = EIO_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let Some(usb) = XfsImage::mount(300) else {
         return;
     };

@@ -23,15 +23,15 @@ function Get-NativeLibraryRid {
         default { $_.ToString().ToLowerInvariant() }
     }
     if ($OS -eq 'Windows') {
-        $os = 'win'; $file = 'serviceconnection.dll'
+        $prefix = 'win'; $file = 'serviceconnection.dll'
     }
     elseif ($OS -eq 'MacOS') {
-        $os = 'osx'; $file = 'libserviceconnection.dylib'
+        $prefix = 'osx'; $file = 'libserviceconnection.dylib'
     }
     else {
-        $os = 'linux'; $file = 'libserviceconnection.so'
+        $prefix = 'linux'; $file = 'libserviceconnection.so'
     }
-    [pscustomobject]@{ Rid = "$os-$arch"; FileName = $file }
+    [pscustomobject]@{ Rid = "$prefix-$arch"; FileName = $file }
 }
 
 function Get-NativeLibraryCandidate {
