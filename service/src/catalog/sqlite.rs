@@ -263,20 +263,11 @@ impl Catalog for SqliteCatalog {
     }
 
     fn list_packs(&self) -> Result<Vec<CatalogPack>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {PACK_COLUMNS} FROM packages ORDER BY published, rowid"
-            ))
-            .map_err(|e| db_err("reading", e))?;
-        let rows = stmt
-            .query_map([], row_to_pack)
-            .map_err(|e| db_err("reading", e))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r.map_err(|e| db_err("reading", e))??);
-        }
-        Ok(out)
+        query_all(
+            &self.conn(),
+            &format!("SELECT {PACK_COLUMNS} FROM packages ORDER BY published, rowid"),
+            row_to_pack,
+        )
     }
 
     fn find_upload(&self, hierarchy_id: &uuid::Uuid, sha256: &str) -> Result<Option<UploadRecord>> {
@@ -314,21 +305,28 @@ impl Catalog for SqliteCatalog {
     }
 
     fn list_uploads(&self) -> Result<Vec<UploadRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {UPLOAD_COLUMNS} FROM uploads ORDER BY received, rowid"
-            ))
-            .map_err(|e| db_err("reading", e))?;
-        let rows = stmt
-            .query_map([], row_to_upload)
-            .map_err(|e| db_err("reading", e))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r.map_err(|e| db_err("reading", e))??);
-        }
-        Ok(out)
+        query_all(
+            &self.conn(),
+            &format!("SELECT {UPLOAD_COLUMNS} FROM uploads ORDER BY received, rowid"),
+            row_to_upload,
+        )
     }
+}
+
+/// Every row of a parameterless query, each converted by `row` (which can refuse a row
+/// whose stored values do not parse).
+fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Result<T>>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare(sql).map_err(|e| db_err("reading", e))?;
+    let rows = stmt.query_map([], row).map_err(|e| db_err("reading", e))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.map_err(|e| db_err("reading", e))??);
+    }
+    Ok(out)
 }
 
 fn row_to_pack(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CatalogPack>> {
