@@ -8,6 +8,8 @@
 mod proxy;
 #[path = "common/service.rs"]
 mod service;
+#[path = "common/site.rs"]
+mod site;
 
 use proxy::{Action, Flaky};
 use service::s3::{S3Server, BUCKET};
@@ -34,20 +36,20 @@ fn connect_follows_redirects_without_the_token_and_resumes_at_the_object_store()
         .collect();
     let content = write_content(&store.dir().join("c"), &refs);
     let content_url = format!("s3://{BUCKET}/site-packs");
-    let out = store
-        .publish_command(
-            "Update 2303",
-            "5.00.9132.1000",
-            PackType::Update,
-            SITE_VERSION,
-            None,
-            &[],
-            &content,
-        )
-        .args(["--content", &content_url])
-        .envs(s3.env())
-        .output()
-        .unwrap();
+    let out = site::output(
+        store
+            .publish_command(
+                "Update 2303",
+                "5.00.9132.1000",
+                PackType::Update,
+                SITE_VERSION,
+                None,
+                &[],
+                &content,
+            )
+            .args(["--content", &content_url])
+            .envs(s3.env()),
+    );
     assert!(
         out.status.success(),
         "{}",

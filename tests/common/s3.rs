@@ -1,7 +1,9 @@
 //! A real S3-compatible server for the content-store tests: `s3s-fs` (crates.io, 0.14.1),
 //! which keeps objects in a folder and checks every request's SigV4 signature and every
-//! presigned URL. `.ci/setup` installs it into `target/tools/bin/`; `SCT_S3S_FS` names
-//! another copy. A missing binary is a clear panic, never a silent skip.
+//! presigned URL. `.ci/setup` installs it into `target/tools/bin/` and, for the Windows
+//! tests under Wine, its Windows build into `target/x86_64-pc-windows-gnu/tools/bin/`;
+//! `SCT_S3S_FS` (`SCT_S3S_FS_WINDOWS` for the Windows build) names another copy. A
+//! missing binary is a clear panic, never a silent skip.
 //! Include with `#[path = ".../common/s3.rs"] mod s3;`.
 #![allow(dead_code)]
 
@@ -18,22 +20,37 @@ pub const SECRET_KEY: &str = "sct-test-secret-0123456789";
 /// The bucket every test server starts with.
 pub const BUCKET: &str = "sct-content";
 
-/// Where `s3s-fs` is: `$SCT_S3S_FS`, else `target/tools/bin/s3s-fs` of this workspace.
+/// Where `s3s-fs` is: `$SCT_S3S_FS`, else `tools/bin/s3s-fs` in the target folder of
+/// this build (`target/`, or `target/<triple>/` when cross-built: the Windows tests find
+/// `target/x86_64-pc-windows-gnu/tools/bin/s3s-fs.exe`).
 pub fn s3s_fs_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SCT_S3S_FS") {
+    // Its own variable on Windows: the Linux copy that SCT_S3S_FS may name is inherited
+    // by the Windows tests under Wine, which must not run it.
+    let var = if cfg!(windows) {
+        "SCT_S3S_FS_WINDOWS"
+    } else {
+        "SCT_S3S_FS"
+    };
+    if let Some(p) = std::env::var_os(var) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("the test executable's path");
-    // target/<profile>/deps/<test> -> target/
+    // target[/<triple>]/<profile>/deps/<test> -> target[/<triple>]/
     let target = exe
         .ancestors()
         .nth(3)
         .expect("the test executable sits in target/<profile>/deps");
-    let bin = target.join("tools/bin/s3s-fs");
+    let bin = target.join(format!("tools/bin/s3s-fs{}", std::env::consts::EXE_SUFFIX));
+    let triple = if cfg!(windows) {
+        " --target x86_64-pc-windows-gnu"
+    } else {
+        ""
+    };
     assert!(
         bin.is_file(),
-        "{} is missing: run .ci/setup (cargo install --locked --root target/tools s3s-fs@0.14.1 --features binary) or set SCT_S3S_FS",
-        bin.display()
+        "{} is missing: run .ci/setup (cargo install --locked{triple} --root {} s3s-fs@0.14.1 --features binary) or set {var}",
+        bin.display(),
+        target.join("tools").display()
     );
     bin
 }
@@ -59,6 +76,16 @@ extern "C" fn stop_shared_at_exit() {
         #[cfg(unix)]
         unsafe {
             libc::kill(s.child.id() as libc::pid_t, libc::SIGKILL);
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::io::AsRawHandle;
+            #[link(name = "kernel32")]
+            extern "system" {
+                fn TerminateProcess(process: *mut std::ffi::c_void, code: u32) -> i32;
+            }
+            // SAFETY: our own child's process handle, still open (the Child is never dropped).
+            unsafe { TerminateProcess(s.child.as_raw_handle(), 1) };
         }
         let _ = std::fs::remove_dir_all(s.dir.path());
     }
