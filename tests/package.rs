@@ -296,6 +296,12 @@ fn module_package_installs_into_a_clean_pwsh_and_runs() {
         } | ConvertTo-Json -Compress
     "#;
     let h = home.path();
+    // .NET answers "" for a missing XDG folder, and PSResourceGet then keeps its settings
+    // in the current folder: they must exist (as on a real machine).
+    for d in [".local/share", ".config", ".cache"] {
+        std::fs::create_dir_all(h.join(d)).unwrap();
+    }
+    let before = checkout_state();
     let out = run(Command::new(pwsh)
         .args(["-NoProfile", "-NonInteractive", "-Command", script])
         .env("HOME", h)
@@ -321,4 +327,68 @@ fn module_package_installs_into_a_clean_pwsh_and_runs() {
         base.display()
     );
     assert!(work.path().join("site.db").is_file());
+    assert_checkout_unchanged("Install-PSResource", &before);
+}
+
+/// What a packaging step could leave in the checkout: `git status` with untracked and
+/// ignored entries (so a `.gitignore` line cannot hide one), and whether the folders
+/// PSResourceGet and NuGet write to a missing settings folder's stand-in exist.
+fn checkout_state() -> (BTreeSet<String>, Vec<(&'static str, bool)>) {
+    let out = run(Command::new("git").arg("-C").arg(root()).args([
+        "status",
+        "--porcelain",
+        "--ignored",
+        "--untracked-files=normal",
+    ]));
+    let status = text(&out.stdout).lines().map(str::to_string).collect();
+    let folders = ["NuGet", "PSResourceGet"]
+        .into_iter()
+        .map(|d| (d, root().join(d).exists()))
+        .collect();
+    (status, folders)
+}
+
+fn assert_checkout_unchanged(step: &str, before: &(BTreeSet<String>, Vec<(&str, bool)>)) {
+    let after = checkout_state();
+    let new: Vec<&String> = after.0.difference(&before.0).collect();
+    assert!(new.is_empty(), "{step} left in the checkout: {new:?}");
+    for (d, exists) in &after.1 {
+        assert!(
+            !exists,
+            "{} exists: a pwsh step wrote its settings into the working folder{}",
+            root().join(d).display(),
+            if before.1.iter().any(|(b, e)| b == d && *e) {
+                " (it was there before this test: an earlier run left it; remove it)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// `.ci/package` (into a folder of its own under target/, so the other tests' archives
+/// stay in place) leaves nothing new in the checkout: the release builds are cached by
+/// then, so this is the staging, the archives and `Publish-PSResource`.
+#[test]
+fn packaging_leaves_the_checkout_clean() {
+    dist(); // the release builds, once
+    let name = "dist-clean-check";
+    let before = checkout_state();
+    let out = Command::new("bash")
+        .arg(root().join(".ci/package"))
+        .env("SCT_PACKAGE_DIST", name)
+        .output()
+        .expect("run .ci/package");
+    assert!(
+        out.status.success(),
+        ".ci/package failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let made = root().join("target").join(name);
+    assert!(made
+        .join(format!("ServiceConnection.{VERSION}.nupkg"))
+        .is_file());
+    std::fs::remove_dir_all(&made).unwrap();
+    assert_checkout_unchanged(".ci/package", &before);
 }
