@@ -7,7 +7,11 @@
 //!
 //! After every kill: no file at a final name that is not whole and verified, the site
 //! database passes `PRAGMA integrity_check` and is unchanged, and the re-run completes.
-#![cfg(unix)]
+//!
+//! Portable: "killed" is SIGKILL on Unix and TerminateProcess on Windows (under Wine in
+//! CI), pause markers go through flag files (no `/dev/stdout` there, and under Wine a pipe
+//! can stay open in Wine's own background processes), and the cab checks use the stock
+//! tools through `site::tool` (Windows' extrac32.exe there).
 
 #[path = "common/service.rs"]
 mod service;
@@ -17,7 +21,7 @@ mod site;
 use serviceconnection::api::PackType;
 use serviceconnection::import::{import, ImportOptions, ImportStatus};
 use serviceconnection::site::{DiagnosticsLevel, Site};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,36 +51,43 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Read the child's stdout until a line contains `marker`; keeps the pipe open after.
-fn read_until(child: &mut Child, marker: &str) -> Option<String> {
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains(marker) {
-            std::mem::forget(lines);
-            return Some(line);
+/// Wait until `flag` holds `marker` (`true`) or the child has exited without it (`false`).
+fn wait_for_marker(child: &mut Child, flag: &Path, marker: &str) -> bool {
+    loop {
+        if std::fs::read_to_string(flag).is_ok_and(|t| t.contains(marker)) {
+            return true;
         }
+        if child.try_wait().unwrap().is_some() {
+            // It may have written the marker just before exiting.
+            return std::fs::read_to_string(flag).is_ok_and(|t| t.contains(marker));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    None
+}
+
+/// Run `cmd` to completion with its output in files (see `site::output`).
+fn finish(cmd: &mut Command) -> std::process::Output {
+    site::output(cmd.stdin(Stdio::null()))
 }
 
 /// In the re-executed child: Prepare `db` into `dest` (forced), pausing forever at the
-/// `n`-th progress call after printing `PAUSED <n>`; exits if it finishes first.
+/// `n`-th progress call after writing `PAUSED <n>` to `flag`; exits if it finishes first.
 fn child_mode() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let mut parts = spec.splitn(3, '|');
+    let mut parts = spec.splitn(4, '|');
     let n: u64 = parts.next().unwrap().parse().unwrap();
+    let flag = PathBuf::from(parts.next().unwrap());
     let db = PathBuf::from(parts.next().unwrap());
     let dest = PathBuf::from(parts.next().unwrap());
     let mut calls = 0u64;
     let r = serviceconnection::usage::prepare(&db, &dest, true, &mut |_p| {
         calls += 1;
         if calls == n {
-            println!("\nPAUSED {n}");
-            std::io::stdout().flush().unwrap();
+            let mut f = std::fs::File::create(&flag).unwrap();
+            writeln!(f, "PAUSED {n}").unwrap();
+            f.sync_all().unwrap();
             loop {
                 std::thread::park();
             }
@@ -87,15 +98,15 @@ fn child_mode() {
     std::process::exit(0);
 }
 
-fn spawn_prepare_child(test: &str, n: u64, db: &Path, dest: &Path) -> Child {
+fn spawn_prepare_child(test: &str, n: u64, flag: &Path, db: &Path, dest: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(
             CHILD_ENV,
-            format!("{n}|{}|{}", db.display(), dest.display()),
+            format!("{n}|{}|{}|{}", flag.display(), db.display(), dest.display()),
         )
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
@@ -152,14 +163,16 @@ fn prepare_killed_at_every_point_leaves_no_cab_and_a_rerun_completes() {
             if with_old {
                 std::fs::write(&dest, &old_cab).unwrap();
             }
+            let flag = dir.path().join(format!("paused-{with_old}-{n}.txt"));
             let mut child = spawn_prepare_child(
                 "prepare_killed_at_every_point_leaves_no_cab_and_a_rerun_completes",
                 n,
+                &flag,
                 &db,
                 &dest,
             );
-            // EOF without the marker: Prepare finished before the n-th report.
-            if read_until(&mut child, "PAUSED ").is_none() {
+            // Exited without the marker: Prepare finished before the n-th report.
+            if !wait_for_marker(&mut child, &flag, "PAUSED ") {
                 assert!(child.wait().unwrap().success(), "the child failed");
                 break;
             }
@@ -180,31 +193,38 @@ fn prepare_killed_at_every_point_leaves_no_cab_and_a_rerun_completes() {
         if with_old {
             std::fs::write(&dest, &old_cab).unwrap();
         }
+        let flag = dir.path().join(format!("written-{with_old}.txt"));
         let mut child = Command::new(TOOL)
             .args(["-prepare", "-force", "-sitedb"])
             .arg(&db)
             .arg("-usagedatadest")
             .arg(&dest)
-            .env(serviceconnection::usage::PAUSE_ENV, "written:/dev/stdout")
+            .env(
+                serviceconnection::usage::PAUSE_ENV,
+                format!("written:{}", flag.display()),
+            )
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        read_until(&mut child, "SCT_TEST_PAUSED written").expect("Prepare reached `written`");
+        assert!(
+            wait_for_marker(&mut child, &flag, "SCT_TEST_PAUSED written"),
+            "Prepare never reached `written`"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         check_after_prepare_kill(&usb, &dest, with_old.then_some(&old_cab[..]));
         integrity_ok(&db);
 
         // The re-run completes: a valid cab with every row of the level.
-        let out = Command::new(TOOL)
-            .args(["-prepare", "-force", "-sitedb"])
-            .arg(&db)
-            .arg("-usagedatadest")
-            .arg(&dest)
-            .output()
-            .unwrap();
+        let out = finish(
+            Command::new(TOOL)
+                .args(["-prepare", "-force", "-sitedb"])
+                .arg(&db)
+                .arg("-usagedatadest")
+                .arg(&dest),
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -212,12 +232,8 @@ fn prepare_killed_at_every_point_leaves_no_cab_and_a_rerun_completes() {
         );
         let m = serviceconnection::usage::read_usage_cab_file(&dest).unwrap();
         assert_eq!(m.files[0].records as i64, rows, "every Full row in the cab");
-        let t = Command::new("cabextract")
-            .arg("-t")
-            .arg(&dest)
-            .output()
-            .unwrap();
-        assert!(t.status.success(), "cabextract -t: {t:?}");
+        let (ok, t) = site::tool("cabextract", &["-t", "UsageData.cab"], &usb);
+        assert!(ok, "cabextract -t: {t}");
     }
 }
 
@@ -331,7 +347,14 @@ fn check_connect_output(dest: &Path, store: &service::TestStore, packs: &[uuid::
                 stack.push(p);
                 continue;
             }
-            let rel = p.strip_prefix(dest).unwrap().to_string_lossy().into_owned();
+            // `/`-separated on every platform.
+            let rel = p
+                .strip_prefix(dest)
+                .unwrap()
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             if name.ends_with(serviceconnection::fsutil::PARTIAL_SUFFIX)
                 || rel == "connect-report.json"
@@ -377,18 +400,17 @@ fn check_connect_output(dest: &Path, store: &service::TestStore, packs: &[uuid::
     complete
 }
 
-fn run_connect_cli(cab: &Path, dest: &Path, uri: &str) -> Child {
-    Command::new(TOOL)
-        .args(["-connect", "-downloadall", "-usagedatasrc"])
+fn connect_cli(cab: &Path, dest: &Path, uri: &str) -> Command {
+    let mut c = Command::new(TOOL);
+    c.args(["-connect", "-downloadall", "-usagedatasrc"])
         .arg(cab)
         .arg("-updatepackdest")
         .arg(dest)
         .args(["-serviceuri", uri])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::null());
+    c
 }
 
 /// Connect (the real command line tool) killed after exactly N bytes of the service's
@@ -438,9 +460,7 @@ fn connect_killed_at_byte_counts_leaves_only_verified_files_and_a_rerun_complete
     let total = {
         let gate = ByteGate::start(svc.url(), u64::MAX);
         let dest = work.path().join("count");
-        let out = run_connect_cli(&cab, &dest, &gate.addr)
-            .wait_with_output()
-            .unwrap();
+        let out = finish(&mut connect_cli(&cab, &dest, &gate.addr));
         assert!(
             out.status.success(),
             "{}",
@@ -465,7 +485,7 @@ fn connect_killed_at_byte_counts_leaves_only_verified_files_and_a_rerun_complete
     for (k, at) in points.into_iter().enumerate() {
         let gate = ByteGate::start(svc.url(), at);
         let dest = work.path().join(format!("dest{k}"));
-        let mut child = run_connect_cli(&cab, &dest, &gate.addr);
+        let mut child = connect_cli(&cab, &dest, &gate.addr).spawn().unwrap();
         gate.wait_reached();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -493,9 +513,7 @@ fn connect_killed_at_byte_counts_leaves_only_verified_files_and_a_rerun_complete
         }
 
         // The re-run (no fault) completes the job; importing it brings each pack in once.
-        let out = run_connect_cli(&cab, &dest, svc.url())
-            .wait_with_output()
-            .unwrap();
+        let out = finish(&mut connect_cli(&cab, &dest, svc.url()));
         assert!(
             out.status.success(),
             "re-run after a kill at byte {at}: {}",
@@ -554,15 +572,11 @@ fn service_killed_mid_upload_records_nothing_and_a_retry_succeeds() {
     .unwrap();
     c.write_all(&body[..body.len() / 2]).unwrap();
     c.flush().unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(svc.pid() as libc::pid_t, libc::SIGKILL);
-    }
-    // The connection ends without an answer: the upload was never acknowledged.
+    drop(svc); // SIGKILL (TerminateProcess on Windows), and waited for
+               // The connection ends without an answer: the upload was never acknowledged.
     let mut answer = Vec::new();
     let _ = c.read_to_end(&mut answer);
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
-    drop(svc);
 
     integrity_ok(&store.path().join("catalog.sqlite"));
     assert!(store.uploads().is_empty(), "a half upload was recorded");
@@ -576,17 +590,20 @@ fn service_killed_mid_upload_records_nothing_and_a_retry_succeeds() {
     assert!(stored.is_empty(), "stored after a kill: {stored:?}");
 
     let svc = service::TestService::start(&store, &[]);
-    let out = Command::new("curl")
-        .args(["-sS", "-f", "--data-binary"])
-        .arg(format!("@{}", cab.display()))
-        .arg(format!("{}/v1/usage?selection=All", svc.url()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The same request again, whole, on a fresh connection.
+    let addr = svc.url().strip_prefix("http://").unwrap().to_string();
+    let mut c = TcpStream::connect(&addr).unwrap();
+    write!(
+        c,
+        "POST /v1/usage?selection=All HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/vnd.ms-cab-compressed\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(&body).unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 2"), "{answer}");
     assert_eq!(store.uploads().len(), 1, "recorded exactly once");
     integrity_ok(&store.path().join("catalog.sqlite"));
 }
