@@ -187,7 +187,10 @@ impl S3Server {
                 if p.is_dir() {
                     walk(root, &p, out);
                 } else {
-                    out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                    // Object keys are `/`-separated, whatever the platform's paths use.
+                    let rel = p.strip_prefix(root).unwrap().components();
+                    let parts: Vec<_> = rel.map(|c| c.as_os_str().to_string_lossy()).collect();
+                    out.push(parts.join("/"));
                 }
             }
         }
