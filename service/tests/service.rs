@@ -1169,10 +1169,19 @@ fn selection_rules_table() {
             ],
         ),
     ];
-    let cab = store.dir().join("u.cab");
+    // One cab per (hierarchy, site version), written once: a cab records its files' times
+    // (2-second steps), so writing the same one again later could give other bytes.
+    let mut cabs = std::collections::BTreeMap::new();
     let mut distinct = std::collections::BTreeSet::new();
     for (h, site, sel, want) in table {
-        write_usage_cab(&cab, *h, site);
+        let cab = cabs
+            .entry((*h, *site))
+            .or_insert_with(|| {
+                let cab = store.dir().join(format!("u-{h}-{site}.cab"));
+                write_usage_cab(&cab, *h, site);
+                cab
+            })
+            .clone();
         distinct.insert(sha256(&std::fs::read(&cab).unwrap()));
         let r = upload_cab(&svc, *sel, &cab);
         assert_eq!(
