@@ -127,8 +127,8 @@ pub fn export_csv(
     let mut out = AtomicFile::create(dest, force)?;
     let what = dest.display().to_string();
     let (o, size, sha256) = {
-        let mut hw =
-            crate::hashing::HashingWriter::new(BufWriter::with_capacity(1 << 20, out.file()));
+        // No buffer: the CSV comes in writes of a whole formatted batch (hundreds of KiB).
+        let mut hw = crate::hashing::HashingWriter::new(out.file());
         let o = csv::write_usage_csv(&site, &mut hw, Phase::Export, &what, progress)?;
         hw.flush()
             .map_err(|e| Error::io(format!("writing {what}"), &e))?;
