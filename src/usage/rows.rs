@@ -321,6 +321,10 @@ enum Job {
     Failed(Error),
 }
 
+/// What a worker hands the caller, in order: a batch's output and its row count, the end
+/// of the rows (`None`), or an error.
+type Mapped<O> = Result<Option<(O, u64)>>;
+
 /// Batches queued per worker (and results waiting per worker): enough to keep every
 /// thread busy, few enough that memory stays flat.
 const IN_FLIGHT_PER_WORKER: usize = 2;
@@ -364,7 +368,7 @@ where
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let (job_tx, job_rx) = sync_channel::<Job>(IN_FLIGHT_PER_WORKER);
-            let (res_tx, res_rx) = sync_channel::<Result<Option<(O, u64)>>>(IN_FLIGHT_PER_WORKER);
+            let (res_tx, res_rx) = sync_channel::<Mapped<O>>(IN_FLIGHT_PER_WORKER);
             let (spare_tx, spare_rx) = channel::<O>();
             let back = back_tx.clone();
             jobs.push(job_tx);
@@ -453,7 +457,7 @@ fn read_into_jobs(
 /// not) releases every other thread.
 fn collect_in_order<O>(
     start_rx: std::sync::mpsc::Receiver<Result<(SiteInfo, u64)>>,
-    results: Vec<std::sync::mpsc::Receiver<Result<Option<(O, u64)>>>>,
+    results: Vec<std::sync::mpsc::Receiver<Mapped<O>>>,
     spares: Vec<std::sync::mpsc::Sender<O>>,
     start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
     each: &mut dyn FnMut(&O, u64) -> Result<bool>,
