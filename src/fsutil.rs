@@ -432,6 +432,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn early_writeback_writes_every_byte_where_it_was_put() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let mut want = Vec::new();
+        {
+            let mut w = EarlyWriteback::new(&file);
+            // Past two writeback points, in odd-sized writes, then a rewrite of the start
+            // (as Prepare rewrites the cab header) and more at the end.
+            let chunk: Vec<u8> = (0..7919u32).map(|i| (i % 251) as u8).collect();
+            while want.len() < 2 * WRITEBACK_EVERY as usize + 12_345 {
+                w.write_all(&chunk).unwrap();
+                want.extend_from_slice(&chunk);
+            }
+            assert_eq!(w.seek(SeekFrom::Start(0)).unwrap(), 0);
+            w.write_all(b"HEAD").unwrap();
+            want[..4].copy_from_slice(b"HEAD");
+            let end = want.len() as u64;
+            assert_eq!(w.seek(SeekFrom::Start(end)).unwrap(), end);
+            w.write_all(b"tail").unwrap();
+            want.extend_from_slice(b"tail");
+        }
+        file.sync_all().unwrap();
+        assert!(std::fs::read(&path).unwrap() == want);
+    }
+
+    #[test]
     fn safe_paths() {
         assert_eq!(
             safe_relative_path("a/b.bin").unwrap(),
