@@ -375,9 +375,89 @@ pub fn ensure_no_symlinks(root: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Bytes written between two requests to start the writeback (see [`EarlyWriteback`]).
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// A writer over a file that asks the kernel to start writing what was written every
+/// [`WRITEBACK_EVERY`] bytes (`platform::start_writeback`), so the flush of
+/// [`AtomicFile::commit`] finds little left to write instead of the whole file (Export's
+/// 344 MiB CSV spent about 0.14 s in that fsync). Durability is unchanged: the flush
+/// still comes; this only starts the disk work while more data is being produced.
+pub(crate) struct EarlyWriteback<'f> {
+    file: &'f File,
+    pos: u64,
+    from: u64,
+}
+
+impl<'f> EarlyWriteback<'f> {
+    /// Writes at the file's current position, which must be 0 or set through [`Seek`].
+    pub(crate) fn new(file: &'f File) -> Self {
+        EarlyWriteback {
+            file,
+            pos: 0,
+            from: 0,
+        }
+    }
+}
+
+impl Write for EarlyWriteback<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&*self.file).write(buf)?;
+        self.pos += n as u64;
+        if self.pos >= self.from + WRITEBACK_EVERY {
+            platform::start_writeback(self.file, self.from, self.pos - self.from);
+            self.from = self.pos;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for EarlyWriteback<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let at = (&*self.file).seek(to)?;
+        if self.pos > self.from {
+            platform::start_writeback(self.file, self.from, self.pos - self.from);
+        }
+        self.pos = at;
+        self.from = at;
+        Ok(at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_writeback_writes_every_byte_where_it_was_put() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let mut want = Vec::new();
+        {
+            let mut w = EarlyWriteback::new(&file);
+            // Past two writeback points, in odd-sized writes, then a rewrite of the start
+            // (as Prepare rewrites the cab header) and more at the end.
+            let chunk: Vec<u8> = (0..7919u32).map(|i| (i % 251) as u8).collect();
+            while want.len() < 2 * WRITEBACK_EVERY as usize + 12_345 {
+                w.write_all(&chunk).unwrap();
+                want.extend_from_slice(&chunk);
+            }
+            assert_eq!(w.seek(SeekFrom::Start(0)).unwrap(), 0);
+            w.write_all(b"HEAD").unwrap();
+            want[..4].copy_from_slice(b"HEAD");
+            let end = want.len() as u64;
+            assert_eq!(w.seek(SeekFrom::Start(end)).unwrap(), end);
+            w.write_all(b"tail").unwrap();
+            want.extend_from_slice(b"tail");
+        }
+        file.sync_all().unwrap();
+        assert!(std::fs::read(&path).unwrap() == want);
+    }
 
     #[test]
     fn safe_paths() {

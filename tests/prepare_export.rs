@@ -769,3 +769,79 @@ fn a_row_with_an_impossible_level_is_an_error_at_full_and_left_out_below() {
     assert_eq!(rows.len() as u64, r.record_count);
     assert!(rows.iter().all(|r| r[2] != "Odd"));
 }
+
+/// Prepare and Export read the identity, the count and every row from one snapshot of
+/// the site, even when rows are read on one thread and formatted on others: a writer
+/// that commits between progress reports (each commit deletes the lowest row and adds
+/// one above the highest, so every committed state holds the same number of rows with
+/// contiguous ids) never shows in the output. A torn read would show a gap, a
+/// duplicate, a row from after the start, or a count that differs from the total.
+#[test]
+fn a_writer_committing_during_the_run_never_shows_in_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    // Twenty batches of rows: far more than are in flight at once.
+    let n = 40_000u64;
+    let db = site::create_site(dir.path(), DiagnosticsLevel::Full, n);
+    let writer = rusqlite::Connection::open(&db).unwrap();
+    let ids = |path: &Path| -> Vec<i64> {
+        let (_, rows) = parse_csv(path);
+        rows.iter().map(|r| r[0].parse().unwrap()).collect()
+    };
+    let (first, last): (i64, i64) = writer
+        .query_row("SELECT MIN(id), MAX(id) FROM usage_data", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((last - first + 1) as u64, n);
+    for dest in ["u.csv", "u.cab"] {
+        let dest = dir.path().join(dest);
+        let start: i64 = writer
+            .query_row("SELECT MIN(id) FROM usage_data", [], |r| r.get(0))
+            .unwrap();
+        let mut commits = 0;
+        let mut totals = Vec::new();
+        let mut commit_midway = |p: &Progress| {
+            totals.push(p.total);
+            if p.done < p.total {
+                // Move the window of rows by one, in one transaction.
+                writer
+                    .execute_batch(
+                        "BEGIN IMMEDIATE;
+                         DELETE FROM usage_data WHERE id = (SELECT MIN(id) FROM usage_data);
+                         INSERT INTO usage_data (level, category, metric, value, collected_utc)
+                         VALUES (3, 'Late', 'Row', 'x', '2026-01-01T00:00:00Z');
+                         COMMIT;",
+                    )
+                    .unwrap();
+                commits += 1;
+            }
+            true
+        };
+        let (records, csv) = if dest.extension().unwrap() == "csv" {
+            let r = export_csv(&db, &dest, false, &mut commit_midway).unwrap();
+            (r.record_count, dest.clone())
+        } else {
+            let r = prepare(&db, &dest, false, &mut commit_midway).unwrap();
+            (
+                r.record_count,
+                cabextract(&dest, dir.path()).join("UsageData.csv"),
+            )
+        };
+        assert!(commits >= 3, "the writer committed while rows were read");
+        assert!(totals.iter().all(|&t| t == n), "{totals:?}");
+        assert_eq!(records, n);
+        let got = ids(&csv);
+        let want: Vec<i64> = (start..start + n as i64).collect();
+        assert_eq!(
+            got,
+            want,
+            "{}: rows from one snapshot, in order",
+            dest.display()
+        );
+        // The writer's rows are there for the next run.
+        let now: i64 = writer
+            .query_row("SELECT MIN(id) FROM usage_data", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(now, start + commits);
+    }
+}

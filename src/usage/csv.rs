@@ -7,8 +7,7 @@
 //! Excel's *Data > From Text/CSV* reads UTF-8 without one).
 
 use super::rows::{
-    stream_raw_batches, IdentityHasher, RawBatch, HASHED_COLUMNS, RAW_TEXT_COLUMNS,
-    USAGE_CSV_COLUMNS,
+    map_raw_batches, IdentityHasher, RawBatch, HASHED_COLUMNS, RAW_TEXT_COLUMNS, USAGE_CSV_COLUMNS,
 };
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Progress, ProgressFn};
@@ -28,11 +27,12 @@ pub(crate) struct CsvOutcome {
 /// Write the site's outgoing rows as CSV to `out`. `what` names the destination in
 /// error messages. Progress is reported in rows; a `false` from `progress` cancels.
 ///
-/// Rows arrive in raw batches ([`stream_raw_batches`]) and are formatted straight from
-/// SQLite's bytes: UTF-8 is checked once per batch, and the fields that need quoting
-/// are found by one vectorized scan of the batch for `,` `"` CR and LF. The result is
-/// byte for byte what formatting each [`super::UsageRecord`] would give (a test keeps
-/// it so).
+/// Rows arrive in raw batches and are formatted on one thread per core
+/// ([`map_raw_batches`]), straight from SQLite's bytes: UTF-8 is checked once per batch,
+/// and the fields that need quoting are found by one vectorized scan of the batch for `,`
+/// `"` CR and LF. Formatted batches reach `out` in `id` order, in large writes, so the
+/// result is byte for byte what formatting each [`super::UsageRecord`] in turn would give
+/// (a test keeps it so).
 pub(crate) fn write_usage_csv(
     site: &Site,
     out: &mut dyn Write,
@@ -40,11 +40,11 @@ pub(crate) fn write_usage_csv(
     what: &str,
     progress: ProgressFn,
 ) -> Result<CsvOutcome> {
-    let mut wtr = CsvWriter::new(out, what);
-    wtr.record(USAGE_CSV_COLUMNS)?;
+    let mut header = Vec::new();
+    record(&mut header, USAGE_CSV_COLUMNS);
+    out.write_all(&header).map_err(|e| map_io(what, &e))?;
     // Set by the start callback, read by the batch callback.
     let info: RefCell<Option<SiteInfo>> = RefCell::new(None);
-    let hasher: RefCell<Option<IdentityHasher>> = RefCell::new(None);
     let total = Cell::new(0u64);
     let mut report = |done: u64, total: u64| -> bool {
         progress(&Progress {
@@ -59,16 +59,21 @@ pub(crate) fn write_usage_csv(
     let mut cancelled = false;
     let mut done = 0u64;
     let mut next_report = 0u64;
-    let mut quote: Vec<bool> = Vec::new();
-    stream_raw_batches(
+    map_raw_batches(
         site,
+        format_workers(),
+        &|i: &SiteInfo| Formatter::new(&i.hierarchy_id),
+        &|f: &mut Formatter, batch: &RawBatch, text: &mut Vec<u8>| {
+            text.clear();
+            f.batch(batch, text);
+            Ok(())
+        },
         &mut |i, t| {
-            *hasher.borrow_mut() = Some(IdentityHasher::new(&i.hierarchy_id));
             *info.borrow_mut() = Some(i.clone());
             total.set(t);
             Ok(())
         },
-        &mut |batch: &RawBatch| {
+        &mut |text: &Vec<u8>, rows| {
             if done >= next_report {
                 if !report(done, total.get()) {
                     cancelled = true;
@@ -76,19 +81,15 @@ pub(crate) fn write_usage_csv(
                 }
                 next_report = done + PROGRESS_EVERY;
             }
-            let mut h = hasher.borrow_mut();
-            let h = h
-                .as_mut()
-                .ok_or_else(|| Error::internal("rows before the row stream started"))?;
-            wtr.batch(batch, h, &mut quote)?;
-            done += batch.len() as u64;
+            out.write_all(text).map_err(|e| map_io(what, &e))?;
+            done += rows;
             Ok(true)
         },
     )?;
     if cancelled || !report(done, total.get()) {
         return Err(Error::cancelled());
     }
-    wtr.flush()?;
+    out.flush().map_err(|e| map_io(what, &e))?;
     Ok(CsvOutcome {
         info: info
             .into_inner()
@@ -97,73 +98,65 @@ pub(crate) fn write_usage_csv(
     })
 }
 
-/// Bytes gathered before they are handed to the output in one write.
-const CSV_BUF: usize = 256 * 1024;
-
-/// An RFC 4180 record writer producing exactly what the `csv` crate does with
-/// `QuoteStyle::Necessary` and CRLF: a field is quoted (quotes doubled) only when it holds
-/// a comma, quote, CR or LF. Written by hand because the generic writer was a tenth of
-/// Export's time; records are gathered into one large buffer so the hashing writer and
-/// the file see few, large writes.
-struct CsvWriter<'a> {
-    out: &'a mut dyn Write,
-    buf: Vec<u8>,
-    what: &'a str,
+/// Threads that format rows: one per core (they share the cores with the reading thread
+/// and the consumer, which hashes and, in Prepare, compresses; a thread with nothing to
+/// do sleeps).
+fn format_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
 }
 
-impl<'a> CsvWriter<'a> {
-    fn new(out: &'a mut dyn Write, what: &'a str) -> Self {
-        CsvWriter {
-            out,
-            buf: Vec::with_capacity(CSV_BUF + 4096),
-            what,
+/// Append one RFC 4180 record, exactly as the `csv` crate writes it with
+/// `QuoteStyle::Necessary` and CRLF: a field is quoted (quotes doubled) only when it holds
+/// a comma, quote, CR or LF. Written by hand because the generic writer was a tenth of
+/// Export's time.
+fn record<'f>(buf: &mut Vec<u8>, fields: impl IntoIterator<Item = &'f str>) {
+    for (i, f) in fields.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
         }
+        let b = f.as_bytes();
+        field(buf, b, needs_quotes(b));
     }
+    buf.extend_from_slice(b"\r\n");
+}
 
-    fn record<'f>(&mut self, fields: impl IntoIterator<Item = &'f str>) -> Result<()> {
-        for (i, f) in fields.into_iter().enumerate() {
-            if i > 0 {
-                self.buf.push(b',');
+/// Append one field, quoted (quotes doubled) if `quoted`.
+fn field(buf: &mut Vec<u8>, b: &[u8], quoted: bool) {
+    if quoted {
+        buf.push(b'"');
+        for part in b.split_inclusive(|&c| c == b'"') {
+            buf.extend_from_slice(part);
+            if part.last() == Some(&b'"') {
+                buf.push(b'"');
             }
-            let b = f.as_bytes();
-            self.field(b, needs_quotes(b));
         }
-        self.end_record()
+        buf.push(b'"');
+    } else {
+        buf.extend_from_slice(b);
+    }
+}
+
+/// One formatting thread's state: its memo of identity hashes and scratch space.
+struct Formatter {
+    hasher: IdentityHasher,
+    quote: Vec<bool>,
+}
+
+impl Formatter {
+    fn new(hierarchy_id: &uuid::Uuid) -> Self {
+        Formatter {
+            hasher: IdentityHasher::new(hierarchy_id),
+            quote: Vec::new(),
+        }
     }
 
-    /// Append one field, quoted (quotes doubled) if `quoted`.
-    fn field(&mut self, b: &[u8], quoted: bool) {
-        if quoted {
-            self.buf.push(b'"');
-            for part in b.split_inclusive(|&c| c == b'"') {
-                self.buf.extend_from_slice(part);
-                if part.last() == Some(&b'"') {
-                    self.buf.push(b'"');
-                }
-            }
-            self.buf.push(b'"');
-        } else {
-            self.buf.extend_from_slice(b);
-        }
-    }
-
-    fn end_record(&mut self) -> Result<()> {
-        self.buf.extend_from_slice(b"\r\n");
-        if self.buf.len() >= CSV_BUF {
-            self.drain()?;
-        }
-        Ok(())
-    }
-
-    /// Append a batch of raw rows as records (see [`write_usage_csv`]). `quote` is
-    /// scratch space kept across batches.
-    fn batch(
-        &mut self,
-        batch: &RawBatch,
-        hasher: &mut IdentityHasher,
-        quote: &mut Vec<bool>,
-    ) -> Result<()> {
+    /// Append a batch of raw rows as records (see [`write_usage_csv`]).
+    fn batch(&mut self, batch: &RawBatch, buf: &mut Vec<u8>) {
         let fields = batch.len() * RAW_TEXT_COLUMNS;
+        let quote = &mut self.quote;
         quote.clear();
         quote.resize(fields, false);
         let bytes = batch.bytes();
@@ -175,43 +168,26 @@ impl<'a> CsvWriter<'a> {
         let utf8 = batch.is_utf8();
         let mut id = itoa::Buffer::new();
         for row in 0..batch.len() {
-            self.buf
-                .extend_from_slice(id.format(batch.id(row)).as_bytes());
-            self.buf.push(b',');
-            self.buf
-                .extend_from_slice(batch.level(row).as_str().as_bytes());
+            buf.extend_from_slice(id.format(batch.id(row)).as_bytes());
+            buf.push(b',');
+            buf.extend_from_slice(batch.level(row).as_str().as_bytes());
             for col in 0..RAW_TEXT_COLUMNS {
                 let f = row * RAW_TEXT_COLUMNS + col;
                 let raw = batch.field(f);
-                self.buf.push(b',');
+                buf.push(b',');
                 if HASHED_COLUMNS.contains(&col) {
                     // Lowercase hex: never needs quotes.
-                    self.buf
-                        .extend_from_slice(hasher.hash_bytes(raw).as_bytes());
+                    buf.extend_from_slice(self.hasher.hash_bytes(raw).as_bytes());
                 } else if utf8 {
-                    self.field(raw, quote[f]);
+                    field(buf, raw, quote[f]);
                 } else {
                     // Lossy conversion keeps ASCII bytes, so the quoting found above holds.
                     let text = String::from_utf8_lossy(raw);
-                    self.field(text.as_bytes(), quote[f]);
+                    field(buf, text.as_bytes(), quote[f]);
                 }
             }
-            self.end_record()?;
+            buf.extend_from_slice(b"\r\n");
         }
-        Ok(())
-    }
-
-    fn drain(&mut self) -> Result<()> {
-        self.out
-            .write_all(&self.buf)
-            .map_err(|e| map_io(self.what, &e))?;
-        self.buf.clear();
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.drain()?;
-        self.out.flush().map_err(|e| map_io(self.what, &e))
     }
 }
 
@@ -254,7 +230,6 @@ mod tests {
             "tab\there",
         ];
         let mut ours = Vec::new();
-        let mut w = CsvWriter::new(&mut ours, "test");
         let mut theirs = csv::WriterBuilder::new()
             .has_headers(false)
             .terminator(csv::Terminator::CRLF)
@@ -262,10 +237,9 @@ mod tests {
             .from_writer(Vec::new());
         for i in 0..tricky.len() {
             let rec: Vec<&str> = (0..10).map(|k| tricky[(i + k) % tricky.len()]).collect();
-            w.record(rec.iter().copied()).unwrap();
+            record(&mut ours, rec.iter().copied());
             theirs.write_record(&rec).unwrap();
         }
-        w.flush().unwrap();
         let theirs = theirs.into_inner().unwrap();
         assert_eq!(
             String::from_utf8(ours).unwrap(),

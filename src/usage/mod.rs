@@ -60,7 +60,8 @@ pub fn prepare(
     let info = std::cell::RefCell::new(None);
     let records = std::cell::Cell::new(0u64);
     {
-        let buf = BufWriter::with_capacity(1 << 20, out.file());
+        let buf =
+            BufWriter::with_capacity(1 << 20, crate::fsutil::EarlyWriteback::new(&*out.file()));
         let mut buf = cab::write_usage_cab(
             buf,
             &what,
@@ -127,8 +128,9 @@ pub fn export_csv(
     let mut out = AtomicFile::create(dest, force)?;
     let what = dest.display().to_string();
     let (o, size, sha256) = {
+        // No buffer: the CSV comes in writes of a whole formatted batch (hundreds of KiB).
         let mut hw =
-            crate::hashing::HashingWriter::new(BufWriter::with_capacity(1 << 20, out.file()));
+            crate::hashing::HashingWriter::new(crate::fsutil::EarlyWriteback::new(&*out.file()));
         let o = csv::write_usage_csv(&site, &mut hw, Phase::Export, &what, progress)?;
         hw.flush()
             .map_err(|e| Error::io(format!("writing {what}"), &e))?;

@@ -234,7 +234,7 @@ impl RowQuery {
     }
 }
 
-/// Rows per batch handed from the SQLite thread to the formatting thread.
+/// Rows per batch handed from the SQLite thread to a formatting thread.
 const BATCH_ROWS: usize = 2048;
 
 /// Rows as SQLite returned them, a batch at a time: `id`, `level` and the eight text
@@ -310,90 +310,183 @@ impl RawBatch {
     }
 }
 
-enum Raw {
-    Start(SiteInfo, u64),
+/// What the reading thread hands a formatting worker, in order.
+enum Job {
+    /// The site identity, first (a worker builds its state from it).
+    Start(SiteInfo),
     Rows(RawBatch),
+    /// No more rows: the worker passes this on to the caller, which then knows every
+    /// batch arrived (a worker that vanished instead is an error, never a short output).
+    End,
+    Failed(Error),
 }
 
-/// The outgoing rows in batches, with the SQLite work on a second thread: one thread
-/// steps the statement and copies out raw column bytes while the caller's thread turns
-/// each batch into output, so Prepare and Export use two cores. `start` is called once
-/// with the site identity and the number of rows that will follow, then `batch` per
-/// batch of rows in `id` order (returning `Ok(false)` stops early). The reading thread
-/// opens its own read-only connection to the same file and reads the identity, the count
-/// and the rows in one read transaction, so they cannot disagree. At most a few batches
-/// are in flight, so memory stays flat; stopping early (or an error) ends the reading
-/// thread. Returns the number of rows delivered.
-pub(crate) fn stream_raw_batches(
+/// What a worker hands the caller, in order: a batch's output and its row count, the end
+/// of the rows (`None`), or an error.
+type Mapped<O> = Result<Option<(O, u64)>>;
+
+/// Batches queued per worker (and results waiting per worker): enough to keep every
+/// thread busy, few enough that memory stays flat.
+const IN_FLIGHT_PER_WORKER: usize = 2;
+
+/// The outgoing rows, read in batches on one thread and turned into output (`map`) on
+/// `workers` threads in parallel, handed to `each` in `id` order on the caller's thread.
+///
+/// Why this shape: hashing identifying columns and formatting rows is independent per
+/// batch, so it runs on every core, and the caller's thread is left with what must be
+/// sequential (hashing the whole output, writing it). Batch `k` goes to worker
+/// `k % workers` and the caller takes results from the workers in the same rotation, so
+/// the order is kept without sorting, and the output is byte for byte what one thread
+/// would produce. The reading thread opens its own read-only connection and reads the
+/// identity, the count and the rows in one read transaction, so they come from one
+/// snapshot of the site. One reading connection, not several over ranges of ids: on
+/// two cores the reading thread is already at most half the CPU time, so splitting it
+/// would not shorten the run (README, Performance), and sharing one WAL snapshot
+/// between connections needs an SQLite build option the bundled library lacks.
+///
+/// `init` builds a worker's state from the site identity (on that worker's thread); `map`
+/// turns a batch into an output value (reused across batches). `start` is called once
+/// with the identity and the number of rows that will follow, then `each` per batch with
+/// its output and row count (returning `Ok(false)` stops early). At most a few batches
+/// per worker are in flight, so memory stays flat; stopping early, or an error on any
+/// thread, ends every thread. Returns the number of rows delivered.
+pub(crate) fn map_raw_batches<S, O>(
     site: &Site,
+    workers: usize,
+    init: &(dyn Fn(&SiteInfo) -> S + Sync),
+    map: &(dyn Fn(&mut S, &RawBatch, &mut O) -> Result<()> + Sync),
     start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
-    batch: &mut dyn FnMut(&RawBatch) -> Result<bool>,
-) -> Result<u64> {
+    each: &mut dyn FnMut(&O, u64) -> Result<bool>,
+) -> Result<u64>
+where
+    O: Default + Send,
+{
+    use std::sync::mpsc::{channel, sync_channel};
+    let workers = workers.max(1);
     let path = site.path().to_path_buf();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Raw>>(2);
-    let (back_tx, back_rx) = std::sync::mpsc::channel::<RawBatch>();
+    let (start_tx, start_rx) = sync_channel::<Result<(SiteInfo, u64)>>(1);
+    let (back_tx, back_rx) = channel::<RawBatch>();
+    let mut jobs = Vec::with_capacity(workers);
+    let mut results = Vec::with_capacity(workers);
+    let mut spares = Vec::with_capacity(workers);
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            if let Err(e) = read_raw(&path, &tx, &back_rx) {
-                let _ = tx.send(Err(e));
-            }
-        });
-        consume_raw(rx, back_tx, start, batch)
+        for _ in 0..workers {
+            let (job_tx, job_rx) = sync_channel::<Job>(IN_FLIGHT_PER_WORKER);
+            let (res_tx, res_rx) = sync_channel::<Mapped<O>>(IN_FLIGHT_PER_WORKER);
+            let (spare_tx, spare_rx) = channel::<O>();
+            let back = back_tx.clone();
+            jobs.push(job_tx);
+            results.push(res_rx);
+            spares.push(spare_tx);
+            scope.spawn(move || {
+                let mut state: Option<S> = None;
+                for job in job_rx {
+                    let msg = match job {
+                        Job::Start(info) => {
+                            state = Some(init(&info));
+                            continue;
+                        }
+                        Job::Rows(batch) => match state.as_mut() {
+                            Some(s) => {
+                                let mut out = spare_rx.try_recv().unwrap_or_default();
+                                let r = map(s, &batch, &mut out)
+                                    .map(|()| Some((out, batch.len() as u64)));
+                                let _ = back.send(batch);
+                                r
+                            }
+                            None => Err(Error::internal("rows before the row stream started")),
+                        },
+                        Job::End => Ok(None),
+                        Job::Failed(e) => Err(e),
+                    };
+                    if res_tx.send(msg).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(back_tx);
+        scope.spawn(move || read_into_jobs(&path, &start_tx, &jobs, &back_rx));
+        collect_in_order(start_rx, results, spares, start, each)
     })
 }
 
-/// The caller's side of [`stream_raw_batches`]; owns the receiver so returning (early
-/// or not) drops it and releases the reading thread.
-fn consume_raw(
-    rx: std::sync::mpsc::Receiver<Result<Raw>>,
-    back: std::sync::mpsc::Sender<RawBatch>,
+/// The reading thread of [`map_raw_batches`]: batch `k` to worker `k % workers`, then
+/// the end (or the error) to the worker whose turn is next. Returns quietly when the
+/// caller is gone (it stopped early).
+fn read_into_jobs(
+    path: &Path,
+    start: &std::sync::mpsc::SyncSender<Result<(SiteInfo, u64)>>,
+    jobs: &[std::sync::mpsc::SyncSender<Job>],
+    back: &std::sync::mpsc::Receiver<RawBatch>,
+) {
+    let started = std::cell::Cell::new(false);
+    let mut seq = 0usize;
+    let read = Site::open_read_only(path).and_then(|site| {
+        read_batches(
+            &site,
+            &mut |info, total| {
+                started.set(true);
+                for j in jobs {
+                    if j.send(Job::Start(info.clone())).is_err() {
+                        return Ok(false);
+                    }
+                }
+                Ok(start.send(Ok((info, total))).is_ok())
+            },
+            &mut |full| {
+                if jobs[seq % jobs.len()].send(Job::Rows(full)).is_err() {
+                    return Ok(None);
+                }
+                seq += 1;
+                Ok(Some(back.try_recv().unwrap_or_else(|_| RawBatch::new())))
+            },
+        )
+    });
+    let last = &jobs[seq % jobs.len()];
+    match read {
+        Ok(()) => {
+            let _ = last.send(Job::End);
+        }
+        Err(e) if started.get() => {
+            let _ = last.send(Job::Failed(e));
+        }
+        Err(e) => {
+            let _ = start.send(Err(e));
+        }
+    }
+}
+
+/// The caller's side of [`map_raw_batches`]. Owns the receivers, so returning (early or
+/// not) releases every other thread.
+fn collect_in_order<O>(
+    start_rx: std::sync::mpsc::Receiver<Result<(SiteInfo, u64)>>,
+    results: Vec<std::sync::mpsc::Receiver<Mapped<O>>>,
+    spares: Vec<std::sync::mpsc::Sender<O>>,
     start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
-    batch: &mut dyn FnMut(&RawBatch) -> Result<bool>,
+    each: &mut dyn FnMut(&O, u64) -> Result<bool>,
 ) -> Result<u64> {
-    let mut started = false;
+    let stopped = || Error::internal("a usage row thread stopped unexpectedly");
+    let (info, total) = start_rx.recv().map_err(|_| stopped())??;
+    drop(start_rx);
+    start(&info, total)?;
     let mut n = 0u64;
-    for msg in rx.iter() {
-        match msg? {
-            Raw::Start(info, total) => {
-                started = true;
-                start(&info, total)?;
-            }
-            Raw::Rows(b) => {
-                if !started {
-                    return Err(Error::internal("rows before the row stream started"));
+    for k in (0..results.len()).cycle() {
+        match results[k].recv().map_err(|_| stopped())?? {
+            Some((out, rows)) => {
+                n += rows;
+                if !each(&out, rows)? {
+                    break;
                 }
-                n += b.len() as u64;
-                if !batch(&b)? {
-                    return Ok(n);
-                }
-                let _ = back.send(b);
+                let _ = spares[k].send(out);
             }
+            None => break,
         }
     }
     Ok(n)
 }
 
-/// The reading thread of [`stream_raw_batches`]. Returns quietly when the receiver
-/// is gone (the caller stopped early).
-fn read_raw(
-    path: &Path,
-    tx: &std::sync::mpsc::SyncSender<Result<Raw>>,
-    back: &std::sync::mpsc::Receiver<RawBatch>,
-) -> Result<()> {
-    let site = Site::open_read_only(path)?;
-    read_batches(
-        &site,
-        &mut |info, total| Ok(tx.send(Ok(Raw::Start(info, total))).is_ok()),
-        &mut |full| {
-            if tx.send(Ok(Raw::Rows(full))).is_err() {
-                return Ok(None);
-            }
-            Ok(Some(back.try_recv().unwrap_or_else(|_| RawBatch::new())))
-        },
-    )
-}
-
-/// The one reader of outgoing rows, for both [`stream_rows`] and [`stream_raw_batches`].
+/// The one reader of outgoing rows, for both [`stream_rows`] and [`map_raw_batches`].
 /// In one read transaction it reads the identity and the row count and hands them to
 /// `start` (`Ok(false)` stops), then fills batches of [`BATCH_ROWS`] rows and hands each
 /// full one to `full`, which returns an empty batch to fill next (or `None` to stop).
@@ -518,13 +611,26 @@ impl<'c> RawStatement<'c> {
         }
     }
 
+    /// Column `i` of the current row as SQLite's value object: one call per column
+    /// instead of three (`sqlite3_column_type`, `_blob` and `_bytes` each take the
+    /// connection's API guard, which cost more than SQLite's decoding of the row).
+    ///
+    /// SQLite calls the object unprotected (no mutex is held while it is read); that
+    /// is sound here because the connection is used by this one thread only
+    /// (`SQLITE_OPEN_NO_MUTEX`) and the value is read before the next step.
+    fn value(&self, i: i32) -> *mut rusqlite::ffi::sqlite3_value {
+        // SAFETY: called only after `step` returned a row; SQLite range-checks `i`
+        // (an out-of-range index gives a NULL value).
+        unsafe { rusqlite::ffi::sqlite3_column_value(self.stmt.as_ptr(), i) }
+    }
+
     /// Column `i` of the current row if it holds an integer.
     fn integer(&self, i: i32) -> Option<i64> {
         use rusqlite::ffi;
-        // SAFETY: called only after `step` returned a row; SQLite range-checks `i`.
+        let v = self.value(i);
+        // SAFETY: `v` is the current row's value, read before the next step.
         unsafe {
-            (ffi::sqlite3_column_type(self.stmt.as_ptr(), i) == ffi::SQLITE_INTEGER)
-                .then(|| ffi::sqlite3_column_int64(self.stmt.as_ptr(), i))
+            (ffi::sqlite3_value_type(v) == ffi::SQLITE_INTEGER).then(|| ffi::sqlite3_value_int64(v))
         }
     }
 
@@ -533,26 +639,27 @@ impl<'c> RawStatement<'c> {
     /// affinity) in Rust's rendering.
     fn push_text(&self, i: i32, out: &mut Vec<u8>) {
         use rusqlite::ffi;
-        let stmt = self.stmt.as_ptr();
-        // SAFETY: called only after `step` returned a row. The type is read before any
-        // conversion; for text and blobs the pointer is read before the length, as
-        // SQLite requires, and copied before the next call on the statement.
+        let v = self.value(i);
+        // SAFETY: `v` is the current row's value, read before the next step. The type
+        // is read before any conversion; for text and blobs the pointer is read before
+        // the length, as SQLite requires, and copied before the next step.
         unsafe {
-            match ffi::sqlite3_column_type(stmt, i) {
+            match ffi::sqlite3_value_type(v) {
                 ffi::SQLITE_TEXT | ffi::SQLITE_BLOB => {
-                    let p = ffi::sqlite3_column_blob(stmt, i) as *const u8;
-                    let n = ffi::sqlite3_column_bytes(stmt, i);
+                    let p = ffi::sqlite3_value_blob(v) as *const u8;
+                    let n = ffi::sqlite3_value_bytes(v);
                     if !p.is_null() && n > 0 {
                         out.extend_from_slice(std::slice::from_raw_parts(p, n as usize));
                     }
                 }
                 ffi::SQLITE_INTEGER => out.extend_from_slice(
                     itoa::Buffer::new()
-                        .format(ffi::sqlite3_column_int64(stmt, i))
+                        .format(ffi::sqlite3_value_int64(v))
                         .as_bytes(),
                 ),
-                ffi::SQLITE_FLOAT => out
-                    .extend_from_slice(ffi::sqlite3_column_double(stmt, i).to_string().as_bytes()),
+                ffi::SQLITE_FLOAT => {
+                    out.extend_from_slice(ffi::sqlite3_value_double(v).to_string().as_bytes())
+                }
                 _ => {}
             }
         }
