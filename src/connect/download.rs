@@ -17,6 +17,7 @@
 //!    discarded and the file fetched again, at most [`MAX_FETCHES`] times, then reported.
 
 use super::client::{Activity, Failure};
+use super::sink::Sink;
 use super::{Ctx, FileReport, FileStatus, PackReport, PackStatus, Throttle};
 use crate::api::OfferedPack;
 use crate::error::{Error, ErrorKind, Result};
@@ -31,7 +32,6 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// Complete downloads of one file whose bytes do not match the manifest before giving up.
 pub(crate) const MAX_FETCHES: u32 = 3;
@@ -376,29 +376,36 @@ async fn download_file(ctx: &Arc<Ctx>, job: &FileJob) -> Result<FileReport> {
     Ok(report)
 }
 
-/// The partial file being written, with the hash of every byte in it so far.
+/// The partial file being written: its bytes are written and hashed by its [`Sink`]'s
+/// thread while this task receives the next ones.
 struct Partial {
     path: PathBuf,
-    file: tokio::fs::File,
+    sink: Sink,
+    /// Bytes handed to the sink (written, or being written).
     have: u64,
-    hasher: Sha256,
     /// How many of this file's bytes are counted in the overall progress.
     counted: u64,
 }
 
 impl Partial {
     async fn restart(&mut self) -> Result<()> {
-        self.file
-            .set_len(0)
+        self.sink
+            .reset(0, Sha256::new())
             .await
             .map_err(|e| Error::io(format!("truncating {}", self.path.display()), &e))?;
-        self.file
-            .seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(|e| Error::io(format!("rewinding {}", self.path.display()), &e))?;
         self.have = 0;
-        self.hasher = Sha256::new();
         Ok(())
+    }
+
+    /// Every byte handed over is written: the SHA-256 of the file, hex. With `sync`, its
+    /// data is flushed to disk first.
+    async fn written_sha256(&self, sync: bool) -> Result<String> {
+        let hasher = self
+            .sink
+            .drain(sync)
+            .await
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), &e))?;
+        Ok(hex::encode(hasher.finalize()))
     }
 }
 
@@ -485,7 +492,7 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
     let mut throttle = Throttle::new();
     loop {
         if part.have == size {
-            let got = hex::encode(part.hasher.clone().finalize());
+            let got = part.written_sha256(false).await?;
             if got == expected {
                 finish(&mut part, &final_path).await?;
                 return Ok(if resumed {
@@ -656,11 +663,13 @@ async fn stream_body(
         if part.have + n > size {
             // More than the manifest says: the content is wrong; let verification fail.
             let fit = (size - part.have) as usize;
-            write_chunk(part, &chunk[..fit]).await?;
-            part.hasher.update(b"\0overlong");
+            write_chunk(part, chunk.slice(..fit)).await?;
+            part.sink.mark(b"\0overlong").map_err(|e| {
+                Failure::permanent(Error::io(format!("writing {}", part.path.display()), &e))
+            })?;
             break;
         }
-        write_chunk(part, &chunk).await?;
+        write_chunk(part, chunk).await?;
         ctx.events.add_done(n);
         part.counted += n;
         if let Some(rate) = &ctx.http.rate {
@@ -673,18 +682,18 @@ async fn stream_body(
     Ok(())
 }
 
-async fn write_chunk(part: &mut Partial, data: &[u8]) -> std::result::Result<(), Failure> {
-    part.file.write_all(data).await.map_err(|e| {
+async fn write_chunk(part: &mut Partial, data: bytes::Bytes) -> std::result::Result<(), Failure> {
+    let n = data.len() as u64;
+    part.sink.write(data).await.map_err(|e| {
         // A full disk or a refused write is not going to get better by retrying.
         Failure::permanent(Error::io(format!("writing {}", part.path.display()), &e))
     })?;
-    part.hasher.update(data);
-    part.have += data.len() as u64;
+    part.have += n;
     Ok(())
 }
 
 async fn flush_quietly(part: &mut Partial) {
-    let _ = part.file.flush().await;
+    let _ = part.sink.drain(false).await;
 }
 
 /// Throw away the partial file's bytes (they do not match) and the progress they counted.
@@ -698,14 +707,8 @@ async fn discard(ctx: &Ctx, part: &mut Partial) -> Result<()> {
 /// durable once, before its manifest is written (see `sync_filesystem`); where that is not
 /// possible (Windows), the file's data is flushed before its rename.
 async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
-    let what = || format!("writing {}", part.path.display());
-    part.file.flush().await.map_err(|e| Error::io(what(), &e))?;
-    if crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME {
-        part.file
-            .sync_all()
-            .await
-            .map_err(|e| Error::io(what(), &e))?;
-    }
+    part.written_sha256(crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME)
+        .await?;
     // A virus scanner may hold the new file for a moment (Windows): tried again briefly.
     let mut tries = 0;
     while let Err(e) = tokio::fs::rename(&part.path, final_path).await {
@@ -738,28 +741,25 @@ async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Res
         .await
         .map_err(|e| Error::io(format!("checking {}", path.display()), &e))?
         .len();
-    let mut part = Partial {
+    let (have, hasher) = if len == 0 || len > size {
+        (0, Sha256::new())
+    } else {
+        hash_prefix(ctx, path, item, len).await?
+    };
+    let sink = Sink::start(file.into_std().await, have, Sha256::new())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
+    let part = Partial {
         path: path.to_path_buf(),
-        file,
-        have: 0,
-        hasher: Sha256::new(),
+        sink,
+        have,
         counted: 0,
     };
-    if len == 0 || len > size {
-        part.restart().await?;
-        return Ok(part);
-    }
-    let (have, hasher) = hash_prefix(ctx, path, item, len).await?;
-    part.have = have;
-    part.hasher = hasher;
-    part.file
-        .set_len(have)
+    // Cut to what was hashed (a partial longer than the file can be is emptied) and
+    // continue from there.
+    part.sink
+        .reset(have, hasher)
         .await
         .map_err(|e| Error::io(format!("truncating {}", path.display()), &e))?;
-    part.file
-        .seek(std::io::SeekFrom::Start(have))
-        .await
-        .map_err(|e| Error::io(format!("seeking {}", path.display()), &e))?;
     Ok(part)
 }
 

@@ -611,7 +611,8 @@ fn place_and_commit(
             }
         }
     }
-    crate::fsutil::sync_dir(library);
+    // Every staged file and folder durable before the commit can name them.
+    place::flush_staged(library)?;
     pause_point("staged");
     if staged.is_empty() {
         return Ok(());

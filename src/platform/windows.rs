@@ -73,6 +73,10 @@ pub(crate) fn sync_filesystem(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Nothing to do: every file is flushed (`FlushFileBuffers`) before its rename, and
+/// Windows has no call to start a file's writeback without waiting for it.
+pub(crate) fn start_writeback(_f: &File, _offset: u64, _len: u64) {}
+
 /// Nothing to do for a file opened for reading only (`FlushFileBuffers` needs a handle
 /// with write access, and would fail with "access denied"): such a file is a hard link
 /// just made to content this machine did not write (it came on the transfer drive, or
