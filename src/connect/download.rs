@@ -376,13 +376,14 @@ async fn download_file(ctx: &Arc<Ctx>, job: &FileJob) -> Result<FileReport> {
     Ok(report)
 }
 
-/// The partial file being written: its bytes are written and hashed by its [`Sink`]'s
-/// thread while this task receives the next ones.
+/// The partial file being written, with the hash of every byte in it so far: this task
+/// hashes each chunk and hands it to its [`Sink`]'s thread to write.
 struct Partial {
     path: PathBuf,
     sink: Sink,
     /// Bytes handed to the sink (written, or being written).
     have: u64,
+    hasher: Sha256,
     /// How many of this file's bytes are counted in the overall progress.
     counted: u64,
 }
@@ -390,22 +391,22 @@ struct Partial {
 impl Partial {
     async fn restart(&mut self) -> Result<()> {
         self.sink
-            .reset(0, Sha256::new())
+            .reset(0)
             .await
             .map_err(|e| Error::io(format!("truncating {}", self.path.display()), &e))?;
         self.have = 0;
+        self.hasher = Sha256::new();
         Ok(())
     }
 
-    /// Every byte handed over is written: the SHA-256 of the file, hex. With `sync`, its
-    /// data is flushed to disk first.
+    /// Once every byte handed over is written (and with `sync`, flushed to disk): the
+    /// SHA-256 of the file, hex.
     async fn written_sha256(&self, sync: bool) -> Result<String> {
-        let hasher = self
-            .sink
+        self.sink
             .drain(sync)
             .await
             .map_err(|e| Error::io(format!("writing {}", self.path.display()), &e))?;
-        Ok(hex::encode(hasher.finalize()))
+        Ok(hex::encode(self.hasher.clone().finalize()))
     }
 }
 
@@ -664,9 +665,7 @@ async fn stream_body(
             // More than the manifest says: the content is wrong; let verification fail.
             let fit = (size - part.have) as usize;
             write_chunk(part, chunk.slice(..fit)).await?;
-            part.sink.mark(b"\0overlong").map_err(|e| {
-                Failure::permanent(Error::io(format!("writing {}", part.path.display()), &e))
-            })?;
+            part.hasher.update(b"\0overlong");
             break;
         }
         write_chunk(part, chunk).await?;
@@ -684,6 +683,7 @@ async fn stream_body(
 
 async fn write_chunk(part: &mut Partial, data: bytes::Bytes) -> std::result::Result<(), Failure> {
     let n = data.len() as u64;
+    part.hasher.update(&data);
     part.sink.write(data).await.map_err(|e| {
         // A full disk or a refused write is not going to get better by retrying.
         Failure::permanent(Error::io(format!("writing {}", part.path.display()), &e))
@@ -746,18 +746,19 @@ async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Res
     } else {
         hash_prefix(ctx, path, item, len).await?
     };
-    let sink = Sink::start(file.into_std().await, have, Sha256::new())
+    let sink = Sink::start(file.into_std().await, have)
         .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
     let part = Partial {
         path: path.to_path_buf(),
         sink,
         have,
+        hasher,
         counted: 0,
     };
     // Cut to what was hashed (a partial longer than the file can be is emptied) and
     // continue from there.
     part.sink
-        .reset(have, hasher)
+        .reset(have)
         .await
         .map_err(|e| Error::io(format!("truncating {}", path.display()), &e))?;
     Ok(part)
