@@ -10,7 +10,8 @@
 //!    sends as the strong `ETag`). `206` with the right `Content-Range` appends; `200`
 //!    (the service ignored the range or the file changed) restarts from zero; `416`
 //!    restarts from zero.
-//! 3. Bytes are written to the partial file while SHA-256 is computed; a connection that
+//! 3. Bytes are hashed as they arrive and written to the partial file by a thread of its
+//!    own (`sink.rs`), which starts their writeback early; a connection that
 //!    fails mid-way is resumed from the bytes received, with backoff.
 //! 4. Size and hash right → rename to the final name (made durable per pack, before the
 //!    manifest, with one `syncfs`). Wrong → the partial is

@@ -40,7 +40,12 @@
 //!    are written to the journal (atomic file, fsynced) before any folder is created.
 //! 4. **Stage.** Each pack's content is copied into
 //!    `EasySetupPayload/Offline/.<guid>.sct-staging/`, hashing while copying (each byte is
-//!    read once), then files and folders are fsynced. Where the library's file system
+//!    read once). A large file is copied by two threads (one reads and hashes, one
+//!    writes the same buffers). Everything staged is made durable before step 5: on
+//!    Linux with one `syncfs` of the library's file system after the last pack is
+//!    staged (not one fsync per file and folder, which made a many-file copy wait on the
+//!    disk between files); elsewhere each file and folder is flushed (Windows: before
+//!    the rename, as everywhere there). Where the library's file system
 //!    supports it, a file is reflinked (`FICLONE`) instead and the clone is hashed; else,
 //!    when the update-pack folder is on the same file system, it is hard-linked and the
 //!    linked inode is hashed (the library file then shares the pack file's inode, so pack

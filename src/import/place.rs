@@ -239,7 +239,8 @@ enum Msg {
 }
 
 /// Copy and verify every file of `manifest` from `root/pack_rel/content/` into the fresh,
-/// empty staging folder `staging`, fsyncing files and folders. On error the caller
+/// empty staging folder `staging` (made durable by [`flush_staged`] afterwards, or here
+/// file by file where the platform cannot flush a file system at once). On error the caller
 /// removes `staging`.
 ///
 /// Files are placed by one worker per core (hashing is the bottleneck and SHA-256 of one
