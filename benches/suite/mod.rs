@@ -1381,6 +1381,8 @@ pub fn run(scale: &Scale) -> String {
     );
     print!("{r}");
     std::io::stdout().flush().unwrap();
+    // Unmount first: the data folder cannot be removed while a file system is mounted in it.
+    drop(drive);
     drop(scratch);
     r
 }
