@@ -119,6 +119,11 @@ pub(crate) async fn run_pack(
         Ok(u) => u,
         Err(e) => return fail(report, e),
     };
+    // Opened before the first byte is written, so the flush reports any write error since.
+    let pack_fs = match crate::platform::FsFlush::open(&dir) {
+        Ok(f) => f,
+        Err(e) => return fail(report, Error::io(format!("opening {}", dir.display()), &e)),
+    };
 
     let mut tasks = Vec::new();
     for file in &manifest.files {
@@ -169,8 +174,8 @@ pub(crate) async fn run_pack(
     // renamed, not fsynced: a file at its final name is re-hashed by every later run and
     // by Import, so durability is needed only before the manifest says "complete"),
     // then the signature, then the manifest that marks the pack complete.
-    if let Err(e) = sync_filesystem(&dir) {
-        return fail(report, e);
+    if let Err(e) = pack_fs.flush() {
+        return fail(report, Error::io(format!("flushing {}", dir.display()), &e));
     }
     let written = write_small(&dir.join(SIGNATURE_FILE), signature.as_bytes())
         .and_then(|()| write_small(&dir.join(MANIFEST_FILE), &manifest_bytes));
@@ -210,14 +215,6 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Make everything written for the pack in `dir` durable before its manifest says
-/// "complete": one `syncfs` on Linux; on Windows each file was already flushed before its
-/// rename (see `crate::platform`).
-fn sync_filesystem(dir: &Path) -> Result<()> {
-    crate::platform::sync_filesystem(dir)
-        .map_err(|e| Error::io(format!("flushing {}", dir.display()), &e))
 }
 
 fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -705,7 +702,7 @@ async fn discard(ctx: &Ctx, part: &mut Partial) -> Result<()> {
 }
 
 /// Move the verified partial file to its final name. No fsync here where the pack is made
-/// durable once, before its manifest is written (see `sync_filesystem`); where that is not
+/// durable once, before its manifest is written (see `platform::FsFlush`); where that is not
 /// possible (Windows), the file's data is flushed before its rename.
 async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
     part.written_sha256(crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME)

@@ -591,6 +591,9 @@ fn place_and_commit(
             .sum(),
     };
     let mut copier = place::Copier::new();
+    // Opened before the first byte is staged, so the flush reports any write error since.
+    let library_fs = crate::platform::FsFlush::open(library)
+        .map_err(|e| Error::io(format!("opening {}", library.display()), &e))?;
     let mut staged: Vec<usize> = Vec::new();
     for (i, c) in candidates.iter().enumerate() {
         let m = &c.trusted.manifest;
@@ -617,7 +620,7 @@ fn place_and_commit(
         }
     }
     // Every staged file and folder durable before the commit can name them.
-    place::flush_staged(library)?;
+    place::flush_staged(library, &library_fs)?;
     pause_point("staged");
     if staged.is_empty() {
         return Ok(());

@@ -38,9 +38,10 @@ pub(crate) const FLUSH_STAGED_AT_ONCE: bool =
 
 /// Make everything staged in `library` durable before the commit names it (one `syncfs`
 /// where [`FLUSH_STAGED_AT_ONCE`]; else each file was flushed already and the folder is).
-pub(crate) fn flush_staged(library: &Path) -> Result<()> {
+/// `fs`: the library's file system, opened before staging began.
+pub(crate) fn flush_staged(library: &Path, fs: &crate::platform::FsFlush) -> Result<()> {
     if FLUSH_STAGED_AT_ONCE {
-        crate::platform::sync_filesystem(library)
+        fs.flush()
             .map_err(|e| Error::io(format!("flushing {}", library.display()), &e))
     } else {
         sync_dir(library);
