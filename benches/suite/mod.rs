@@ -30,7 +30,7 @@ use std::time::Instant;
 pub const CHILD_ENV: &str = "SCT_BENCH_CHILD";
 
 /// The comparisons, in table order (the smoke test checks each one is printed).
-pub const COMPARISONS: [&str; 7] = [
+pub const COMPARISONS: [&str; 11] = [
     "Prepare",
     "Read back",
     "Export",
@@ -38,6 +38,14 @@ pub const COMPARISONS: [&str; 7] = [
     "Connect many files",
     "Import 1 file",
     "Import many files",
+    // The same Connect against stock tools that also write and flush (`curl -o`,
+    // `sha256sum -c`, `sync`): the same work, where `curl | sha256sum` writes nothing.
+    "Connect 1 file, synced",
+    "Connect many files, synced",
+    // Import with the update packs on another file system (a tmpfs the benchmark mounts,
+    // as a transfer drive is): the copy path, not hard links.
+    "Import 1 file, other drive",
+    "Import many files, other drive",
 ];
 
 const SITE_VERSION: &str = "5.00.9128.1000";
@@ -452,6 +460,8 @@ struct Row {
     theirs_rss: u64,
     ours_cpu: f64,
     theirs_cpu: f64,
+    /// Why the comparison could not run here (printed instead of the figures).
+    skipped: Option<String>,
 }
 
 /// One step of ours or theirs: a fresh set of jobs per run, plus an untimed preparation.
@@ -873,6 +883,11 @@ pub fn run(scale: &Scale) -> String {
     }
     let service = Service::start(&store, &root.join("service.log"));
     let url = service.url.clone();
+    // Dropped (unmounted) before `scratch` removes the folder it is in.
+    let drive = OtherDrive::mount(&root.join("drive"), 2 * scale.pack_bytes);
+    if let Err(why) = &drive {
+        say(&format!("no second file system: {why}"));
+    }
     say("data ready");
 
     let mut rows: Vec<Row> = Vec::new();
@@ -1091,7 +1106,57 @@ pub fn run(scale: &Scale) -> String {
                 k,
                 name,
                 pack_data.clone(),
-                0.5,
+                0.3,
+                theirs_tool,
+                &a,
+                &b,
+            );
+            rm(&theirs_dir);
+
+            // The same Connect vs stock tools doing the same work: write every file, check
+            // it, make it durable (`curl -o`, `sha256sum -c`, `sync`).
+            let name = COMPARISONS[7 + p];
+            let theirs_side = side(
+                || rm(&theirs_dir),
+                || {
+                    let curl = if pack.files.len() == 1 {
+                        cmd(
+                            "curl",
+                            &[
+                                &"-sSf",
+                                &"--create-dirs",
+                                &"-o",
+                                &theirs_dir.join(&pack.files[0].0),
+                                &content_url(&pack.files[0].0),
+                            ],
+                        )
+                    } else {
+                        cmd(
+                            "curl",
+                            &[&"-sSf", &"--parallel", &"--create-dirs", &"-K", &curl_cfg],
+                        )
+                    };
+                    let mut sha = cmd("sha256sum", &[&"--quiet", &"-c", &sums]);
+                    sha.current_dir(&theirs_dir);
+                    vec![Job::One(curl), Job::One(sha), Job::One(cmd("sync", &[]))]
+                },
+                || {},
+            );
+            say(name);
+            let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+            let theirs_tool = if p == 0 {
+                "curl -o, sha256sum -c, sync"
+            } else {
+                "curl --parallel, sha256sum -c, sync"
+            };
+            record(
+                &mut rows,
+                &mut ramp_rss,
+                main,
+                k,
+                name,
+                pack_data.clone(),
+                0.2,
                 theirs_tool,
                 &a,
                 &b,
@@ -1144,14 +1209,75 @@ pub fn run(scale: &Scale) -> String {
                 main,
                 k,
                 name,
-                pack_data,
-                0.3,
+                pack_data.clone(),
+                0.15,
                 "sha256sum -c, cp -r",
                 &a,
                 &b,
             );
             rm(&imp);
             rm(&cp_dest);
+
+            // Import from another drive: the same pack folder on the second file system,
+            // the site and its content library on this one, so every byte is copied; the
+            // stock side copies and flushes too (`sha256sum -c`, `cp -r`, `sync`).
+            let name = COMPARISONS[9 + p];
+            let theirs_tool = "sha256sum -c, cp -r, sync";
+            match &drive {
+                Err(why) => {
+                    record_skipped(&mut rows, main, name, pack_data, 0.25, theirs_tool, why)
+                }
+                Ok(drive) => {
+                    let far = drive.0.join(format!("packs{p}"));
+                    let st = cmd("cp", &[&"-r", &source, &far]).status().unwrap();
+                    assert!(st.success(), "cannot copy the packs to the other drive");
+                    let far_content = far
+                        .join(pack.hierarchy.to_string())
+                        .join(pack.id.to_string())
+                        .join("content");
+                    let ours_side = side(
+                        || {
+                            rm(&imp);
+                            std::fs::create_dir_all(&imp).unwrap();
+                            new_site(&site_db, pack.hierarchy, 0);
+                            let site = Site::open(&site_db).unwrap();
+                            site.add_trusted_publisher(&publisher, "benchmark").unwrap();
+                        },
+                        || vec![ours(&[&"import", &site_db, &far])],
+                        || {},
+                    );
+                    let theirs_side = side(
+                        || rm(&cp_dest),
+                        || {
+                            let mut sha = cmd("sha256sum", &[&"--quiet", &"-c", &sums]);
+                            sha.current_dir(&far_content);
+                            vec![
+                                Job::One(sha),
+                                Job::One(cmd("cp", &[&"-r", &far_content, &cp_dest])),
+                                Job::One(cmd("sync", &[])),
+                            ]
+                        },
+                        || {},
+                    );
+                    say(name);
+                    let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+                    record(
+                        &mut rows,
+                        &mut ramp_rss,
+                        main,
+                        k,
+                        name,
+                        pack_data,
+                        0.25,
+                        theirs_tool,
+                        &a,
+                        &b,
+                    );
+                    rm(&imp);
+                    rm(&cp_dest);
+                    rm(&far);
+                }
+            }
             rm(&source);
         }
         rm(&dir);
@@ -1191,6 +1317,14 @@ pub fn run(scale: &Scale) -> String {
     let _ = writeln!(r, "| step | data | stock tool | ours (s) | theirs (s) | ours ÷ theirs | target | ours peak RSS | theirs peak RSS | CPU s ours / theirs |");
     let _ = writeln!(r, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for x in &rows {
+        if let Some(why) = &x.skipped {
+            let _ = writeln!(
+                r,
+                "| {} | {} | {} | skipped: {why} | | | ≤ {} | | | |",
+                x.name, x.data, x.theirs_tool, x.target
+            );
+            continue;
+        }
         let ratio = x.ours / x.theirs;
         let _ = writeln!(
             r,
@@ -1225,6 +1359,10 @@ pub fn run(scale: &Scale) -> String {
     let _ = writeln!(r, "|---|---:|---:|---:|---|");
     for (i, name) in COMPARISONS.iter().enumerate() {
         let v = ramp_rss[i];
+        if v.iter().all(|&k| k == 0) {
+            let _ = writeln!(r, "| {name} | | | | skipped |");
+            continue;
+        }
         let ok = v.iter().all(|&k| k < 64 * 1024);
         let _ = writeln!(
             r,
@@ -1243,6 +1381,8 @@ pub fn run(scale: &Scale) -> String {
     );
     print!("{r}");
     std::io::stdout().flush().unwrap();
+    // Unmount first: the data folder cannot be removed while a file system is mounted in it.
+    drop(drive);
     drop(scratch);
     r
 }
@@ -1277,5 +1417,74 @@ fn record(
         theirs_rss: b.iter().map(|s| s.rss_kib).max().unwrap(),
         ours_cpu: median(a.iter().map(|s| s.cpu).collect()),
         theirs_cpu: median(b.iter().map(|s| s.cpu).collect()),
+        skipped: None,
     });
+}
+
+/// A comparison that cannot run on this machine: its row says why (the suite goes on).
+fn record_skipped(
+    rows: &mut Vec<Row>,
+    main: bool,
+    name: &'static str,
+    data: String,
+    target: f64,
+    theirs_tool: &'static str,
+    why: &str,
+) {
+    if main {
+        rows.push(Row {
+            name,
+            data,
+            ours: 0.0,
+            theirs: 0.0,
+            target,
+            theirs_tool,
+            ours_rss: 0,
+            theirs_rss: 0,
+            ours_cpu: 0.0,
+            theirs_cpu: 0.0,
+            skipped: Some(why.to_string()),
+        });
+    }
+}
+
+/// A second file system for "another drive": a tmpfs mounted at `dir` (needs root), so
+/// Import copies instead of hard-linking. Unmounted on drop.
+struct OtherDrive(PathBuf);
+
+impl OtherDrive {
+    fn mount(dir: &Path, bytes: u64) -> Result<OtherDrive, String> {
+        #[cfg(unix)]
+        {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return Err("mounting a second file system needs root".into());
+            }
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={}k", bytes / 1024 + 64 * 1024))
+                .args(["sct-bench", dir.to_str().unwrap()])
+                .output()
+                .map_err(|e| format!("mount: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "mount -t tmpfs failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Ok(OtherDrive(dir.to_path_buf()))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (dir, bytes);
+            Err("a second file system is mounted only on Linux".into())
+        }
+    }
+}
+
+impl Drop for OtherDrive {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }

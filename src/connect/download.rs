@@ -10,13 +10,15 @@
 //!    sends as the strong `ETag`). `206` with the right `Content-Range` appends; `200`
 //!    (the service ignored the range or the file changed) restarts from zero; `416`
 //!    restarts from zero.
-//! 3. Bytes are written to the partial file while SHA-256 is computed; a connection that
+//! 3. Bytes are hashed as they arrive and written to the partial file by a thread of its
+//!    own (`sink.rs`), which starts their writeback early; a connection that
 //!    fails mid-way is resumed from the bytes received, with backoff.
 //! 4. Size and hash right → rename to the final name (made durable per pack, before the
 //!    manifest, with one `syncfs`). Wrong → the partial is
 //!    discarded and the file fetched again, at most [`MAX_FETCHES`] times, then reported.
 
 use super::client::{Activity, Failure};
+use super::sink::Sink;
 use super::{Ctx, FileReport, FileStatus, PackReport, PackStatus, Throttle};
 use crate::api::OfferedPack;
 use crate::error::{Error, ErrorKind, Result};
@@ -31,7 +33,6 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// Complete downloads of one file whose bytes do not match the manifest before giving up.
 pub(crate) const MAX_FETCHES: u32 = 3;
@@ -118,6 +119,11 @@ pub(crate) async fn run_pack(
         Ok(u) => u,
         Err(e) => return fail(report, e),
     };
+    // Opened before the first byte is written, so the flush reports any write error since.
+    let pack_fs = match crate::platform::FsFlush::open(&dir) {
+        Ok(f) => f,
+        Err(e) => return fail(report, Error::io(format!("opening {}", dir.display()), &e)),
+    };
 
     let mut tasks = Vec::new();
     for file in &manifest.files {
@@ -168,8 +174,8 @@ pub(crate) async fn run_pack(
     // renamed, not fsynced: a file at its final name is re-hashed by every later run and
     // by Import, so durability is needed only before the manifest says "complete"),
     // then the signature, then the manifest that marks the pack complete.
-    if let Err(e) = sync_filesystem(&dir) {
-        return fail(report, e);
+    if let Err(e) = pack_fs.flush() {
+        return fail(report, Error::io(format!("flushing {}", dir.display()), &e));
     }
     let written = write_small(&dir.join(SIGNATURE_FILE), signature.as_bytes())
         .and_then(|()| write_small(&dir.join(MANIFEST_FILE), &manifest_bytes));
@@ -209,14 +215,6 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Make everything written for the pack in `dir` durable before its manifest says
-/// "complete": one `syncfs` on Linux; on Windows each file was already flushed before its
-/// rename (see `crate::platform`).
-fn sync_filesystem(dir: &Path) -> Result<()> {
-    crate::platform::sync_filesystem(dir)
-        .map_err(|e| Error::io(format!("flushing {}", dir.display()), &e))
 }
 
 fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -376,10 +374,12 @@ async fn download_file(ctx: &Arc<Ctx>, job: &FileJob) -> Result<FileReport> {
     Ok(report)
 }
 
-/// The partial file being written, with the hash of every byte in it so far.
+/// The partial file being written, with the hash of every byte in it so far: this task
+/// hashes each chunk and hands it to its [`Sink`]'s thread to write.
 struct Partial {
     path: PathBuf,
-    file: tokio::fs::File,
+    sink: Sink,
+    /// Bytes handed to the sink (written, or being written).
     have: u64,
     hasher: Sha256,
     /// How many of this file's bytes are counted in the overall progress.
@@ -388,17 +388,23 @@ struct Partial {
 
 impl Partial {
     async fn restart(&mut self) -> Result<()> {
-        self.file
-            .set_len(0)
+        self.sink
+            .reset(0)
             .await
             .map_err(|e| Error::io(format!("truncating {}", self.path.display()), &e))?;
-        self.file
-            .seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(|e| Error::io(format!("rewinding {}", self.path.display()), &e))?;
         self.have = 0;
         self.hasher = Sha256::new();
         Ok(())
+    }
+
+    /// Once every byte handed over is written (and with `sync`, flushed to disk): the
+    /// SHA-256 of the file, hex.
+    async fn written_sha256(&self, sync: bool) -> Result<String> {
+        self.sink
+            .drain(sync)
+            .await
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), &e))?;
+        Ok(hex::encode(self.hasher.clone().finalize()))
     }
 }
 
@@ -485,7 +491,7 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
     let mut throttle = Throttle::new();
     loop {
         if part.have == size {
-            let got = hex::encode(part.hasher.clone().finalize());
+            let got = part.written_sha256(false).await?;
             if got == expected {
                 finish(&mut part, &final_path).await?;
                 return Ok(if resumed {
@@ -656,11 +662,11 @@ async fn stream_body(
         if part.have + n > size {
             // More than the manifest says: the content is wrong; let verification fail.
             let fit = (size - part.have) as usize;
-            write_chunk(part, &chunk[..fit]).await?;
+            write_chunk(part, chunk.slice(..fit)).await?;
             part.hasher.update(b"\0overlong");
             break;
         }
-        write_chunk(part, &chunk).await?;
+        write_chunk(part, chunk).await?;
         ctx.events.add_done(n);
         part.counted += n;
         if let Some(rate) = &ctx.http.rate {
@@ -673,18 +679,19 @@ async fn stream_body(
     Ok(())
 }
 
-async fn write_chunk(part: &mut Partial, data: &[u8]) -> std::result::Result<(), Failure> {
-    part.file.write_all(data).await.map_err(|e| {
+async fn write_chunk(part: &mut Partial, data: bytes::Bytes) -> std::result::Result<(), Failure> {
+    let n = data.len() as u64;
+    part.hasher.update(&data);
+    part.sink.write(data).await.map_err(|e| {
         // A full disk or a refused write is not going to get better by retrying.
         Failure::permanent(Error::io(format!("writing {}", part.path.display()), &e))
     })?;
-    part.hasher.update(data);
-    part.have += data.len() as u64;
+    part.have += n;
     Ok(())
 }
 
 async fn flush_quietly(part: &mut Partial) {
-    let _ = part.file.flush().await;
+    let _ = part.sink.drain(false).await;
 }
 
 /// Throw away the partial file's bytes (they do not match) and the progress they counted.
@@ -695,17 +702,11 @@ async fn discard(ctx: &Ctx, part: &mut Partial) -> Result<()> {
 }
 
 /// Move the verified partial file to its final name. No fsync here where the pack is made
-/// durable once, before its manifest is written (see `sync_filesystem`); where that is not
+/// durable once, before its manifest is written (see `platform::FsFlush`); where that is not
 /// possible (Windows), the file's data is flushed before its rename.
 async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
-    let what = || format!("writing {}", part.path.display());
-    part.file.flush().await.map_err(|e| Error::io(what(), &e))?;
-    if crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME {
-        part.file
-            .sync_all()
-            .await
-            .map_err(|e| Error::io(what(), &e))?;
-    }
+    part.written_sha256(crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME)
+        .await?;
     // A virus scanner may hold the new file for a moment (Windows): tried again briefly.
     let mut tries = 0;
     while let Err(e) = tokio::fs::rename(&part.path, final_path).await {
@@ -738,28 +739,26 @@ async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Res
         .await
         .map_err(|e| Error::io(format!("checking {}", path.display()), &e))?
         .len();
-    let mut part = Partial {
+    let (have, hasher) = if len == 0 || len > size {
+        (0, Sha256::new())
+    } else {
+        hash_prefix(ctx, path, item, len).await?
+    };
+    let sink = Sink::start(file.into_std().await, have)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
+    let part = Partial {
         path: path.to_path_buf(),
-        file,
-        have: 0,
-        hasher: Sha256::new(),
+        sink,
+        have,
+        hasher,
         counted: 0,
     };
-    if len == 0 || len > size {
-        part.restart().await?;
-        return Ok(part);
-    }
-    let (have, hasher) = hash_prefix(ctx, path, item, len).await?;
-    part.have = have;
-    part.hasher = hasher;
-    part.file
-        .set_len(have)
+    // Cut to what was hashed (a partial longer than the file can be is emptied) and
+    // continue from there.
+    part.sink
+        .reset(have)
         .await
         .map_err(|e| Error::io(format!("truncating {}", path.display()), &e))?;
-    part.file
-        .seek(std::io::SeekFrom::Start(have))
-        .await
-        .map_err(|e| Error::io(format!("seeking {}", path.display()), &e))?;
     Ok(part)
 }
 

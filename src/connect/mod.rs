@@ -31,6 +31,7 @@ mod client;
 mod console;
 mod download;
 mod report;
+mod sink;
 mod upload;
 
 pub use console::{ConsoleReport, ConsoleStatus};

@@ -40,7 +40,12 @@
 //!    are written to the journal (atomic file, fsynced) before any folder is created.
 //! 4. **Stage.** Each pack's content is copied into
 //!    `EasySetupPayload/Offline/.<guid>.sct-staging/`, hashing while copying (each byte is
-//!    read once), then files and folders are fsynced. Where the library's file system
+//!    read once). A large file is copied by two threads (one reads and hashes, one
+//!    writes the same buffers). Everything staged is made durable before step 5: on
+//!    Linux with one `syncfs` of the library's file system after the last pack is
+//!    staged (not one fsync per file and folder, which made a many-file copy wait on the
+//!    disk between files); elsewhere each file and folder is flushed (Windows: before
+//!    the rename, as everywhere there). Where the library's file system
 //!    supports it, a file is reflinked (`FICLONE`) instead and the clone is hashed; else,
 //!    when the update-pack folder is on the same file system, it is hard-linked and the
 //!    linked inode is hashed (the library file then shares the pack file's inode, so pack
@@ -586,6 +591,9 @@ fn place_and_commit(
             .sum(),
     };
     let mut copier = place::Copier::new();
+    // Opened before the first byte is staged, so the flush reports any write error since.
+    let library_fs = crate::platform::FsFlush::open(library)
+        .map_err(|e| Error::io(format!("opening {}", library.display()), &e))?;
     let mut staged: Vec<usize> = Vec::new();
     for (i, c) in candidates.iter().enumerate() {
         let m = &c.trusted.manifest;
@@ -611,7 +619,8 @@ fn place_and_commit(
             }
         }
     }
-    crate::fsutil::sync_dir(library);
+    // Every staged file and folder durable before the commit can name them.
+    place::flush_staged(library, &library_fs)?;
     pause_point("staged");
     if staged.is_empty() {
         return Ok(());

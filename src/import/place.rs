@@ -22,6 +22,32 @@ pub const JOURNAL_SUFFIX: &str = ".sct-import-journal";
 
 /// Copy buffer: large enough for full-speed sequential I/O, small enough to stay flat.
 const BUF_BYTES: usize = 1024 * 1024;
+/// Files at least this large are copied by two threads (see [`copy_pipelined`]); below
+/// it the second thread's start and hand-overs cost more than they save.
+const PIPELINE_MIN_BYTES: u64 = 16 << 20;
+/// Buffers circulating between the reading and the writing thread of one copy.
+const PIPELINE_BUFFERS: usize = 3;
+/// Start the writeback of a copy every this many bytes (see `platform::start_writeback`).
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Whether one flush of the library's file system after staging (`syncfs`) makes every
+/// staged file and folder durable, so none is flushed on its own. Elsewhere (Windows; Unix
+/// without `syncfs`) each file is flushed after it is written, as before.
+pub(crate) const FLUSH_STAGED_AT_ONCE: bool =
+    !crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME && cfg!(target_os = "linux");
+
+/// Make everything staged in `library` durable before the commit names it (one `syncfs`
+/// where [`FLUSH_STAGED_AT_ONCE`]; else each file was flushed already and the folder is).
+/// `fs`: the library's file system, opened before staging began.
+pub(crate) fn flush_staged(library: &Path, fs: &crate::platform::FsFlush) -> Result<()> {
+    if FLUSH_STAGED_AT_ONCE {
+        fs.flush()
+            .map_err(|e| Error::io(format!("flushing {}", library.display()), &e))
+    } else {
+        sync_dir(library);
+        Ok(())
+    }
+}
 
 pub(crate) fn staging_dir(library: &Path, guid: &uuid::Uuid) -> PathBuf {
     library.join(format!(".{guid}{STAGING_SUFFIX}"))
@@ -214,7 +240,8 @@ enum Msg {
 }
 
 /// Copy and verify every file of `manifest` from `root/pack_rel/content/` into the fresh,
-/// empty staging folder `staging`, fsyncing files and folders. On error the caller
+/// empty staging folder `staging` (made durable by [`flush_staged`] afterwards, or here
+/// file by file where the platform cannot flush a file system at once). On error the caller
 /// removes `staging`.
 ///
 /// Files are placed by one worker per core (hashing is the bottleneck and SHA-256 of one
@@ -273,7 +300,7 @@ pub(crate) fn stage(
             let tx = tx.clone();
             let (jobs, next, stop) = (&jobs, &next, &stop);
             scope.spawn(move || {
-                let mut buf = vec![0u8; BUF_BYTES];
+                let mut buf = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(j) = jobs.get(i) else { break };
@@ -327,10 +354,12 @@ pub(crate) fn stage(
     if next.load(Ordering::Relaxed) < jobs.len() {
         return Err(Error::cancelled());
     }
-    // Deepest first, so each folder's entries are durable before the folder that names it.
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    for d in &dirs {
-        sync_dir(d);
+    if !FLUSH_STAGED_AT_ONCE {
+        // Deepest first, so each folder's entries are durable before the folder that names it.
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in &dirs {
+            sync_dir(d);
+        }
     }
     Ok(())
 }
@@ -338,11 +367,12 @@ pub(crate) fn stage(
 /// Place one file and check its size and SHA-256, reading what was placed. In order of
 /// preference: a reflink (copy-on-write clone), a hard link to the very file opened (same
 /// file system: no data is copied or written, and the hash is of the placed inode), or a
-/// copy. `on_bytes` is told of progress and returns false to cancel.
+/// copy. `on_bytes` is told of progress and returns false to cancel. `bufs`: the calling
+/// worker's buffers, reused from file to file (filled here as needed).
 fn place_file(
     root: &Path,
     job: &FileJob<'_>,
-    buf: &mut [u8],
+    bufs: &mut Vec<Vec<u8>>,
     copier: &Copier,
     on_bytes: &mut dyn FnMut(u64) -> bool,
 ) -> Result<()> {
@@ -397,32 +427,44 @@ fn place_file(
         None => create()?,
     };
     let mut hasher = Sha256::new();
-    let mut count = 0u64;
-    if placed {
+    if bufs.is_empty() {
+        bufs.push(vec![0u8; BUF_BYTES]);
+    }
+    let count = if placed {
         dst.seek(SeekFrom::Start(0)).map_err(wio)?;
-    }
-    loop {
-        let read = if placed { dst.read(buf) } else { src.read(buf) };
-        let n = match read {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(format!("reading {shown}"), &e)),
-        };
-        count += n as u64;
-        if count > size {
-            return Err(mismatch(format!(
-                "{shown} grew beyond the {size} bytes the manifest states while it was read"
-            )));
-        }
-        hasher.update(&buf[..n]);
-        if !placed {
-            dst.write_all(&buf[..n]).map_err(wio)?;
-        }
-        if !on_bytes(n as u64) {
-            return Err(Error::cancelled());
-        }
-    }
+        hash_file(
+            &mut dst,
+            &mut bufs[0],
+            &mut hasher,
+            size,
+            shown,
+            None,
+            on_bytes,
+        )?
+    } else if size >= PIPELINE_MIN_BYTES {
+        copy_pipelined(
+            &mut src,
+            &dst,
+            bufs,
+            &mut hasher,
+            size,
+            shown,
+            dest,
+            on_bytes,
+        )?
+    } else {
+        let n = hash_file(
+            &mut src,
+            &mut bufs[0],
+            &mut hasher,
+            size,
+            shown,
+            Some((&dst, dest)),
+            on_bytes,
+        )?;
+        crate::platform::start_writeback(&dst, 0, n);
+        n
+    };
     if count != size {
         return Err(mismatch(format!(
             "{shown} is {count} bytes but the manifest says {size} (truncated or altered)"
@@ -435,13 +477,141 @@ fn place_file(
             job.sha256
         )));
     }
-    if linked {
+    if FLUSH_STAGED_AT_ONCE {
+        // Made durable with everything staged, before the commit (`flush_staged`).
+    } else if linked {
         // Opened for reading only: nothing was written through it.
         crate::platform::sync_read_only(&dst).map_err(wio)?;
     } else {
         dst.sync_all().map_err(wio)?;
     }
     Ok(())
+}
+
+fn read_some(from: &mut File, buf: &mut [u8], shown: &str) -> Result<usize> {
+    loop {
+        match from.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(format!("reading {shown}"), &e)),
+        }
+    }
+}
+
+fn grew(shown: &str, size: u64) -> Error {
+    Error::new(
+        ErrorKind::IntegrityMismatch,
+        format!("{shown} grew beyond the {size} bytes the manifest states while it was read"),
+    )
+}
+
+/// Read `from` to its end (never beyond `size` bytes), hashing, and writing each piece to
+/// `to` when given (a copy on one thread). Returns the bytes read.
+fn hash_file(
+    from: &mut File,
+    buf: &mut [u8],
+    hasher: &mut Sha256,
+    size: u64,
+    shown: &str,
+    mut to: Option<(&File, &Path)>,
+    on_bytes: &mut dyn FnMut(u64) -> bool,
+) -> Result<u64> {
+    let mut count = 0u64;
+    loop {
+        let n = read_some(from, buf, shown)?;
+        if n == 0 {
+            return Ok(count);
+        }
+        count += n as u64;
+        if count > size {
+            return Err(grew(shown, size));
+        }
+        hasher.update(&buf[..n]);
+        if let Some((f, dest)) = &mut to {
+            f.write_all(&buf[..n])
+                .map_err(|e| Error::io(format!("writing {}", dest.display()), &e))?;
+        }
+        if !on_bytes(n as u64) {
+            return Err(Error::cancelled());
+        }
+    }
+}
+
+/// Copy `from` into `to` on two threads: this one reads and hashes a buffer while a
+/// writer writes the one before, so a large file costs the longer of the two, not their
+/// sum. The hash is of the bytes read, and the writer writes exactly those bytes (the same
+/// buffer), so it covers what was placed. [`PIPELINE_BUFFERS`] buffers circulate and come
+/// back to `bufs`: memory is fixed. Returns the bytes read.
+#[allow(clippy::too_many_arguments)]
+fn copy_pipelined(
+    from: &mut File,
+    to: &File,
+    bufs: &mut Vec<Vec<u8>>,
+    hasher: &mut Sha256,
+    size: u64,
+    shown: &str,
+    dest: &Path,
+    on_bytes: &mut dyn FnMut(u64) -> bool,
+) -> Result<u64> {
+    while bufs.len() < PIPELINE_BUFFERS {
+        bufs.push(vec![0u8; BUF_BYTES]);
+    }
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    for b in bufs.drain(..) {
+        let _ = empty_tx.send(b);
+    }
+    let mut count = 0u64;
+    let (read, written) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            let mut to = to;
+            let (mut done, mut started) = (0u64, 0u64);
+            for (buf, n) in full_rx {
+                to.write_all(&buf[..n])?;
+                done += n as u64;
+                if done - started >= WRITEBACK_EVERY {
+                    crate::platform::start_writeback(to, started, done - started);
+                    started = done;
+                }
+                if empty_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            crate::platform::start_writeback(to, started, done - started);
+            Ok(())
+        });
+        let read = (|| -> Result<()> {
+            // No buffer back: the writer stopped (its error is the one reported).
+            while let Ok(mut buf) = empty_rx.recv() {
+                let n = read_some(from, &mut buf, shown)?;
+                if n == 0 {
+                    bufs.push(buf);
+                    return Ok(());
+                }
+                count += n as u64;
+                if count > size {
+                    return Err(grew(shown, size));
+                }
+                hasher.update(&buf[..n]);
+                if full_tx.send((buf, n)).is_err() {
+                    return Ok(());
+                }
+                if !on_bytes(n as u64) {
+                    return Err(Error::cancelled());
+                }
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the writing thread panicked")));
+        (read, written)
+    });
+    bufs.extend(empty_rx.try_iter());
+    written.map_err(|e| Error::io(format!("writing {}", dest.display()), &e))?;
+    read?;
+    Ok(count)
 }
 
 /// What one run has put into the content library and not yet committed. Dropped
@@ -584,9 +754,9 @@ mod tests {
                     size: 11,
                     sha256: sha,
                 };
-                let mut buf = vec![0u8; 4];
+                let mut bufs = vec![vec![0u8; 4]];
                 let mut seen = 0;
-                let res = place_file(d.path(), &job, &mut buf, &copier, &mut |n| {
+                let res = place_file(d.path(), &job, &mut bufs, &copier, &mut |n| {
                     seen += n;
                     true
                 });
@@ -621,8 +791,60 @@ mod tests {
             size: 64,
             sha256: &sha,
         };
-        let mut buf = vec![0u8; 8];
-        let e = place_file(d.path(), &job, &mut buf, &copier, &mut |_| false).unwrap_err();
+        let mut bufs = vec![vec![0u8; 8]];
+        let e = place_file(d.path(), &job, &mut bufs, &copier, &mut |_| false).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Cancelled);
+    }
+
+    /// A large file is copied by the two-thread pipeline: the bytes arrive in order, every
+    /// byte is reported, a wrong hash is refused, a cancellation stops it, and the buffers
+    /// come back for the next file.
+    #[test]
+    fn large_copies_are_pipelined_and_verified() {
+        let d = tempfile::tempdir().unwrap();
+        let size = PIPELINE_MIN_BYTES as usize + 3 * BUF_BYTES / 2 + 7;
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(d.path().join("big.bin"), &data).unwrap();
+        let good = crate::hashing::sha256_hex(&data);
+        let bad = crate::hashing::sha256_hex(b"other");
+        let mut bufs = Vec::new();
+        for (i, sha) in [&good, &bad, &good].into_iter().enumerate() {
+            let copier = Copier {
+                try_reflink: AtomicBool::new(false),
+                try_link: AtomicBool::new(false),
+                first_file_done: false,
+            };
+            let dest = d.path().join(format!("out{i}.bin"));
+            let job = FileJob {
+                src_rel: PathBuf::from("big.bin"),
+                shown: "content/big.bin".into(),
+                dest: dest.clone(),
+                size: size as u64,
+                sha256: sha,
+            };
+            let mut seen = 0u64;
+            let cancel_at = if i == 2 {
+                4 * BUF_BYTES as u64
+            } else {
+                u64::MAX
+            };
+            let res = place_file(d.path(), &job, &mut bufs, &copier, &mut |n| {
+                seen += n;
+                seen < cancel_at
+            });
+            match i {
+                0 => {
+                    res.unwrap();
+                    assert_eq!(seen, size as u64);
+                    assert!(std::fs::read(&dest).unwrap() == data, "copy differs");
+                }
+                1 => {
+                    let e = res.unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::IntegrityMismatch, "{e}");
+                }
+                _ => assert_eq!(res.unwrap_err().kind(), ErrorKind::Cancelled),
+            }
+            assert!(!bufs.is_empty() && bufs.len() <= PIPELINE_BUFFERS);
+        }
     }
 }

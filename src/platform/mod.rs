@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn durability_steps_work_on_folders() {
         let dir = tempfile::tempdir().unwrap();
-        super::sync_filesystem(dir.path()).unwrap();
+        super::FsFlush::open(dir.path()).unwrap().flush().unwrap();
         super::sync_dir(dir.path());
         let dest = dir.path().join("manifest.json");
         let mut f = crate::fsutil::AtomicFile::create(&dest, false).unwrap();

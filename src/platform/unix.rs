@@ -20,7 +20,7 @@ pub(crate) fn classify(code: i32) -> Option<OsClass> {
 }
 
 /// Each file is flushed with one `syncfs` of its file system before the step that needs
-/// it durable ([`sync_filesystem`]), not one by one before its rename.
+/// it durable ([`FsFlush`]), not one by one before its rename.
 pub(crate) const FLUSH_EACH_FILE_BEFORE_RENAME: bool = false;
 
 /// Best-effort fsync of a directory so the renames and creations in it survive power loss.
@@ -30,21 +30,56 @@ pub(crate) fn sync_dir(dir: &Path) {
     }
 }
 
-/// Flush everything written to the file system holding `dir`: one `syncfs` on Linux
-/// instead of an fsync per file and folder, which dominated runs of many small files.
-pub(crate) fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
-    let f = File::open(dir)?;
+/// The file system holding a folder, to flush everything written to it at once: one
+/// `syncfs` on Linux instead of an fsync per file and folder, which dominated runs of many
+/// small files. Opened *before* the writes a later [`FsFlush::flush`]
+/// must cover: Linux reports a write-back error to `syncfs` only if it happened after the
+/// descriptor was opened, and with the writeback started early
+/// ([`start_writeback`]) an error can come long before the flush.
+pub(crate) struct FsFlush(File);
+
+impl FsFlush {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<FsFlush> {
+        File::open(dir).map(FsFlush)
+    }
+
+    /// `syncfs` (elsewhere than Linux: fsync of the folder).
+    pub(crate) fn flush(&self) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs only reads the descriptor, which `self` keeps open.
+            if unsafe { libc::syncfs(self.0.as_raw_fd()) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        self.0.sync_all()
+    }
+}
+
+/// Ask the kernel to start writing `len` bytes of `f` from `offset` to the disk now,
+/// without waiting (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`). Not a durability
+/// guarantee (the flush before the step that needs it, [`FsFlush`] or fsync, still
+/// comes): it only starts the writeback while more data is produced, so that flush finds
+/// little left to write instead of the whole file. Errors are ignored (a hint).
+pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
-        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error());
+        // SAFETY: sync_file_range only reads the descriptor, which `f` keeps open.
+        unsafe {
+            libc::sync_file_range(
+                f.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
         }
-        Ok(())
     }
     #[cfg(not(target_os = "linux"))]
-    f.sync_all()
+    let _ = (f, offset, len);
 }
 
 /// Ask the kernel to start writing `len` bytes of `f` from `offset` to the disk now,

@@ -66,11 +66,19 @@ pub(crate) const FLUSH_EACH_FILE_BEFORE_RENAME: bool = true;
 /// Nothing to do on Windows: see [`FLUSH_EACH_FILE_BEFORE_RENAME`].
 pub(crate) fn sync_dir(_dir: &Path) {}
 
-/// Nothing to do on Windows: every file was flushed before its rename (see
+/// Nothing to flush at once on Windows: every file was flushed before its rename (see
 /// [`FLUSH_EACH_FILE_BEFORE_RENAME`]); there is no folder or volume handle to flush
 /// without administrator rights.
-pub(crate) fn sync_filesystem(_dir: &Path) -> std::io::Result<()> {
-    Ok(())
+pub(crate) struct FsFlush;
+
+impl FsFlush {
+    pub(crate) fn open(_dir: &Path) -> std::io::Result<FsFlush> {
+        Ok(FsFlush)
+    }
+
+    pub(crate) fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Nothing to do: every file is flushed (`FlushFileBuffers`) before its rename, and
