@@ -1030,8 +1030,10 @@ pub fn run(scale: &Scale) -> String {
             || {
                 rm(&upload_store);
                 sct_service(&[&"keygen", &"--store", &upload_store]);
-                *upload_service.borrow_mut() =
-                    Some(Service::start(&upload_store, &dir.join("upload-service.log")));
+                *upload_service.borrow_mut() = Some(Service::start(
+                    &upload_store,
+                    &dir.join("upload-service.log"),
+                ));
             },
             || {
                 let url = format!(

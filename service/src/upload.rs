@@ -152,7 +152,9 @@ pub async fn upload(
         let manifest = validate(temp.file())?;
         handle
             .block_on(synced)
-            .map_err(|e| ApiFailure::internal(&Error::internal(format!("upload task failed: {e}"))))?
+            .map_err(|e| {
+                ApiFailure::internal(&Error::internal(format!("upload task failed: {e}")))
+            })?
             .map_err(|e| ApiFailure::internal(&Error::io("writing the upload", &e)))?;
         let packs = st
             .catalog

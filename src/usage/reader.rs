@@ -47,7 +47,6 @@ fn read_failure(e: std::io::Error, describe: impl FnOnce(&std::io::Error) -> Str
     }
 }
 
-
 fn read_usage_cab_inner<R: Read + Seek>(mut reader: R) -> Result<UsageManifest> {
     let index = cabinet::read_index(&mut reader).map_err(|e| {
         read_failure(e, |e| {
@@ -61,11 +60,16 @@ fn read_usage_cab_inner<R: Read + Seek>(mut reader: R) -> Result<UsageManifest> 
         ));
     };
     let ours = |i: usize| {
-        index.folders.get(index.files[i].folder).map(|f| f.compression)
+        index
+            .folders
+            .get(index.files[i].folder)
+            .map(|f| f.compression)
             != Some(Compression::Other)
     };
     if index.spanned || !ours(manifest_at) {
-        reader.rewind().map_err(|e| Error::io("reading the cab", &e))?;
+        reader
+            .rewind()
+            .map_err(|e| Error::io("reading the cab", &e))?;
         return read_with_cab_crate(reader);
     }
 
@@ -116,7 +120,9 @@ fn read_usage_cab_inner<R: Read + Seek>(mut reader: R) -> Result<UsageManifest> 
         }
     }
     if !listed.iter().all(|&i| ours(i)) {
-        reader.rewind().map_err(|e| Error::io("reading the cab", &e))?;
+        reader
+            .rewind()
+            .map_err(|e| Error::io("reading the cab", &e))?;
         return read_with_cab_crate(reader);
     }
     let digests = hash_files(&mut reader, &index, &listed)?;
@@ -277,7 +283,8 @@ const READ_BUFFER: usize = 256 * 1024;
 pub fn read_usage_cab_file(path: &std::path::Path) -> Result<UsageManifest> {
     let f = std::fs::File::open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
-    read_usage_cab(std::io::BufReader::with_capacity(READ_BUFFER, f)).map_err(|e| e.context(path.display()))
+    read_usage_cab(std::io::BufReader::with_capacity(READ_BUFFER, f))
+        .map_err(|e| e.context(path.display()))
 }
 
 #[cfg(test)]
@@ -373,7 +380,10 @@ mod tests {
             bad[at] ^= 0x40;
             let e = read_usage_cab(Cursor::new(&bad)).unwrap_err();
             assert!(
-                matches!(e.kind(), ErrorKind::InvalidCab | ErrorKind::IntegrityMismatch),
+                matches!(
+                    e.kind(),
+                    ErrorKind::InvalidCab | ErrorKind::IntegrityMismatch
+                ),
                 "{e}"
             );
             assert!(!e.message().contains('\n'), "{e}");

@@ -110,7 +110,9 @@ pub fn read_index<R: Read + Seek>(r: &mut R) -> io::Result<Index> {
         r.read_exact(&mut rs)?;
         let header_reserve = u16_at(&rs, 0);
         if header_reserve > 60_000 {
-            return Err(invalid("the cabinet's header reserve is larger than 60,000 bytes"));
+            return Err(invalid(
+                "the cabinet's header reserve is larger than 60,000 bytes",
+            ));
         }
         folder_reserve = usize::from(rs[2]);
         data_reserve = usize::from(rs[3]);
@@ -151,7 +153,9 @@ pub fn read_index<R: Read + Seek>(r: &mut R) -> io::Result<Index> {
         if folder >= 0xfffd {
             spanned = true;
         } else if usize::from(folder) >= folders.len() {
-            return Err(invalid("a file entry names a folder the cabinet does not have"));
+            return Err(invalid(
+                "a file entry names a folder the cabinet does not have",
+            ));
         }
         files.push(FileEntry {
             name,
@@ -252,7 +256,11 @@ mod tests {
                 let mut c = Checksum::default();
                 c.update(&data[..split]);
                 c.update(&data[split..len]);
-                assert_eq!(c.value(), reference(&data[..len]), "len {len} split {split}");
+                assert_eq!(
+                    c.value(),
+                    reference(&data[..len]),
+                    "len {len} split {split}"
+                );
             }
         }
     }
@@ -272,7 +280,11 @@ mod tests {
         assert_eq!(ix.folders[0].compression, Compression::None);
         assert_eq!(ix.files.len(), 2);
         assert_eq!(
-            (ix.files[1].name.as_str(), ix.files[1].offset, ix.files[1].size),
+            (
+                ix.files[1].name.as_str(),
+                ix.files[1].offset,
+                ix.files[1].size
+            ),
             ("bye.txt", 14, 15)
         );
         assert!(!ix.spanned);
