@@ -30,9 +30,10 @@ use std::time::Instant;
 pub const CHILD_ENV: &str = "SCT_BENCH_CHILD";
 
 /// The comparisons, in table order (the smoke test checks each one is printed).
-pub const COMPARISONS: [&str; 11] = [
+pub const COMPARISONS: [&str; 12] = [
     "Prepare",
     "Read back",
+    "Upload, service side",
     "Export",
     "Connect 1 file",
     "Connect many files",
@@ -766,6 +767,36 @@ impl Drop for Service {
     }
 }
 
+/// Peak resident memory (KiB) and CPU seconds (user + system) of a running process, from
+/// /proc (the upload row's service, which is not our child's child).
+fn process_figures(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    #[cfg(unix)]
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    #[cfg(not(unix))]
+    let hz = 100.0;
+    (kib, ticks as f64 / hz)
+}
+
 fn sct_service(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
     let out = cmd(
         &workspace_bin::workspace_bin("sct-service").to_string_lossy(),
@@ -998,6 +1029,86 @@ pub fn run(scale: &Scale) -> String {
             &a,
             &b,
         );
+
+        // Upload, service side vs cabextract -t of the same cab. Ours is the time of one
+        // upload request (`curl` posting the cab to `sct-service serve` on 127.0.0.1; the
+        // service receives it to disk, decompresses it, checks every file's size and
+        // SHA-256, stores and records it): the whole request, not the ingestion function
+        // alone, so the receiving, the flush to disk and the catalog are in it. Every run
+        // gets a fresh store and service, so each upload is new (a cab already recorded is
+        // only checked). Memory and CPU on our side are the service process's (`VmHWM`,
+        // `utime + stime` from /proc), not curl's.
+        let upload_store = dir.join("upload-store");
+        let upload_service: std::cell::RefCell<Option<Service>> = Default::default();
+        let service_figures: std::cell::RefCell<Vec<(u64, f64)>> = Default::default();
+        let ours_side = side(
+            || {
+                rm(&upload_store);
+                sct_service(&[&"keygen", &"--store", &upload_store]);
+                *upload_service.borrow_mut() = Some(Service::start(
+                    &upload_store,
+                    &dir.join("upload-service.log"),
+                ));
+            },
+            || {
+                let url = format!(
+                    "{}/v1/usage",
+                    upload_service.borrow().as_ref().expect("service").url
+                );
+                vec![Job::One(cmd(
+                    "curl",
+                    &[
+                        &"-sSf",
+                        &"-o",
+                        &"/dev/null",
+                        &"-X",
+                        &"POST",
+                        &"-H",
+                        &"Content-Type: application/vnd.ms-cab-compressed",
+                        &"-H",
+                        &"Expect:",
+                        &"-T",
+                        &cab,
+                        &url,
+                    ],
+                ))]
+            },
+            || {
+                let svc = upload_service.borrow_mut().take().expect("service");
+                service_figures
+                    .borrow_mut()
+                    .push(process_figures(svc.child.id()));
+                drop(svc);
+                rm(&upload_store);
+            },
+        );
+        let theirs_side = side(
+            || {},
+            || {
+                let mut c = cmd("cabextract", &[&"-q", &"-t", &cab]);
+                c.stdout(Stdio::null());
+                vec![Job::One(c)]
+            },
+            || {},
+        );
+        say("Upload, service side");
+        let (mut a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        for (sample, (kib, cpu)) in a.iter_mut().zip(service_figures.take()) {
+            sample.rss_kib = kib;
+            sample.cpu = cpu;
+        }
+        record(
+            &mut rows,
+            &mut ramp_rss,
+            main,
+            k,
+            "Upload, service side",
+            format!("{} cab", mib(cab_bytes)),
+            0.5,
+            "cabextract -t",
+            &a,
+            &b,
+        );
         rm(&files_dir);
         rm(&gcab_out);
 
@@ -1039,7 +1150,7 @@ pub fn run(scale: &Scale) -> String {
 
         // Connect: one large file, then the same bytes as many files.
         for (p, pack) in packs[k].iter().enumerate() {
-            let name = COMPARISONS[3 + p];
+            let name = COMPARISONS[4 + p];
             let dest = dir.join(format!("connect{p}"));
             let theirs_dir = dir.join(format!("curl{p}"));
             let sums = dir.join(format!("sums{p}"));
@@ -1115,7 +1226,7 @@ pub fn run(scale: &Scale) -> String {
 
             // The same Connect vs stock tools doing the same work: write every file, check
             // it, make it durable (`curl -o`, `sha256sum -c`, `sync`).
-            let name = COMPARISONS[7 + p];
+            let name = COMPARISONS[8 + p];
             let theirs_side = side(
                 || rm(&theirs_dir),
                 || {
@@ -1170,7 +1281,7 @@ pub fn run(scale: &Scale) -> String {
                 .is_dir());
 
             // Import vs sha256sum -c then cp -r.
-            let name = COMPARISONS[5 + p];
+            let name = COMPARISONS[6 + p];
             let imp = dir.join(format!("import{p}"));
             let site_db = imp.join("site.db");
             let pack_content = source
@@ -1221,7 +1332,7 @@ pub fn run(scale: &Scale) -> String {
             // Import from another drive: the same pack folder on the second file system,
             // the site and its content library on this one, so every byte is copied; the
             // stock side copies and flushes too (`sha256sum -c`, `cp -r`, `sync`).
-            let name = COMPARISONS[9 + p];
+            let name = COMPARISONS[10 + p];
             let theirs_tool = "sha256sum -c, cp -r, sync";
             match &drive {
                 Err(why) => {
