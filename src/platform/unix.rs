@@ -82,29 +82,6 @@ pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
     let _ = (f, offset, len);
 }
 
-/// Ask the kernel to start writing `len` bytes of `f` from `offset` to the disk now,
-/// without waiting (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`). Not a durability
-/// guarantee (the flush before the step that needs it, [`sync_filesystem`] or fsync, still
-/// comes): it only starts the writeback while more data is produced, so that flush finds
-/// little left to write instead of the whole file. Errors are ignored (a hint).
-pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: sync_file_range only reads the descriptor, which `f` keeps open.
-        unsafe {
-            libc::sync_file_range(
-                f.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (f, offset, len);
-}
-
 /// Outputs get the mode a user expects from any tool (0666 less the umask), not
 /// tempfile's private 0600.
 pub(crate) fn public_output(builder: &mut tempfile::Builder<'_, '_>) {
