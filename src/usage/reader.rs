@@ -127,19 +127,23 @@ fn read_usage_cab_inner<R: Read + Seek>(mut reader: R) -> Result<UsageManifest> 
     }
     let digests = hash_files(&mut reader, &index, &listed)?;
     for (f, i) in manifest.files.iter().zip(&listed) {
-        let sha = &digests[i];
-        let size = index.files[*i].size;
-        if size != f.size || *sha != f.sha256 {
-            return Err(Error::new(
-                ErrorKind::IntegrityMismatch,
-                format!(
-                    "'{}' in the cab does not match its manifest (size {size}, sha256 {sha}; manifest says size {}, sha256 {})",
-                    f.name, f.size, f.sha256
-                ),
-            ));
-        }
+        matches_manifest(f, index.files[*i].size, &digests[i])?;
     }
     Ok(manifest)
+}
+
+/// A listed file's size and SHA-256 as read from the cab must be what the manifest says.
+fn matches_manifest(f: &super::manifest::UsageFile, size: u64, sha: &str) -> Result<()> {
+    if size != f.size || sha != f.sha256 {
+        return Err(Error::new(
+            ErrorKind::IntegrityMismatch,
+            format!(
+                "'{}' in the cab does not match its manifest (size {size}, sha256 {sha}; manifest says size {}, sha256 {})",
+                f.name, f.size, f.sha256
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The part of `data` (which starts at `at` in the folder) that lies in `start..end`.
@@ -263,15 +267,7 @@ fn read_with_cab_crate<R: Read + Seek>(reader: R) -> Result<UsageManifest> {
         })?;
         let (size, sha) = sha256_reader(r)
             .map_err(|e| read_failure(e, |e| format!("'{}' in the cab is corrupt: {e}", f.name)))?;
-        if size != f.size || sha != f.sha256 {
-            return Err(Error::new(
-                ErrorKind::IntegrityMismatch,
-                format!(
-                    "'{}' in the cab does not match its manifest (size {size}, sha256 {sha}; manifest says size {}, sha256 {})",
-                    f.name, f.size, f.sha256
-                ),
-            ));
-        }
+        matches_manifest(f, size, &sha)?;
     }
     Ok(manifest)
 }
