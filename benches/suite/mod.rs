@@ -708,6 +708,21 @@ fn sums_file(path: &Path, files: &[(String, String)]) {
     std::fs::write(path, s).unwrap();
 }
 
+/// An empty folder `imp` holding a new site database `site_db` of `hierarchy` that trusts
+/// `publisher`: what every Import run starts from.
+fn fresh_import_site(
+    imp: &Path,
+    site_db: &Path,
+    hierarchy: uuid::Uuid,
+    publisher: &serviceconnection::signing::PublicKey,
+) {
+    rm(imp);
+    std::fs::create_dir_all(imp).unwrap();
+    new_site(site_db, hierarchy, 0);
+    let site = Site::open(site_db).unwrap();
+    site.add_trusted_publisher(publisher, "benchmark").unwrap();
+}
+
 fn new_site(path: &Path, hierarchy: uuid::Uuid, rows: u64) {
     let mut site = Site::create(
         path,
@@ -1290,13 +1305,7 @@ pub fn run(scale: &Scale) -> String {
                 .join("content");
             let cp_dest = dir.join(format!("cp{p}"));
             let ours_side = side(
-                || {
-                    rm(&imp);
-                    std::fs::create_dir_all(&imp).unwrap();
-                    new_site(&site_db, pack.hierarchy, 0);
-                    let site = Site::open(&site_db).unwrap();
-                    site.add_trusted_publisher(&publisher, "benchmark").unwrap();
-                },
+                || fresh_import_site(&imp, &site_db, pack.hierarchy, &publisher),
                 || vec![ours(&[&"import", &site_db, &source])],
                 || {},
             );
@@ -1347,13 +1356,7 @@ pub fn run(scale: &Scale) -> String {
                         .join(pack.id.to_string())
                         .join("content");
                     let ours_side = side(
-                        || {
-                            rm(&imp);
-                            std::fs::create_dir_all(&imp).unwrap();
-                            new_site(&site_db, pack.hierarchy, 0);
-                            let site = Site::open(&site_db).unwrap();
-                            site.add_trusted_publisher(&publisher, "benchmark").unwrap();
-                        },
+                        || fresh_import_site(&imp, &site_db, pack.hierarchy, &publisher),
                         || vec![ours(&[&"import", &site_db, &far])],
                         || {},
                     );
