@@ -377,16 +377,13 @@ where
     use std::sync::mpsc::{channel, sync_channel};
     let cores = workers.max(1);
     let plan = ReadPlan::open(site.path(), cores.min(MAX_LANES))?;
-    start(&plan.info, plan.total)?;
+    if let Total::Counted(n) = plan.total {
+        start(&plan.info, n)?;
+    }
     let lanes = plan.lanes.len();
     let per_lane = (cores / lanes).max(1);
     let (chunks, info, query) = (plan.chunks, &plan.info, &plan.query);
-    // With several lanes every row is in exactly one chunk of one snapshot, so the rows
-    // delivered must add up to the count. They do not when records are damaged in a way
-    // a range of ids steps over (a scan of the whole table reports those as malformed)
-    // or ids are not integers (possible only where the schema is not this tool's).
     let shown = site.path().display().to_string();
-    let expect = (lanes > 1).then_some((plan.total, shown.as_str()));
     std::thread::scope(|scope| {
         let mut results = Vec::with_capacity(lanes);
         let mut spares = Vec::with_capacity(lanes);
@@ -447,44 +444,70 @@ where
                 }
             });
         }
+        // With several lanes every row is in exactly one chunk of one snapshot, so the
+        // rows delivered must add up to the count. They do not when records are damaged
+        // in a way a range of ids steps over (a scan of the whole table reports those as
+        // malformed) or ids are not integers (only where the schema is not this tool's).
+        let expect = match plan.total {
+            Total::Counted(_) => None,
+            Total::Later(counter) => {
+                let n = query
+                    .count(counter.connection())
+                    .map_err(|e| e.context(&shown))?;
+                drop(counter);
+                start(info, n)?;
+                Some((n, shown.as_str()))
+            }
+        };
         collect_in_order(results, spares, chunks.count(), expect, each)
     })
 }
 
-/// The connections that read, the identity and the row count (all from one snapshot),
-/// and how the ids are cut into chunks.
+/// The connections that read, the identity, the row count or the connection that will
+/// count (all on one snapshot), and how the ids are cut into chunks.
 struct ReadPlan {
     lanes: Vec<Site>,
     info: SiteInfo,
-    total: u64,
     query: RowQuery,
     chunks: Chunks,
+    total: Total,
+}
+
+/// The number of rows that will follow: counted before reading when one connection reads
+/// everything, or by a connection of its own while the lanes already read (counting
+/// walks every page of the table: tens of milliseconds per million rows).
+enum Total {
+    Counted(u64),
+    Later(Site),
 }
 
 impl ReadPlan {
     fn open(path: &Path, want_lanes: usize) -> Result<ReadPlan> {
-        let mut lanes = open_lanes(path, want_lanes)?;
-        let first = &lanes[0];
+        let want = if want_lanes > 1 { want_lanes + 1 } else { 1 };
+        let mut conns = open_lanes(path, want)?;
         let shown = path.display();
-        let info = first.identity()?;
+        let info = conns[0].identity()?;
         let query = RowQuery::for_level(info.diagnostics_level);
-        let total = query
-            .count(first.connection())
-            .map_err(|e| e.context(&shown))?;
-        let chunks = if lanes.len() > 1 {
-            Chunks::of_ids(first.connection(), total).map_err(|e| e.context(&shown))?
+        let chunks = if conns.len() > 1 {
+            Chunks::of_ids(conns[0].connection()).map_err(|e| e.context(&shown))?
         } else {
             Chunks::All
         };
-        if matches!(chunks, Chunks::All) {
-            lanes.truncate(1);
-        }
+        let total = if matches!(chunks, Chunks::All) {
+            conns.truncate(1);
+            let n = query
+                .count(conns[0].connection())
+                .map_err(|e| e.context(&shown))?;
+            Total::Counted(n)
+        } else {
+            Total::Later(conns.pop().expect("several connections"))
+        };
         Ok(ReadPlan {
-            lanes,
+            lanes: conns,
             info,
-            total,
             query,
             chunks,
+            total,
         })
     }
 }
@@ -536,9 +559,10 @@ fn hold_write_lock(path: &Path) -> Option<rusqlite::Connection> {
 }
 
 /// How the ids are cut for the lanes: everything in one statement, or consecutive
-/// ranges of `width` ids from `first` to `last`, `count` of them, each holding about
-/// [`CHUNK_ROWS`] rows if the ids are evenly spread (uneven ids only make chunks uneven:
-/// slower, never wrong, and the count of chunks stays at most rows / CHUNK_ROWS + 1).
+/// ranges of `width` ids from `first` to `last`, `count` of them: [`CHUNK_ROWS`] ids
+/// each (as many rows for the usual dense ids; fewer below the Full level), wider where
+/// the ids span so much that there would be more than [`MAX_CHUNKS`]. Uneven ids only
+/// make chunks uneven: slower, never wrong.
 #[derive(Clone, Copy, Debug)]
 enum Chunks {
     All,
@@ -550,15 +574,16 @@ enum Chunks {
     },
 }
 
+/// At most this many chunks, however far apart the ids are (an empty chunk costs a
+/// lookup and a hand-off: microseconds).
+const MAX_CHUNKS: i128 = 1 << 16;
+
 impl Chunks {
-    /// Ranges over the ids of the snapshot `conn` reads in, for `rows` rows; `All` when
-    /// the rows are too few to be worth splitting or the ids are not all integers (then
-    /// the one statement reports the row whose id is not).
-    fn of_ids(conn: &rusqlite::Connection, rows: u64) -> Result<Chunks> {
+    /// Ranges over the ids of the snapshot `conn` reads in; `All` when they span too few
+    /// ids to be worth splitting, the table is empty, or the ids are not all integers
+    /// (then the one statement reports the row whose id is not).
+    fn of_ids(conn: &rusqlite::Connection) -> Result<Chunks> {
         use rusqlite::types::Value;
-        if rows < 2 * CHUNK_ROWS {
-            return Ok(Chunks::All);
-        }
         // Two statements: SQLite answers a lone MIN or MAX of the rowid from one end of
         // the b-tree, but both in one statement by scanning every row.
         let end = |sql| conn.query_row(sql, [], |r| r.get::<_, Value>(0));
@@ -569,13 +594,15 @@ impl Chunks {
         let (Value::Integer(first), Value::Integer(last)) = (lo, hi) else {
             return Ok(Chunks::All);
         };
-        Ok(Chunks::split(first, last, rows))
+        if (last as i128 - first as i128) < 2 * CHUNK_ROWS as i128 {
+            return Ok(Chunks::All);
+        }
+        Ok(Chunks::split(first, last))
     }
 
-    fn split(first: i64, last: i64, rows: u64) -> Chunks {
+    fn split(first: i64, last: i64) -> Chunks {
         let span = last as i128 - first as i128 + 1;
-        let rows = rows.max(1) as i128;
-        let width = ((span * CHUNK_ROWS as i128 + rows - 1) / rows).max(1);
+        let width = (CHUNK_ROWS as i128).max((span + MAX_CHUNKS - 1) / MAX_CHUNKS);
         Chunks::Ranges {
             first,
             last,
@@ -1059,15 +1086,22 @@ mod tests {
     /// about CHUNK_ROWS rows each for dense ids, and stay few for sparse or extreme ones.
     #[test]
     fn chunks_cover_the_ids_once() {
-        for (first, last, rows) in [
-            (1i64, 2_000_000i64, 2_000_000u64),
-            (1, 2_000_000, 600_000),
-            (-5, 70_000, 4_096),
-            (i64::MIN, i64::MAX, 10_000),
-            (i64::MAX - 5_000, i64::MAX, 5_001),
+        for (first, last) in [
+            (1i64, 2_000_000i64),
+            (-5, 70_000),
+            (i64::MIN, i64::MAX),
+            (i64::MAX - 5_000, i64::MAX),
+            (0, 3 << 40),
         ] {
-            let c = Chunks::split(first, last, rows);
-            assert!(c.count() <= rows / CHUNK_ROWS + 1, "{c:?}");
+            let c = Chunks::split(first, last);
+            let span = last as i128 - first as i128 + 1;
+            assert!(c.count() as i128 <= MAX_CHUNKS, "{c:?}");
+            if span <= MAX_CHUNKS * CHUNK_ROWS as i128 {
+                assert_eq!(
+                    c.count() as i128,
+                    (span + CHUNK_ROWS as i128 - 1) / CHUNK_ROWS as i128
+                );
+            }
             let mut next = first as i128;
             for k in 0..c.count() {
                 let (lo, hi) = c.range(k).unwrap();
