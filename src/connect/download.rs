@@ -10,10 +10,9 @@
 //!    sends as the strong `ETag`). `206` with the right `Content-Range` appends; `200`
 //!    (the service ignored the range or the file changed) restarts from zero; `416`
 //!    restarts from zero.
-//! 3. Bytes are handed as they arrive to a thread of the file's own (`sink.rs`), which
-//!    hashes them and writes them to the partial file (direct I/O where the file system
-//!    takes it); a connection that fails mid-way is resumed from the bytes received,
-//!    with backoff.
+//! 3. Bytes are hashed as they arrive and written to the partial file by a thread of its
+//!    own (`sink.rs`), which starts their writeback early; a connection that
+//!    fails mid-way is resumed from the bytes received, with backoff.
 //! 4. Size and hash right → rename to the final name (made durable per pack, before the
 //!    manifest, with one `syncfs`). Wrong → the partial is
 //!    discarded and the file fetched again, at most [`MAX_FETCHES`] times, then reported.
@@ -375,15 +374,14 @@ async fn download_file(ctx: &Arc<Ctx>, job: &FileJob) -> Result<FileReport> {
     Ok(report)
 }
 
-/// The partial file being written: this task hands each chunk to its [`Sink`]'s thread,
-/// which hashes and writes it.
+/// The partial file being written, with the hash of every byte in it so far: this task
+/// hashes each chunk and hands it to its [`Sink`]'s thread to write.
 struct Partial {
     path: PathBuf,
     sink: Sink,
     /// Bytes handed to the sink (written, or being written).
     have: u64,
-    /// The service sent more than the manifest's size: the hash must not match.
-    overlong: bool,
+    hasher: Sha256,
     /// How many of this file's bytes are counted in the overall progress.
     counted: u64,
 }
@@ -391,26 +389,22 @@ struct Partial {
 impl Partial {
     async fn restart(&mut self) -> Result<()> {
         self.sink
-            .reset(0, Sha256::new())
+            .reset(0)
             .await
             .map_err(|e| Error::io(format!("truncating {}", self.path.display()), &e))?;
         self.have = 0;
-        self.overlong = false;
+        self.hasher = Sha256::new();
         Ok(())
     }
 
     /// Once every byte handed over is written (and with `sync`, flushed to disk): the
     /// SHA-256 of the file, hex.
     async fn written_sha256(&self, sync: bool) -> Result<String> {
-        let mut hashed = self
-            .sink
+        self.sink
             .drain(sync)
             .await
             .map_err(|e| Error::io(format!("writing {}", self.path.display()), &e))?;
-        if self.overlong {
-            hashed.update(b"\0overlong");
-        }
-        Ok(hex::encode(hashed.finalize()))
+        Ok(hex::encode(self.hasher.clone().finalize()))
     }
 }
 
@@ -669,7 +663,7 @@ async fn stream_body(
             // More than the manifest says: the content is wrong; let verification fail.
             let fit = (size - part.have) as usize;
             write_chunk(part, chunk.slice(..fit)).await?;
-            part.overlong = true;
+            part.hasher.update(b"\0overlong");
             break;
         }
         write_chunk(part, chunk).await?;
@@ -687,6 +681,7 @@ async fn stream_body(
 
 async fn write_chunk(part: &mut Partial, data: bytes::Bytes) -> std::result::Result<(), Failure> {
     let n = data.len() as u64;
+    part.hasher.update(&data);
     part.sink.write(data).await.map_err(|e| {
         // A full disk or a refused write is not going to get better by retrying.
         Failure::permanent(Error::io(format!("writing {}", part.path.display()), &e))
@@ -732,12 +727,9 @@ async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
 /// Open or create `path` for appending, hashing the bytes it already holds. A partial
 /// longer than the file can be is emptied.
 async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Result<Partial> {
-    // Readable too: with direct I/O the sink reads back the bytes since the last aligned
-    // offset when it continues.
     let file = tokio::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
-        .read(true)
         .write(true)
         .open(path)
         .await
@@ -752,19 +744,19 @@ async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Res
     } else {
         hash_prefix(ctx, path, item, len).await?
     };
-    let sink = Sink::start(file.into_std().await)
+    let sink = Sink::start(file.into_std().await, have)
         .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
     let part = Partial {
         path: path.to_path_buf(),
         sink,
         have,
-        overlong: false,
+        hasher,
         counted: 0,
     };
     // Cut to what was hashed (a partial longer than the file can be is emptied) and
     // continue from there.
     part.sink
-        .reset(have, hasher)
+        .reset(have)
         .await
         .map_err(|e| Error::io(format!("truncating {}", path.display()), &e))?;
     Ok(part)

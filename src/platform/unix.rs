@@ -82,45 +82,6 @@ pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
     let _ = (f, offset, len);
 }
 
-/// Switch `f` to direct I/O (`O_DIRECT`: writes go from the caller's buffer to the
-/// device, bypassing the page cache) or back. Linux only; elsewhere, and where the file
-/// system refuses (`EINVAL`: FUSE, some network file systems, tmpfs before Linux 6.6),
-/// an error and the caller writes through the page cache. Direct writes need the buffer
-/// address, length and file offset aligned to [`DIRECT_IO_ALIGN`].
-pub(crate) fn set_direct_io(f: &File, on: bool) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let fd = f.as_raw_fd();
-        // SAFETY: F_GETFL/F_SETFL only read and set the open file's status flags.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            if flags < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let want = if on {
-                flags | libc::O_DIRECT
-            } else {
-                flags & !libc::O_DIRECT
-            };
-            if want != flags && libc::fcntl(fd, libc::F_SETFL, want) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (f, on);
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
-}
-
-/// Alignment of direct writes: 4096 covers the logical block size of every disk in use
-/// (512 or 4096 bytes). A device with larger blocks refuses the write (`EINVAL`), and the
-/// caller falls back to the page cache.
-pub(crate) const DIRECT_IO_ALIGN: usize = 4096;
-
 /// Outputs get the mode a user expects from any tool (0666 less the umask), not
 /// tempfile's private 0600.
 pub(crate) fn public_output(builder: &mut tempfile::Builder<'_, '_>) {

@@ -85,16 +85,6 @@ impl FsFlush {
 /// Windows has no call to start a file's writeback without waiting for it.
 pub(crate) fn start_writeback(_f: &File, _offset: u64, _len: u64) {}
 
-/// Downloads are written through the cache on Windows (unbuffered I/O there needs
-/// sector-aligned buffers, offsets and a handle opened for it, for little gain on the
-/// target machines): always refused, and the caller writes buffered.
-pub(crate) fn set_direct_io(_f: &File, _on: bool) -> std::io::Result<()> {
-    Err(std::io::ErrorKind::Unsupported.into())
-}
-
-/// See the Unix side; unused where [`set_direct_io`] always refuses.
-pub(crate) const DIRECT_IO_ALIGN: usize = 4096;
-
 /// Nothing to do for a file opened for reading only (`FlushFileBuffers` needs a handle
 /// with write access, and would fail with "access denied"): such a file is a hard link
 /// just made to content this machine did not write (it came on the transfer drive, or
