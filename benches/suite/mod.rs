@@ -485,12 +485,16 @@ fn side<'a>(
 }
 
 fn compare(
+    name: &str,
     runs: usize,
     ours: &Side<'_>,
     theirs: &Side<'_>,
     errlog: &Path,
 ) -> (Vec<Sample>, Vec<Sample>) {
     let (mut a, mut b) = (Vec::new(), Vec::new());
+    if !wanted(name) {
+        return (a, b);
+    }
     let one = |s: &Side<'_>| {
         (s.prep)();
         let m = measure((s.jobs)(), errlog);
@@ -507,6 +511,22 @@ fn compare(
         }
     }
     (a, b)
+}
+
+/// Environment variable: only the rows whose name contains one of these comma-separated
+/// words (case-insensitive), e.g. `SCT_BENCH_ONLY=connect` while working on one step. The
+/// data is generated as for the whole table; the other rows are left out of it. Unset: the
+/// whole table.
+pub const ONLY_ENV: &str = "SCT_BENCH_ONLY";
+
+fn wanted(name: &str) -> bool {
+    let Ok(only) = std::env::var(ONLY_ENV) else {
+        return true;
+    };
+    let name = name.to_lowercase();
+    only.split(',')
+        .map(|w| w.trim().to_lowercase())
+        .any(|w| !w.is_empty() && name.contains(&w))
 }
 
 /// Our side: this executable in child mode.
@@ -1004,7 +1024,7 @@ pub fn run(scale: &Scale) -> String {
             || {},
         );
         say(&format!("Prepare, {data_rows}"));
-        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (a, b) = compare("Prepare", runs, &ours_side, &theirs_side, &errlog);
         record(
             &mut rows,
             &mut ramp_rss,
@@ -1030,7 +1050,7 @@ pub fn run(scale: &Scale) -> String {
             || {},
         );
         say("Read back");
-        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (a, b) = compare("Read back", runs, &ours_side, &theirs_side, &errlog);
         let cab_bytes = std::fs::metadata(&cab).unwrap().len();
         record(
             &mut rows,
@@ -1107,7 +1127,7 @@ pub fn run(scale: &Scale) -> String {
             || {},
         );
         say("Upload, service side");
-        let (mut a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (mut a, b) = compare("Upload, service side", runs, &ours_side, &theirs_side, &errlog);
         for (sample, (kib, cpu)) in a.iter_mut().zip(service_figures.take()) {
             sample.rss_kib = kib;
             sample.cpu = cpu;
@@ -1146,7 +1166,7 @@ pub fn run(scale: &Scale) -> String {
             || {},
         );
         say("Export");
-        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (a, b) = compare("Export", runs, &ours_side, &theirs_side, &errlog);
         record(
             &mut rows,
             &mut ramp_rss,
@@ -1214,7 +1234,7 @@ pub fn run(scale: &Scale) -> String {
                 },
             );
             say(name);
-            let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+            let (a, b) = compare(name, runs, &ours_side, &theirs_side, &errlog);
             let theirs_tool = if p == 0 {
                 "curl → sha256sum"
             } else {
@@ -1269,7 +1289,7 @@ pub fn run(scale: &Scale) -> String {
                 || {},
             );
             say(name);
-            let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+            let (a, b) = compare(name, runs, &ours_side, &theirs_side, &errlog);
             let theirs_tool = if p == 0 {
                 "curl -o, sha256sum -c, sync"
             } else {
@@ -1288,8 +1308,13 @@ pub fn run(scale: &Scale) -> String {
                 &b,
             );
             rm(&theirs_dir);
-            // Keep our last download as the Import source.
+            // Keep our last download as the Import source (made once, unmeasured, where
+            // SCT_BENCH_ONLY left both Connect rows out).
             let source = dest.clone();
+            if !source.join(pack.hierarchy.to_string()).is_dir() {
+                (ours_side.prep)();
+                measure((ours_side.jobs)(), &errlog);
+            }
             assert!(source
                 .join(pack.hierarchy.to_string())
                 .join(pack.id.to_string())
@@ -1322,7 +1347,7 @@ pub fn run(scale: &Scale) -> String {
                 || {},
             );
             say(name);
-            let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+            let (a, b) = compare(name, runs, &ours_side, &theirs_side, &errlog);
             record(
                 &mut rows,
                 &mut ramp_rss,
@@ -1374,7 +1399,7 @@ pub fn run(scale: &Scale) -> String {
                         || {},
                     );
                     say(name);
-                    let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+                    let (a, b) = compare(name, runs, &ours_side, &theirs_side, &errlog);
                     record(
                         &mut rows,
                         &mut ramp_rss,
@@ -1515,6 +1540,9 @@ fn record(
     b: &[Sample],
 ) {
     let i = COMPARISONS.iter().position(|c| *c == name).unwrap();
+    if a.is_empty() {
+        return; // left out by SCT_BENCH_ONLY
+    }
     let ours_rss = a.iter().map(|s| s.rss_kib).max().unwrap();
     ramp_rss[i][k] = ours_rss;
     if !main {
