@@ -1127,7 +1127,13 @@ pub fn run(scale: &Scale) -> String {
             || {},
         );
         say("Upload, service side");
-        let (mut a, b) = compare("Upload, service side", runs, &ours_side, &theirs_side, &errlog);
+        let (mut a, b) = compare(
+            "Upload, service side",
+            runs,
+            &ours_side,
+            &theirs_side,
+            &errlog,
+        );
         for (sample, (kib, cpu)) in a.iter_mut().zip(service_figures.take()) {
             sample.rss_kib = kib;
             sample.cpu = cpu;

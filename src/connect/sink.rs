@@ -56,9 +56,7 @@ impl Sink {
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
         // A thread kept from an earlier file where one is idle (`writer_pool`).
-        let done = super::writer_pool::run("sct-connect-write", move || {
-            run(file, len, rx, &flag)
-        })?;
+        let done = super::writer_pool::run("sct-connect-write", move || run(file, len, rx, &flag))?;
         Ok(Sink {
             tx: Some(tx),
             budget: Arc::new(Semaphore::new(IN_FLIGHT)),

@@ -106,10 +106,7 @@ mod tests {
         for _ in 0..50 {
             let (ran, threads) = (ran.clone(), threads.clone());
             run("sct-test-pool", move || {
-                threads
-                    .lock()
-                    .unwrap()
-                    .insert(std::thread::current().id());
+                threads.lock().unwrap().insert(std::thread::current().id());
                 ran.fetch_add(1, Ordering::SeqCst);
             })
             .unwrap()
