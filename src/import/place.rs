@@ -432,15 +432,19 @@ fn place_file(
     }
     let count = if placed {
         dst.seek(SeekFrom::Start(0)).map_err(wio)?;
-        hash_file(
-            &mut dst,
-            &mut bufs[0],
-            &mut hasher,
-            size,
-            shown,
-            None,
-            on_bytes,
-        )?
+        if size >= PIPELINE_MIN_BYTES {
+            hash_pipelined(&mut dst, bufs, &mut hasher, size, shown, on_bytes)?
+        } else {
+            hash_file(
+                &mut dst,
+                &mut bufs[0],
+                &mut hasher,
+                size,
+                shown,
+                None,
+                on_bytes,
+            )?
+        }
     } else if size >= PIPELINE_MIN_BYTES {
         copy_pipelined(
             &mut src,
@@ -611,6 +615,95 @@ fn copy_pipelined(
     bufs.extend(empty_rx.try_iter());
     written.map_err(|e| Error::io(format!("writing {}", dest.display()), &e))?;
     read?;
+    Ok(count)
+}
+
+/// Hash `from` to its end (never beyond `size` bytes) on two threads: a reader fills the
+/// next buffer while this thread hashes the one before, so a large placed file (a hard
+/// link or reflink, nothing to write) costs its hashing alone, not reading plus hashing:
+/// one file's SHA-256 cannot be split, so this is the limit for a single large file.
+/// [`PIPELINE_BUFFERS`] buffers circulate and come back to `bufs`. Returns the bytes read.
+fn hash_pipelined(
+    from: &mut File,
+    bufs: &mut Vec<Vec<u8>>,
+    hasher: &mut Sha256,
+    size: u64,
+    shown: &str,
+    on_bytes: &mut dyn FnMut(u64) -> bool,
+) -> Result<u64> {
+    while bufs.len() < PIPELINE_BUFFERS {
+        bufs.push(vec![0u8; BUF_BYTES]);
+    }
+    // As many slots as buffers: the reader never waits to hand one over.
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, Result<usize>)>(PIPELINE_BUFFERS);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    for b in bufs.drain(..) {
+        let _ = empty_tx.send(b);
+    }
+    let mut count = 0u64;
+    let (hashed, spare) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            // Reads until the end of the file or an error, then keeps the buffers that
+            // come back until the hashing side lets go, and returns them.
+            let (mut read, mut done, mut spare) = (0u64, false, Vec::new());
+            for mut buf in empty_rx.iter() {
+                if done {
+                    spare.push(buf);
+                    continue;
+                }
+                let r = read_some(from, &mut buf, shown);
+                match &r {
+                    Ok(n) => {
+                        read += *n as u64;
+                        done = *n == 0 || read > size;
+                    }
+                    Err(_) => done = true,
+                }
+                if let Err(mpsc::SendError((buf, _))) = full_tx.send((buf, r)) {
+                    spare.push(buf);
+                    done = true;
+                }
+            }
+            spare
+        });
+        let hashed = (|| -> Result<()> {
+            for (buf, r) in &full_rx {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => {
+                        bufs.push(buf);
+                        return Err(e);
+                    }
+                };
+                let stop = if n == 0 {
+                    Some(Ok(()))
+                } else {
+                    count += n as u64;
+                    if count > size {
+                        Some(Err(grew(shown, size)))
+                    } else {
+                        hasher.update(&buf[..n]);
+                        (!on_bytes(n as u64)).then(|| Err(Error::cancelled()))
+                    }
+                };
+                match stop {
+                    Some(end) => {
+                        bufs.push(buf);
+                        return end;
+                    }
+                    None => {
+                        let _ = empty_tx.send(buf);
+                    }
+                }
+            }
+            Err(Error::internal("the reading thread stopped unexpectedly"))
+        })();
+        drop(empty_tx);
+        (hashed, reader.join().unwrap_or_default())
+    });
+    bufs.extend(spare);
+    bufs.extend(full_rx.try_iter().map(|(b, _)| b));
+    hashed?;
     Ok(count)
 }
 
@@ -794,6 +887,76 @@ mod tests {
         let mut bufs = vec![vec![0u8; 8]];
         let e = place_file(d.path(), &job, &mut bufs, &copier, &mut |_| false).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Cancelled);
+    }
+
+    /// A large file placed by hard link is hashed by the two-thread reader: every byte
+    /// is reported, a wrong hash and a cancellation are refused, a file longer than the
+    /// manifest says is caught, and the buffers come back for the next file.
+    #[test]
+    fn large_linked_files_are_hashed_on_two_threads() {
+        let d = tempfile::tempdir().unwrap();
+        let size = PIPELINE_MIN_BYTES as usize + 5 * BUF_BYTES / 2 + 3;
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(d.path().join("big.bin"), &data).unwrap();
+        let good = crate::hashing::sha256_hex(&data);
+        let bad = crate::hashing::sha256_hex(b"other");
+        let mut bufs = Vec::new();
+        // (hash, size the manifest states, cancel after this many bytes)
+        let cases = [
+            (&good, size as u64, u64::MAX),
+            (&bad, size as u64, u64::MAX),
+            (&good, size as u64, 3 * BUF_BYTES as u64),
+            (&good, size as u64 - 1, u64::MAX),
+            (&good, size as u64, u64::MAX),
+        ];
+        for (i, (sha, stated, cancel_at)) in cases.into_iter().enumerate() {
+            let copier = Copier {
+                try_reflink: AtomicBool::new(false),
+                try_link: AtomicBool::new(true),
+                first_file_done: false,
+            };
+            let dest = d.path().join(format!("out{i}.bin"));
+            let job = FileJob {
+                src_rel: PathBuf::from("big.bin"),
+                shown: "content/big.bin".into(),
+                dest: dest.clone(),
+                size: stated,
+                sha256: sha,
+            };
+            let mut seen = 0u64;
+            let res = if stated == size as u64 {
+                place_file(d.path(), &job, &mut bufs, &copier, &mut |n| {
+                    seen += n;
+                    seen < cancel_at
+                })
+            } else {
+                // The file no longer matches the stated size when it is opened, so this
+                // case goes straight to the reader with a smaller limit.
+                let mut f = File::open(d.path().join("big.bin")).unwrap();
+                let mut hasher = Sha256::new();
+                hash_pipelined(&mut f, &mut bufs, &mut hasher, stated, "big", &mut |_| true)
+                    .map(|_| ())
+            };
+            match i {
+                0 | 4 => {
+                    res.unwrap();
+                    assert_eq!(seen, size as u64);
+                    let (a, b) = (
+                        std::fs::metadata(&dest).unwrap(),
+                        std::fs::metadata(d.path().join("big.bin")).unwrap(),
+                    );
+                    assert_eq!(a.ino(), b.ino(), "placed by hard link");
+                }
+                1 => assert_eq!(res.unwrap_err().kind(), ErrorKind::IntegrityMismatch),
+                2 => assert_eq!(res.unwrap_err().kind(), ErrorKind::Cancelled),
+                _ => {
+                    let e = res.unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::IntegrityMismatch, "{e}");
+                    assert!(e.to_string().contains("grew"), "{e}");
+                }
+            }
+            assert_eq!(bufs.len(), PIPELINE_BUFFERS, "case {i}: buffers came back");
+        }
     }
 
     /// A large file is copied by the two-thread pipeline: the bytes arrive in order, every

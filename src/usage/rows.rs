@@ -199,6 +199,8 @@ struct RowQuery {
     bound: Option<i64>,
     count_sql: &'static str,
     rows_sql: &'static str,
+    /// The rows with ids in `?1..=?2` (the level bound, when there is one, is `?3`).
+    range_sql: &'static str,
 }
 
 impl RowQuery {
@@ -209,6 +211,8 @@ impl RowQuery {
                 count_sql: "SELECT COUNT(*) FROM usage_data",
                 rows_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
                            FROM usage_data ORDER BY id",
+                range_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
+                            FROM usage_data WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
             }
         } else {
             RowQuery {
@@ -216,6 +220,8 @@ impl RowQuery {
                 count_sql: "SELECT COUNT(*) FROM usage_data WHERE level <= ?1",
                 rows_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
                            FROM usage_data WHERE level <= ?1 ORDER BY id",
+                range_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
+                            FROM usage_data WHERE id BETWEEN ?1 AND ?2 AND level <= ?3 ORDER BY id",
             }
         }
     }
@@ -310,39 +316,46 @@ impl RawBatch {
     }
 }
 
-/// What the reading thread hands a formatting worker, in order.
+/// What a lane's reading thread hands a formatting worker, in order.
 enum Job {
     /// The site identity, first (a worker builds its state from it).
     Start(SiteInfo),
     Rows(RawBatch),
-    /// No more rows: the worker passes this on to the caller, which then knows every
-    /// batch arrived (a worker that vanished instead is an error, never a short output).
-    End,
+    /// The end of one chunk of ids: the worker passes it on, and the caller then turns
+    /// to the next chunk's lane (a worker that vanished instead is an error, never a
+    /// short output).
+    ChunkEnd,
     Failed(Error),
 }
 
 /// What a worker hands the caller, in order: a batch's output and its row count, the end
-/// of the rows (`None`), or an error.
+/// of a chunk (`None`), or an error.
 type Mapped<O> = Result<Option<(O, u64)>>;
 
 /// Batches queued per worker (and results waiting per worker): enough to keep every
 /// thread busy, few enough that memory stays flat.
 const IN_FLIGHT_PER_WORKER: usize = 2;
 
-/// The outgoing rows, read in batches on one thread and turned into output (`map`) on
-/// `workers` threads in parallel, handed to `each` in `id` order on the caller's thread.
+/// Connections that read rows at once, at most (one per core up to this).
+const MAX_LANES: usize = 4;
+
+/// Rows per chunk of ids, on average, when several connections read: one batch, so a
+/// lane can read its next chunk while the caller still takes the previous lane's.
+const CHUNK_ROWS: u64 = BATCH_ROWS as u64;
+
+/// The outgoing rows, read on one or more connections ("lanes") and turned into output
+/// (`map`) on formatting threads, handed to `each` in `id` order on the caller's thread.
 ///
-/// Why this shape: hashing identifying columns and formatting rows is independent per
-/// batch, so it runs on every core, and the caller's thread is left with what must be
-/// sequential (hashing the whole output, writing it). Batch `k` goes to worker
-/// `k % workers` and the caller takes results from the workers in the same rotation, so
-/// the order is kept without sorting, and the output is byte for byte what one thread
-/// would produce. The reading thread opens its own read-only connection and reads the
-/// identity, the count and the rows in one read transaction, so they come from one
-/// snapshot of the site. One reading connection, not several over ranges of ids: on
-/// two cores the reading thread is already at most half the CPU time, so splitting it
-/// would not shorten the run (README, Performance), and sharing one WAL snapshot
-/// between connections needs an SQLite build option the bundled library lacks.
+/// Why this shape: stepping SQLite through ten columns per row is the largest single
+/// cost of Prepare and Export, and one connection can only be stepped by one thread. So
+/// on a machine with several cores the ids are cut into consecutive chunks of about
+/// [`CHUNK_ROWS`] rows and chunk `c` is read by lane `c % lanes`, each lane on its own
+/// connection, all of them in read transactions on the same snapshot ([`open_lanes`]).
+/// Within a lane, batch `k` goes to the lane's worker `k % workers`, which hashes the
+/// identifying columns and formats the rows; the caller takes results chunk by chunk,
+/// from each lane's workers in the same rotation. The order is kept without sorting, and
+/// the output is byte for byte what one thread would produce. Where one snapshot cannot
+/// be shared (see [`open_lanes`]) or the rows are few, one lane reads everything.
 ///
 /// `init` builds a worker's state from the site identity (on that worker's thread); `map`
 /// turns a batch into an output value (reused across batches). `start` is called once
@@ -362,162 +375,372 @@ where
     O: Default + Send,
 {
     use std::sync::mpsc::{channel, sync_channel};
-    let workers = workers.max(1);
-    let path = site.path().to_path_buf();
-    let (start_tx, start_rx) = sync_channel::<Result<(SiteInfo, u64)>>(1);
-    let (back_tx, back_rx) = channel::<RawBatch>();
-    let mut jobs = Vec::with_capacity(workers);
-    let mut results = Vec::with_capacity(workers);
-    let mut spares = Vec::with_capacity(workers);
+    let cores = workers.max(1);
+    let plan = ReadPlan::open(site.path(), cores.min(MAX_LANES))?;
+    start(&plan.info, plan.total)?;
+    let lanes = plan.lanes.len();
+    let per_lane = (cores / lanes).max(1);
+    let (chunks, info, query) = (plan.chunks, &plan.info, &plan.query);
+    // With several lanes every row is in exactly one chunk of one snapshot, so the rows
+    // delivered must add up to the count. They do not when records are damaged in a way
+    // a range of ids steps over (a scan of the whole table reports those as malformed)
+    // or ids are not integers (possible only where the schema is not this tool's).
+    let shown = site.path().display().to_string();
+    let expect = (lanes > 1).then_some((plan.total, shown.as_str()));
     std::thread::scope(|scope| {
-        for _ in 0..workers {
-            let (job_tx, job_rx) = sync_channel::<Job>(IN_FLIGHT_PER_WORKER);
-            let (res_tx, res_rx) = sync_channel::<Mapped<O>>(IN_FLIGHT_PER_WORKER);
-            let (spare_tx, spare_rx) = channel::<O>();
-            let back = back_tx.clone();
-            jobs.push(job_tx);
-            results.push(res_rx);
-            spares.push(spare_tx);
-            scope.spawn(move || {
-                let mut state: Option<S> = None;
-                for job in job_rx {
-                    let msg = match job {
-                        Job::Start(info) => {
-                            state = Some(init(&info));
-                            continue;
-                        }
-                        Job::Rows(batch) => match state.as_mut() {
-                            Some(s) => {
-                                let mut out = spare_rx.try_recv().unwrap_or_default();
-                                let r = map(s, &batch, &mut out)
-                                    .map(|()| Some((out, batch.len() as u64)));
-                                let _ = back.send(batch);
-                                r
+        let mut results = Vec::with_capacity(lanes);
+        let mut spares = Vec::with_capacity(lanes);
+        for (lane, lane_site) in plan.lanes.into_iter().enumerate() {
+            let (back_tx, back_rx) = channel::<RawBatch>();
+            let mut jobs = Vec::with_capacity(per_lane);
+            let mut lane_results = Vec::with_capacity(per_lane);
+            let mut lane_spares = Vec::with_capacity(per_lane);
+            for _ in 0..per_lane {
+                let (job_tx, job_rx) = sync_channel::<Job>(IN_FLIGHT_PER_WORKER);
+                let (res_tx, res_rx) = sync_channel::<Mapped<O>>(IN_FLIGHT_PER_WORKER);
+                let (spare_tx, spare_rx) = channel::<O>();
+                let back = back_tx.clone();
+                jobs.push(job_tx);
+                lane_results.push(res_rx);
+                lane_spares.push(spare_tx);
+                scope.spawn(move || {
+                    let mut state: Option<S> = None;
+                    for job in job_rx {
+                        let msg = match job {
+                            Job::Start(info) => {
+                                state = Some(init(&info));
+                                continue;
                             }
-                            None => Err(Error::internal("rows before the row stream started")),
-                        },
-                        Job::End => Ok(None),
-                        Job::Failed(e) => Err(e),
-                    };
-                    if res_tx.send(msg).is_err() {
-                        return;
+                            Job::Rows(batch) => match state.as_mut() {
+                                Some(s) => {
+                                    let mut out = spare_rx.try_recv().unwrap_or_default();
+                                    let r = map(s, &batch, &mut out)
+                                        .map(|()| Some((out, batch.len() as u64)));
+                                    let _ = back.send(batch);
+                                    r
+                                }
+                                None => Err(Error::internal("rows before the row stream started")),
+                            },
+                            Job::ChunkEnd => Ok(None),
+                            Job::Failed(e) => Err(e),
+                        };
+                        if res_tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(back_tx);
+            results.push(lane_results);
+            spares.push(lane_spares);
+            scope.spawn(move || {
+                let mut out = LaneOut {
+                    jobs,
+                    back: back_rx,
+                    seq: 0,
+                };
+                if out.start(info) {
+                    let read = read_lane(&lane_site, query, chunks, lane, lanes, &mut out);
+                    if let Err(e) = read {
+                        out.send(Job::Failed(e));
                     }
                 }
             });
         }
-        drop(back_tx);
-        scope.spawn(move || read_into_jobs(&path, &start_tx, &jobs, &back_rx));
-        collect_in_order(start_rx, results, spares, start, each)
+        collect_in_order(results, spares, chunks.count(), expect, each)
     })
 }
 
-/// The reading thread of [`map_raw_batches`]: batch `k` to worker `k % workers`, then
-/// the end (or the error) to the worker whose turn is next. Returns quietly when the
-/// caller is gone (it stopped early).
-fn read_into_jobs(
-    path: &Path,
-    start: &std::sync::mpsc::SyncSender<Result<(SiteInfo, u64)>>,
-    jobs: &[std::sync::mpsc::SyncSender<Job>],
-    back: &std::sync::mpsc::Receiver<RawBatch>,
-) {
-    let started = std::cell::Cell::new(false);
-    let mut seq = 0usize;
-    let read = Site::open_read_only(path).and_then(|site| {
-        read_batches(
-            &site,
-            &mut |info, total| {
-                started.set(true);
-                for j in jobs {
-                    if j.send(Job::Start(info.clone())).is_err() {
-                        return Ok(false);
-                    }
-                }
-                Ok(start.send(Ok((info, total))).is_ok())
-            },
-            &mut |full| {
-                if jobs[seq % jobs.len()].send(Job::Rows(full)).is_err() {
-                    return Ok(None);
-                }
-                seq += 1;
-                Ok(Some(back.try_recv().unwrap_or_else(|_| RawBatch::new())))
-            },
-        )
-    });
-    let last = &jobs[seq % jobs.len()];
-    match read {
-        Ok(()) => {
-            let _ = last.send(Job::End);
+/// The connections that read, the identity and the row count (all from one snapshot),
+/// and how the ids are cut into chunks.
+struct ReadPlan {
+    lanes: Vec<Site>,
+    info: SiteInfo,
+    total: u64,
+    query: RowQuery,
+    chunks: Chunks,
+}
+
+impl ReadPlan {
+    fn open(path: &Path, want_lanes: usize) -> Result<ReadPlan> {
+        let mut lanes = open_lanes(path, want_lanes)?;
+        let first = &lanes[0];
+        let shown = path.display();
+        let info = first.identity()?;
+        let query = RowQuery::for_level(info.diagnostics_level);
+        let total = query
+            .count(first.connection())
+            .map_err(|e| e.context(&shown))?;
+        let chunks = if lanes.len() > 1 {
+            Chunks::of_ids(first.connection(), total).map_err(|e| e.context(&shown))?
+        } else {
+            Chunks::All
+        };
+        if matches!(chunks, Chunks::All) {
+            lanes.truncate(1);
         }
-        Err(e) if started.get() => {
-            let _ = last.send(Job::Failed(e));
+        Ok(ReadPlan {
+            lanes,
+            info,
+            total,
+            query,
+            chunks,
+        })
+    }
+}
+
+/// `want` read-only connections to the site at `path`, each in a read transaction, all
+/// on one snapshot; or just one when that cannot be arranged at once.
+///
+/// Why the write lock: in WAL mode a reader's snapshot is the last commit when it first
+/// reads, and writers go on committing while it reads. SQLite's snapshot API
+/// (`sqlite3_snapshot_open`) would hand one snapshot to several connections, but the
+/// bundled SQLite is not built with it. Holding the write lock (`BEGIN IMMEDIATE`, which
+/// writes nothing) while every connection takes its first read keeps commits out for
+/// those few milliseconds, so they all start at the same commit; it is released at once.
+/// (In rollback-journal mode overlapping readers already exclude commits.) Where the lock
+/// cannot be had without waiting — a writer is mid-transaction, the file or its folder is
+/// read-only — one connection reads everything, as a plain read transaction.
+fn open_lanes(path: &Path, want: usize) -> Result<Vec<Site>> {
+    let mut lanes = vec![Site::open_read_only(path)?];
+    let lock = (want > 1).then(|| hold_write_lock(path)).flatten();
+    if lock.is_some() {
+        while lanes.len() < want {
+            match Site::open_read_only(path) {
+                Ok(s) => lanes.push(s),
+                Err(_) => break,
+            }
         }
-        Err(e) => {
-            let _ = start.send(Err(e));
+    }
+    for lane in &lanes {
+        lane.connection().execute_batch("BEGIN")?;
+        // The snapshot is taken at the first read.
+        lane.identity()?;
+    }
+    if let Some(lock) = lock {
+        let _ = lock.execute_batch("ROLLBACK");
+    }
+    Ok(lanes)
+}
+
+/// A connection holding the site's write lock, or `None` if it cannot be had at once.
+fn hold_write_lock(path: &Path) -> Option<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = rusqlite::Connection::open_with_flags(path, flags).ok()?;
+    conn.busy_timeout(std::time::Duration::ZERO).ok()?;
+    conn.execute_batch("BEGIN IMMEDIATE").ok()?;
+    Some(conn)
+}
+
+/// How the ids are cut for the lanes: everything in one statement, or consecutive
+/// ranges of `width` ids from `first` to `last`, `count` of them, each holding about
+/// [`CHUNK_ROWS`] rows if the ids are evenly spread (uneven ids only make chunks uneven:
+/// slower, never wrong, and the count of chunks stays at most rows / CHUNK_ROWS + 1).
+#[derive(Clone, Copy, Debug)]
+enum Chunks {
+    All,
+    Ranges {
+        first: i64,
+        last: i64,
+        width: i128,
+        count: u64,
+    },
+}
+
+impl Chunks {
+    /// Ranges over the ids of the snapshot `conn` reads in, for `rows` rows; `All` when
+    /// the rows are too few to be worth splitting or the ids are not all integers (then
+    /// the one statement reports the row whose id is not).
+    fn of_ids(conn: &rusqlite::Connection, rows: u64) -> Result<Chunks> {
+        use rusqlite::types::Value;
+        if rows < 2 * CHUNK_ROWS {
+            return Ok(Chunks::All);
+        }
+        // Two statements: SQLite answers a lone MIN or MAX of the rowid from one end of
+        // the b-tree, but both in one statement by scanning every row.
+        let end = |sql| conn.query_row(sql, [], |r| r.get::<_, Value>(0));
+        let (lo, hi) = (
+            end("SELECT MIN(id) FROM usage_data")?,
+            end("SELECT MAX(id) FROM usage_data")?,
+        );
+        let (Value::Integer(first), Value::Integer(last)) = (lo, hi) else {
+            return Ok(Chunks::All);
+        };
+        Ok(Chunks::split(first, last, rows))
+    }
+
+    fn split(first: i64, last: i64, rows: u64) -> Chunks {
+        let span = last as i128 - first as i128 + 1;
+        let rows = rows.max(1) as i128;
+        let width = ((span * CHUNK_ROWS as i128 + rows - 1) / rows).max(1);
+        Chunks::Ranges {
+            first,
+            last,
+            width,
+            count: ((span + width - 1) / width) as u64,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            Chunks::All => 1,
+            Chunks::Ranges { count, .. } => *count,
+        }
+    }
+
+    /// The ids of chunk `c` (inclusive), or `None` for `All`.
+    fn range(&self, c: u64) -> Option<(i64, i64)> {
+        match *self {
+            Chunks::All => None,
+            Chunks::Ranges {
+                first, last, width, ..
+            } => {
+                let lo = first as i128 + c as i128 * width;
+                let hi = (lo + width - 1).min(last as i128);
+                Some((lo as i64, hi as i64))
+            }
         }
     }
 }
 
-/// The caller's side of [`map_raw_batches`]. Owns the receivers, so returning (early or
-/// not) releases every other thread.
+/// A lane's way to its workers: batch `k` (and every chunk end) to worker `k % workers`,
+/// and emptied batches back.
+struct LaneOut {
+    jobs: Vec<std::sync::mpsc::SyncSender<Job>>,
+    back: std::sync::mpsc::Receiver<RawBatch>,
+    seq: usize,
+}
+
+impl LaneOut {
+    /// The site identity to every worker, first; `false` when the caller is gone.
+    fn start(&mut self, info: &SiteInfo) -> bool {
+        self.jobs
+            .iter()
+            .all(|j| j.send(Job::Start(info.clone())).is_ok())
+    }
+
+    /// Send `job` to the worker whose turn it is; `false` when the caller is gone (it
+    /// stopped early).
+    fn send(&mut self, job: Job) -> bool {
+        let ok = self.jobs[self.seq % self.jobs.len()].send(job).is_ok();
+        self.seq += 1;
+        ok
+    }
+
+    /// Hand a full batch on and get an empty one to fill next (`None`: stop).
+    fn rows(&mut self, batch: RawBatch) -> Option<RawBatch> {
+        self.send(Job::Rows(batch))
+            .then(|| self.back.try_recv().unwrap_or_else(|_| RawBatch::new()))
+    }
+}
+
+/// One lane's reading: chunks `lane`, `lane + lanes`, … in order, each followed by its
+/// chunk end. Returns quietly when the caller is gone.
+fn read_lane(
+    site: &Site,
+    query: &RowQuery,
+    chunks: Chunks,
+    lane: usize,
+    lanes: usize,
+    out: &mut LaneOut,
+) -> Result<()> {
+    let shown = site.path().display().to_string();
+    let sql = match chunks {
+        Chunks::All => query.rows_sql,
+        Chunks::Ranges { .. } => query.range_sql,
+    };
+    let mut stmt = RawStatement::prepare(site.connection(), sql).map_err(|e| e.context(&shown))?;
+    let mut batch = RawBatch::new();
+    let mut c = lane as u64;
+    while c < chunks.count() {
+        stmt.reset();
+        let mut next = 1;
+        if let Some((lo, hi)) = chunks.range(c) {
+            stmt.bind_i64(1, lo)?;
+            stmt.bind_i64(2, hi)?;
+            next = 3;
+        }
+        if let Some(bound) = query.bound {
+            stmt.bind_i64(next, bound)?;
+        }
+        let Some(partial) = fill_batches(&mut stmt, batch, &shown, &mut |b| Ok(out.rows(b)))?
+        else {
+            return Ok(());
+        };
+        batch = if partial.len() > 0 {
+            match out.rows(partial) {
+                Some(b) => b,
+                None => return Ok(()),
+            }
+        } else {
+            partial
+        };
+        batch.clear();
+        if !out.send(Job::ChunkEnd) {
+            return Ok(());
+        }
+        c += lanes as u64;
+    }
+    Ok(())
+}
+
+/// The caller's side of [`map_raw_batches`]: chunk by chunk, each from its lane's
+/// workers in rotation. Owns the receivers, so returning (early or not) releases every
+/// other thread.
 fn collect_in_order<O>(
-    start_rx: std::sync::mpsc::Receiver<Result<(SiteInfo, u64)>>,
-    results: Vec<std::sync::mpsc::Receiver<Mapped<O>>>,
-    spares: Vec<std::sync::mpsc::Sender<O>>,
-    start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
+    results: Vec<Vec<std::sync::mpsc::Receiver<Mapped<O>>>>,
+    spares: Vec<Vec<std::sync::mpsc::Sender<O>>>,
+    chunks: u64,
+    expect: Option<(u64, &str)>,
     each: &mut dyn FnMut(&O, u64) -> Result<bool>,
 ) -> Result<u64> {
     let stopped = || Error::internal("a usage row thread stopped unexpectedly");
-    let (info, total) = start_rx.recv().map_err(|_| stopped())??;
-    drop(start_rx);
-    start(&info, total)?;
+    let lanes = results.len();
+    let mut turn = vec![0usize; lanes];
     let mut n = 0u64;
-    for k in (0..results.len()).cycle() {
-        match results[k].recv().map_err(|_| stopped())?? {
-            Some((out, rows)) => {
-                n += rows;
-                if !each(&out, rows)? {
-                    break;
+    for c in 0..chunks {
+        let lane = (c % lanes as u64) as usize;
+        loop {
+            let w = turn[lane];
+            turn[lane] = (w + 1) % results[lane].len();
+            match results[lane][w].recv().map_err(|_| stopped())?? {
+                Some((out, rows)) => {
+                    n += rows;
+                    if !each(&out, rows)? {
+                        return Ok(n);
+                    }
+                    let _ = spares[lane][w].send(out);
                 }
-                let _ = spares[k].send(out);
+                None => break,
             }
-            None => break,
         }
     }
-    Ok(n)
+    match expect {
+        Some((total, shown)) if total != n => Err(Error::new(
+            ErrorKind::Database,
+            format!(
+                "{shown}: database disk image is malformed: it counts {total} outgoing usage rows but {n} could be read by id"
+            ),
+        )),
+        _ => Ok(n),
+    }
 }
 
-/// The one reader of outgoing rows, for both [`stream_rows`] and [`map_raw_batches`].
-/// In one read transaction it reads the identity and the row count and hands them to
-/// `start` (`Ok(false)` stops), then fills batches of [`BATCH_ROWS`] rows and hands each
-/// full one to `full`, which returns an empty batch to fill next (or `None` to stop).
-///
-/// It steps the statement through SQLite's C API ([`RawStatement`]) rather than
-/// rusqlite's typed rows: with ten columns per row, rusqlite's per-value checks cost
-/// more than SQLite's own work and made this the slowest stage of Prepare.
-fn read_batches(
-    site: &Site,
-    start: &mut dyn FnMut(SiteInfo, u64) -> Result<bool>,
+/// Step `stmt` to its end, filling `batch` and handing each full one to `full`, which
+/// returns an empty batch to fill next (or `None` to stop: then so does this). Returns
+/// the last, partly filled batch.
+fn fill_batches(
+    stmt: &mut RawStatement<'_>,
+    mut batch: RawBatch,
+    shown: &str,
     full: &mut dyn FnMut(RawBatch) -> Result<Option<RawBatch>>,
-) -> Result<()> {
-    let conn = site.connection();
+) -> Result<Option<RawBatch>> {
     // SQLite's own failures (a damaged file, say) name the database; the callbacks'
     // errors are passed on as they are.
-    let shown = site.path().display();
-    let named = |e: Error| e.context(&shown);
-    // One snapshot for the identity, the count and the rows (WAL readers never block
-    // writers).
-    let txn = conn.unchecked_transaction()?;
-    let info = site.identity()?;
-    let query = RowQuery::for_level(info.diagnostics_level);
-    let total = query.count(&txn).map_err(named)?;
-    if !start(info, total)? {
-        return Ok(());
-    }
-    let mut stmt = RawStatement::prepare(&txn, query.rows_sql).map_err(named)?;
-    if let Some(bound) = query.bound {
-        stmt.bind_i64(1, bound)?;
-    }
-    let mut batch = RawBatch::new();
+    let named = |e: Error| e.context(shown);
     while stmt.step().map_err(named)? {
         let id = stmt.integer(0).ok_or_else(|| {
             Error::new(
@@ -544,13 +767,46 @@ fn read_batches(
         if batch.len() == BATCH_ROWS {
             match full(batch)? {
                 Some(next) => batch = next,
-                None => return Ok(()),
+                None => return Ok(None),
             }
             batch.clear();
         }
     }
-    if batch.len() > 0 {
-        full(batch)?;
+    Ok(Some(batch))
+}
+
+/// The outgoing rows on the calling thread, for [`stream_rows`]: in one read transaction
+/// it reads the identity and the row count and hands them to `start` (`Ok(false)`
+/// stops), then fills batches of [`BATCH_ROWS`] rows and hands each full one to `full`,
+/// which returns an empty batch to fill next (or `None` to stop).
+///
+/// Rows are stepped through SQLite's C API ([`RawStatement`]) rather than rusqlite's
+/// typed rows: with ten columns per row, rusqlite's per-value checks cost more than
+/// SQLite's own work and made this the slowest stage of Prepare.
+fn read_batches(
+    site: &Site,
+    start: &mut dyn FnMut(SiteInfo, u64) -> Result<bool>,
+    full: &mut dyn FnMut(RawBatch) -> Result<Option<RawBatch>>,
+) -> Result<()> {
+    let conn = site.connection();
+    let shown = site.path().display().to_string();
+    // One snapshot for the identity, the count and the rows (WAL readers never block
+    // writers).
+    let txn = conn.unchecked_transaction()?;
+    let info = site.identity()?;
+    let query = RowQuery::for_level(info.diagnostics_level);
+    let total = query.count(&txn).map_err(|e| e.context(&shown))?;
+    if !start(info, total)? {
+        return Ok(());
+    }
+    let mut stmt = RawStatement::prepare(&txn, query.rows_sql).map_err(|e| e.context(&shown))?;
+    if let Some(bound) = query.bound {
+        stmt.bind_i64(1, bound)?;
+    }
+    if let Some(last) = fill_batches(&mut stmt, RawBatch::new(), &shown, full)? {
+        if last.len() > 0 {
+            full(last)?;
+        }
     }
     Ok(())
 }
@@ -598,6 +854,15 @@ impl<'c> RawStatement<'c> {
             return Err(sqlite_error(self.db, rc));
         }
         Ok(())
+    }
+
+    /// Back to before the first row, to be bound and stepped again.
+    fn reset(&mut self) {
+        // SAFETY: `stmt` is a live statement. The code returned repeats the last step's
+        // error, which that step already reported.
+        unsafe {
+            rusqlite::ffi::sqlite3_reset(self.stmt.as_ptr());
+        }
     }
 
     /// Advance to the next row: `true` at a row, `false` when done.
@@ -700,6 +965,120 @@ pub fn for_each_usage_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn site_with_rows(dir: &Path, rows: u64) -> std::path::PathBuf {
+        let path = dir.join("site.db");
+        let mut site = Site::create(
+            &path,
+            &crate::site::NewSite {
+                site_code: "PS1".into(),
+                site_version: "5.00.9128.1000".parse().unwrap(),
+                diagnostics_level: DiagnosticsLevel::Full,
+                hierarchy_id: None,
+                site_name: None,
+                scp_mode: Default::default(),
+            },
+        )
+        .unwrap();
+        crate::site::sample::generate(&mut site, rows, 7).unwrap();
+        path
+    }
+
+    /// The lanes' connections all read the same snapshot while a writer commits as fast
+    /// as it can (each commit moves a window of ids by one, so every commit changes MIN,
+    /// MAX or both). Where the write lock could not be had at once there is one lane.
+    #[test]
+    fn lanes_share_one_snapshot_while_a_writer_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = site_with_rows(dir.path(), 2_000);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (mut shared, mut single) = (0, 0);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                let w = rusqlite::Connection::open(&path).unwrap();
+                w.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                // Commits without a flush to disk: many of them while the lanes open.
+                w.pragma_update(None, "synchronous", "OFF").unwrap();
+                let mut commits = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    w.execute_batch(
+                        "BEGIN IMMEDIATE;
+                         DELETE FROM usage_data WHERE id = (SELECT MIN(id) FROM usage_data);
+                         INSERT INTO usage_data (level, category, metric, value, collected_utc)
+                         VALUES (3, 'Late', 'Row', 'x', '2026-01-01T00:00:00Z');
+                         COMMIT;",
+                    )
+                    .unwrap();
+                    commits += 1;
+                    // Room between commits for the lock to be free now and then.
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                commits
+            });
+            // Stops the writer however this loop ends (a failed assertion included).
+            struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let stopper = Stop(&stop);
+            for _ in 0..300 {
+                let lanes = open_lanes(&path, 3).unwrap();
+                let seen: Vec<(i64, i64)> = lanes
+                    .iter()
+                    .map(|l| {
+                        l.connection()
+                            .query_row(
+                                "SELECT (SELECT MIN(id) FROM usage_data), (SELECT MAX(id) FROM usage_data)",
+                                [],
+                                |r| Ok((r.get(0)?, r.get(1)?)),
+                            )
+                            .unwrap()
+                    })
+                    .collect();
+                assert!(
+                    seen.windows(2).all(|w| w[0] == w[1]),
+                    "lanes on different snapshots: {seen:?}"
+                );
+                if lanes.len() > 1 {
+                    assert_eq!(lanes.len(), 3);
+                    shared += 1;
+                } else {
+                    single += 1;
+                }
+            }
+            drop(stopper);
+            let commits = writer.join().unwrap();
+            assert!(commits > 20, "the writer kept committing: {commits}");
+        });
+        assert!(shared >= 30, "shared {shared}, single {single}");
+    }
+
+    /// Chunks cover every id from the first to the last exactly once, in order, with
+    /// about CHUNK_ROWS rows each for dense ids, and stay few for sparse or extreme ones.
+    #[test]
+    fn chunks_cover_the_ids_once() {
+        for (first, last, rows) in [
+            (1i64, 2_000_000i64, 2_000_000u64),
+            (1, 2_000_000, 600_000),
+            (-5, 70_000, 4_096),
+            (i64::MIN, i64::MAX, 10_000),
+            (i64::MAX - 5_000, i64::MAX, 5_001),
+        ] {
+            let c = Chunks::split(first, last, rows);
+            assert!(c.count() <= rows / CHUNK_ROWS + 1, "{c:?}");
+            let mut next = first as i128;
+            for k in 0..c.count() {
+                let (lo, hi) = c.range(k).unwrap();
+                assert_eq!(lo as i128, next, "{c:?} chunk {k}");
+                assert!(hi >= lo);
+                next = hi as i128 + 1;
+            }
+            assert_eq!(next, last as i128 + 1, "{c:?}");
+        }
+        assert!(Chunks::All.range(0).is_none());
+    }
 
     #[test]
     fn hashes_are_salted_lowercase_and_empty_stays_empty() {
