@@ -1062,7 +1062,7 @@ pub fn run(scale: &Scale) -> String {
         );
         let theirs_side = side(|| rm(&gcab_out), || vec![gcab()], || {});
         say("Prepare, cab only");
-        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (a, b) = compare("Prepare, cab only", runs, &ours_side, &theirs_side, &errlog);
         record(
             &mut rows,
             &mut ramp_rss,
