@@ -490,12 +490,16 @@ fn side<'a>(
 }
 
 fn compare(
+    name: &str,
     runs: usize,
     ours: &Side<'_>,
     theirs: &Side<'_>,
     errlog: &Path,
 ) -> (Vec<Sample>, Vec<Sample>) {
     let (mut a, mut b) = (Vec::new(), Vec::new());
+    if !wanted(name) {
+        return (a, b);
+    }
     let one = |s: &Side<'_>| {
         (s.prep)();
         let m = measure((s.jobs)(), errlog);
@@ -512,6 +516,22 @@ fn compare(
         }
     }
     (a, b)
+}
+
+/// Environment variable: only the rows whose name contains one of these comma-separated
+/// words (case-insensitive), e.g. `SCT_BENCH_ONLY=connect` while working on one step. The
+/// data is generated as for the whole table; the other rows are left out of it. Unset: the
+/// whole table.
+pub const ONLY_ENV: &str = "SCT_BENCH_ONLY";
+
+fn wanted(name: &str) -> bool {
+    let Ok(only) = std::env::var(ONLY_ENV) else {
+        return true;
+    };
+    let name = name.to_lowercase();
+    only.split(',')
+        .map(|w| w.trim().to_lowercase())
+        .any(|w| !w.is_empty() && name.contains(&w))
 }
 
 /// Our side: this executable in child mode.
@@ -1027,7 +1047,7 @@ pub fn run(scale: &Scale) -> String {
             || {},
         );
         say(&format!("Prepare, {data_rows}"));
-        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (a, b) = compare("Prepare", runs, &ours_side, &theirs_side, &errlog);
         record(
             &mut rows,
             &mut ramp_rss,
@@ -1042,7 +1062,7 @@ pub fn run(scale: &Scale) -> String {
         );
         let theirs_side = side(|| rm(&gcab_out), || vec![gcab()], || {});
         say("Prepare, cab only");
-        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (a, b) = compare("Prepare, cab only", runs, &ours_side, &theirs_side, &errlog);
         record(
             &mut rows,
             &mut ramp_rss,
@@ -1068,7 +1088,7 @@ pub fn run(scale: &Scale) -> String {
             || {},
         );
         say("Read back");
-        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (a, b) = compare("Read back", runs, &ours_side, &theirs_side, &errlog);
         let cab_bytes = std::fs::metadata(&cab).unwrap().len();
         record(
             &mut rows,
@@ -1145,7 +1165,13 @@ pub fn run(scale: &Scale) -> String {
             || {},
         );
         say("Upload, service side");
-        let (mut a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (mut a, b) = compare(
+            "Upload, service side",
+            runs,
+            &ours_side,
+            &theirs_side,
+            &errlog,
+        );
         for (sample, (kib, cpu)) in a.iter_mut().zip(service_figures.take()) {
             sample.rss_kib = kib;
             sample.cpu = cpu;
@@ -1170,7 +1196,7 @@ pub fn run(scale: &Scale) -> String {
         let ours_side = side(|| rm(&csv), || vec![ours(&[&"export", site, &csv])], || {});
         let theirs_side = side(|| rm(&sq), || vec![sqlite3_csv()], || {});
         say("Export");
-        let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+        let (a, b) = compare("Export", runs, &ours_side, &theirs_side, &errlog);
         record(
             &mut rows,
             &mut ramp_rss,
@@ -1238,7 +1264,7 @@ pub fn run(scale: &Scale) -> String {
                 },
             );
             say(name);
-            let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+            let (a, b) = compare(name, runs, &ours_side, &theirs_side, &errlog);
             let theirs_tool = if p == 0 {
                 "curl → sha256sum"
             } else {
@@ -1293,7 +1319,7 @@ pub fn run(scale: &Scale) -> String {
                 || {},
             );
             say(name);
-            let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+            let (a, b) = compare(name, runs, &ours_side, &theirs_side, &errlog);
             let theirs_tool = if p == 0 {
                 "curl -o, sha256sum -c, sync"
             } else {
@@ -1312,8 +1338,13 @@ pub fn run(scale: &Scale) -> String {
                 &b,
             );
             rm(&theirs_dir);
-            // Keep our last download as the Import source.
+            // Keep our last download as the Import source (made once, unmeasured, where
+            // SCT_BENCH_ONLY left both Connect rows out).
             let source = dest.clone();
+            if !source.join(pack.hierarchy.to_string()).is_dir() {
+                (ours_side.prep)();
+                measure((ours_side.jobs)(), &errlog);
+            }
             assert!(source
                 .join(pack.hierarchy.to_string())
                 .join(pack.id.to_string())
@@ -1346,7 +1377,7 @@ pub fn run(scale: &Scale) -> String {
                 || {},
             );
             say(name);
-            let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+            let (a, b) = compare(name, runs, &ours_side, &theirs_side, &errlog);
             record(
                 &mut rows,
                 &mut ramp_rss,
@@ -1398,7 +1429,7 @@ pub fn run(scale: &Scale) -> String {
                         || {},
                     );
                     say(name);
-                    let (a, b) = compare(runs, &ours_side, &theirs_side, &errlog);
+                    let (a, b) = compare(name, runs, &ours_side, &theirs_side, &errlog);
                     record(
                         &mut rows,
                         &mut ramp_rss,
@@ -1539,6 +1570,9 @@ fn record(
     b: &[Sample],
 ) {
     let i = COMPARISONS.iter().position(|c| *c == name).unwrap();
+    if a.is_empty() {
+        return; // left out by SCT_BENCH_ONLY
+    }
     let ours_rss = a.iter().map(|s| s.rss_kib).max().unwrap();
     ramp_rss[i][k] = ours_rss;
     if !main {

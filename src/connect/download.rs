@@ -417,14 +417,23 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
     let mut partial_name = final_path.as_os_str().to_owned();
     partial_name.push(PARTIAL_SUFFIX);
     let partial_path = PathBuf::from(partial_name);
-    if let Some(parent) = final_path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
-    }
+    // The folder and a look at the final name in one hand-off to the blocking pool (each
+    // hand-off costs thread wake-ups, which add up over a pack of many small files).
+    let (parent, at_final) = (
+        final_path.parent().map(Path::to_path_buf),
+        final_path.clone(),
+    );
+    let existing = blocking("preparing a download", move || {
+        if let Some(parent) = &parent {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
+        }
+        Ok(std::fs::symlink_metadata(&at_final))
+    })
+    .await?;
 
     // 1. Already at its final name?
-    match tokio::fs::symlink_metadata(&final_path).await {
+    match existing {
         Ok(m) if m.is_file() => {
             if m.len() == size {
                 let (_, hasher) = hash_prefix(ctx, &final_path, &job.item, size).await?;
@@ -727,24 +736,27 @@ async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
 /// Open or create `path` for appending, hashing the bytes it already holds. A partial
 /// longer than the file can be is emptied.
 async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Result<Partial> {
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .await
-        .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| Error::io(format!("checking {}", path.display()), &e))?
-        .len();
+    let p = path.to_path_buf();
+    let (file, len) = blocking("opening a partial file", move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::io(format!("opening {}", p.display()), &e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("checking {}", p.display()), &e))?
+            .len();
+        Ok((file, len))
+    })
+    .await?;
     let (have, hasher) = if len == 0 || len > size {
         (0, Sha256::new())
     } else {
         hash_prefix(ctx, path, item, len).await?
     };
-    let sink = Sink::start(file.into_std().await, have)
+    let sink = Sink::start(file, have)
         .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
     let part = Partial {
         path: path.to_path_buf(),
@@ -760,6 +772,16 @@ async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Res
         .await
         .map_err(|e| Error::io(format!("truncating {}", path.display()), &e))?;
     Ok(part)
+}
+
+/// Run `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("{what} panicked: {e}")))?
 }
 
 /// Hash a file on disk (a blocking task), reporting `Verify` progress and stopping on

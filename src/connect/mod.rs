@@ -33,6 +33,7 @@ mod download;
 mod report;
 mod sink;
 mod upload;
+mod writer_pool;
 
 pub use console::{ConsoleReport, ConsoleStatus};
 

@@ -1,4 +1,4 @@
-//! A download's partial file, written on a thread of its own.
+//! A download's partial file, written on a thread of its own (one of `writer_pool`'s).
 //!
 //! Why: profiling a 1 GiB download (`perf record`) showed the write into the page cache
 //! (`copy_folio_from_iter_atomic`) as the largest cost, ahead of SHA-256, and
@@ -36,13 +36,13 @@ enum Cmd {
     Drain(bool, oneshot::Sender<std::io::Result<()>>),
 }
 
-/// The writing-and-hashing thread of one partial file. Dropping it waits for the writes
+/// The writing thread of one partial file. Dropping it waits for the writes
 /// already handed over (at most [`IN_FLIGHT`] bytes), so the file is settled afterwards.
 pub(crate) struct Sink {
     tx: Option<mpsc::UnboundedSender<Cmd>>,
     budget: Arc<Semaphore>,
     failed: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    done: Option<super::writer_pool::Done>,
 }
 
 fn gone() -> std::io::Error {
@@ -55,14 +55,13 @@ impl Sink {
         let (tx, rx) = mpsc::unbounded_channel();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
-        let thread = std::thread::Builder::new()
-            .name("sct-connect-write".into())
-            .spawn(move || run(file, len, rx, &flag))?;
+        // A thread kept from an earlier file where one is idle (`writer_pool`).
+        let done = super::writer_pool::run("sct-connect-write", move || run(file, len, rx, &flag))?;
         Ok(Sink {
             tx: Some(tx),
             budget: Arc::new(Semaphore::new(IN_FLIGHT)),
             failed,
-            thread: Some(thread),
+            done: Some(done),
         })
     }
 
@@ -107,8 +106,8 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(done) = self.done.take() {
+            done.wait();
         }
     }
 }
