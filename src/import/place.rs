@@ -822,6 +822,15 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// A copier that never tries a reflink and hard-links only if `link`.
+    fn test_copier(link: bool) -> Copier {
+        Copier {
+            try_reflink: AtomicBool::new(false),
+            try_link: AtomicBool::new(link),
+            first_file_done: false,
+        }
+    }
+
     /// Both ways of placing (copy, hard link) deliver the bytes, report every byte, and
     /// refuse content that does not match its hash (the caller removes the staging folder).
     #[test]
@@ -835,11 +844,7 @@ mod tests {
         for link in [false, true] {
             for sha in [&good, &bad] {
                 let dest = d.path().join(format!("out-{link}-{}.bin", &sha[..8]));
-                let copier = Copier {
-                    try_reflink: AtomicBool::new(false),
-                    try_link: AtomicBool::new(link),
-                    first_file_done: false,
-                };
+                let copier = test_copier(link);
                 let job = FileJob {
                     src_rel: PathBuf::from("src/a.bin"),
                     shown: "content/a.bin".into(),
@@ -910,11 +915,7 @@ mod tests {
             (&good, size as u64, u64::MAX),
         ];
         for (i, (sha, stated, cancel_at)) in cases.into_iter().enumerate() {
-            let copier = Copier {
-                try_reflink: AtomicBool::new(false),
-                try_link: AtomicBool::new(true),
-                first_file_done: false,
-            };
+            let copier = test_copier(true);
             let dest = d.path().join(format!("out{i}.bin"));
             let job = FileJob {
                 src_rel: PathBuf::from("big.bin"),
@@ -972,11 +973,7 @@ mod tests {
         let bad = crate::hashing::sha256_hex(b"other");
         let mut bufs = Vec::new();
         for (i, sha) in [&good, &bad, &good].into_iter().enumerate() {
-            let copier = Copier {
-                try_reflink: AtomicBool::new(false),
-                try_link: AtomicBool::new(false),
-                first_file_done: false,
-            };
+            let copier = test_copier(false);
             let dest = d.path().join(format!("out{i}.bin"));
             let job = FileJob {
                 src_rel: PathBuf::from("big.bin"),
