@@ -756,7 +756,7 @@ async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Res
     } else {
         hash_prefix(ctx, path, item, len).await?
     };
-    let sink = Sink::start(file, have)
+    let sink = Sink::start(&ctx.writers, file, have)
         .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
     let part = Partial {
         path: path.to_path_buf(),

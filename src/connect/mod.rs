@@ -327,6 +327,7 @@ pub fn connect(opts: &ConnectOptions, progress: ProgressFn) -> Result<ConnectRep
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
         },
+        writers: writer_pool::Pool::new(),
     });
     let workers = opts.parallelism.clamp(2, 8);
     let worker = std::thread::Builder::new()
@@ -341,6 +342,9 @@ pub fn connect(opts: &ConnectOptions, progress: ProgressFn) -> Result<ConnectRep
                 Ok(rt) => {
                     let r = rt.block_on(run(ctx.clone(), cabs));
                     rt.shutdown_timeout(std::time::Duration::from_secs(5));
+                    // Every sink has ended with its task: end their threads too, so none
+                    // outlives the call.
+                    ctx.writers.close();
                     r
                 }
                 Err(e) => Err(Error::internal(format!(
@@ -479,6 +483,9 @@ pub(crate) struct Ctx {
     /// Bounds the concurrent transfers across all files of all packs.
     pub slots: tokio::sync::Semaphore,
     pub events: Events,
+    /// The threads that write downloads; closed (every thread joined) before the run
+    /// returns.
+    pub writers: writer_pool::Pool,
 }
 
 /// Progress reporting from the worker tasks: overall counters plus a bounded channel to

@@ -15,6 +15,7 @@
 //! manifest (one `syncfs`) then finds little left to write instead of the whole pack.
 //! Durability is unchanged: nothing here is relied on; that flush still comes.
 
+use super::writer_pool::{Done, Pool};
 use bytes::Bytes;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -42,7 +43,7 @@ pub(crate) struct Sink {
     tx: Option<mpsc::UnboundedSender<Cmd>>,
     budget: Arc<Semaphore>,
     failed: Arc<AtomicBool>,
-    done: Option<super::writer_pool::Done>,
+    done: Option<Done>,
 }
 
 fn gone() -> std::io::Error {
@@ -51,12 +52,12 @@ fn gone() -> std::io::Error {
 
 impl Sink {
     /// Write to `file` from byte `len` (where its file position must be).
-    pub(crate) fn start(file: File, len: u64) -> std::io::Result<Sink> {
+    pub(crate) fn start(pool: &Pool, file: File, len: u64) -> std::io::Result<Sink> {
         let (tx, rx) = mpsc::unbounded_channel();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
         // A thread kept from an earlier file where one is idle (`writer_pool`).
-        let done = super::writer_pool::run("sct-connect-write", move || run(file, len, rx, &flag))?;
+        let done = pool.run("sct-connect-write", move || run(file, len, rx, &flag))?;
         Ok(Sink {
             tx: Some(tx),
             budget: Arc::new(Semaphore::new(IN_FLIGHT)),
@@ -197,8 +198,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.sct-partial");
         let file = File::create(&path).unwrap();
+        let pool = Pool::new();
         runtime().block_on(async {
-            let sink = Sink::start(file, 0).unwrap();
+            let sink = Sink::start(&pool, file, 0).unwrap();
             let mut all = Vec::new();
             for i in 0..200u32 {
                 let chunk: Vec<u8> = (0..(i * 997 % 70_000)).map(|b| (b ^ i) as u8).collect();
@@ -226,8 +228,9 @@ mod tests {
         let path = dir.path().join("ro");
         std::fs::write(&path, b"").unwrap();
         let file = File::open(&path).unwrap();
+        let pool = Pool::new();
         runtime().block_on(async {
-            let sink = Sink::start(file, 0).unwrap();
+            let sink = Sink::start(&pool, file, 0).unwrap();
             sink.write(Bytes::from_static(b"abc")).await.unwrap();
             let e = sink.drain(false).await.unwrap_err();
             assert!(e.raw_os_error().is_some(), "{e}");

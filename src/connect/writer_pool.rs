@@ -1,13 +1,16 @@
-//! Threads for the download sinks, kept for the next file instead of one started and
-//! ended per file.
+//! Threads for the download sinks of one Connect run, kept for the next file instead of
+//! one started and ended per file, and all ended before the run returns.
 //!
 //! Why: a pack of 1,000 files started and ended 1,000 threads (`strace -c`: 1,014
 //! `clone3`, each with its stack mapped, guarded, faulted in and unmapped again). A thread
-//! that finishes a file waits [`IDLE_FOR`] for the next one; at most [`MAX_IDLE`] wait, so
-//! a run leaves no more than that behind, and none once it has been idle that long.
+//! that finishes a file waits up to [`IDLE_FOR`] for the next one; at most [`MAX_IDLE`]
+//! wait. The pool belongs to the run ([`super::Ctx`]) and [`Pool::close`] ends and joins
+//! every thread, so a library caller is left with no thread of ours once `connect`
+//! returns (a C program that exits at once stays clean under valgrind).
 
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -17,11 +20,26 @@ const MAX_IDLE: usize = 8;
 /// How long an idle thread waits for another file before it ends.
 const IDLE_FOR: Duration = Duration::from_secs(5);
 
-/// Idle threads, each by an id and the sender of its next job. A job is sent while this
-/// lock is held, so a thread that finds itself still listed here (under the lock) knows
-/// that no job is on its way.
-static IDLE: Mutex<Vec<(u64, Sender<Job>)>> = Mutex::new(Vec::new());
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The writer threads of one run.
+pub(crate) struct Pool {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Idle threads, each by an id and the sender of its next job. A job is sent while
+    /// this lock is held, so a thread that finds itself still listed here (under the
+    /// lock) knows that no job is on its way.
+    idle: Vec<(u64, Sender<Job>)>,
+    /// Every thread started and not yet joined.
+    threads: Vec<JoinHandle<()>>,
+    next_id: u64,
+    closed: bool,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Signalled when the job has run (or its thread died: the sender is dropped either way).
 /// In a mutex only to be `Sync` (a sink is used from async tasks by reference).
@@ -34,50 +52,91 @@ impl Done {
     }
 }
 
-/// Run `job` on an idle thread, or on a new one named `name`.
-pub(crate) fn run(name: &str, job: impl FnOnce() + Send + 'static) -> std::io::Result<Done> {
-    let (done_tx, done_rx) = channel();
-    let mut job: Job = Box::new(move || {
-        job();
-        let _ = done_tx.send(());
-    });
-    {
-        let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((_, tx)) = idle.pop() {
+impl Pool {
+    pub(crate) fn new() -> Pool {
+        Pool {
+            state: Arc::new(Mutex::new(State::default())),
+        }
+    }
+
+    /// Run `job` on an idle thread, or on a new one named `name`.
+    pub(crate) fn run(
+        &self,
+        name: &str,
+        job: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<Done> {
+        let (done_tx, done_rx) = channel();
+        let mut job: Job = Box::new(move || {
+            job();
+            let _ = done_tx.send(());
+        });
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(std::io::Error::other("the Connect run has ended"));
+        }
+        while let Some((_, tx)) = state.idle.pop() {
             match tx.send(job) {
                 Ok(()) => return Ok(Done(Mutex::new(done_rx))),
                 // That thread ended (it panicked): try the next.
                 Err(back) => job = back.0,
             }
         }
+        let id = state.next_id;
+        state.next_id += 1;
+        let shared = self.state.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || worker(&shared, id, job))?;
+        // Threads that ended on their own need no join.
+        state.threads.retain(|t| !t.is_finished());
+        state.threads.push(handle);
+        Ok(Done(Mutex::new(done_rx)))
     }
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || worker(job))?;
-    Ok(Done(Mutex::new(done_rx)))
+
+    /// End every thread: idle ones at once, busy ones after their job. Later `run`s fail.
+    pub(crate) fn close(&self) {
+        let (idle, threads) = {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            (
+                std::mem::take(&mut state.idle),
+                std::mem::take(&mut state.threads),
+            )
+        };
+        // Dropping an idle thread's sender ends its wait.
+        drop(idle);
+        for t in threads {
+            let _ = t.join();
+        }
+    }
 }
 
-fn worker(first: Job) {
-    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn worker(state: &Mutex<State>, id: u64, first: Job) {
     let (tx, rx) = channel::<Job>();
     let mut job = first;
     loop {
         job();
         {
-            let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() >= MAX_IDLE {
+            let mut state = lock(state);
+            if state.closed || state.idle.len() >= MAX_IDLE {
                 return;
             }
-            idle.push((id, tx.clone()));
+            state.idle.push((id, tx.clone()));
         }
         job = match rx.recv_timeout(IDLE_FOR) {
             Ok(next) => next,
             Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {
-                let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
-                match idle.iter().position(|(i, _)| *i == id) {
+                let mut state = lock(state);
+                match state.idle.iter().position(|(i, _)| *i == id) {
                     Some(at) => {
-                        idle.swap_remove(at);
+                        state.idle.swap_remove(at);
                         return;
                     }
                     // Taken (and the job sent) just as the wait ended.
@@ -95,17 +154,17 @@ fn worker(first: Job) {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     /// Jobs run, each `Done` is signalled after its job, and threads are reused: many
-    /// jobs in sequence run on far fewer threads than jobs.
+    /// jobs in sequence run on one thread.
     #[test]
     fn jobs_run_and_threads_are_reused() {
+        let pool = Pool::new();
         let ran = Arc::new(AtomicUsize::new(0));
         let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
         for _ in 0..50 {
             let (ran, threads) = (ran.clone(), threads.clone());
-            run("sct-test-pool", move || {
+            pool.run("sct-test-pool", move || {
                 threads.lock().unwrap().insert(std::thread::current().id());
                 ran.fetch_add(1, Ordering::SeqCst);
             })
@@ -113,21 +172,58 @@ mod tests {
             .wait();
         }
         assert_eq!(ran.load(Ordering::SeqCst), 50);
-        // Other tests may use the pool at the same time; sequential jobs alone would
-        // need one thread.
-        assert!(threads.lock().unwrap().len() <= MAX_IDLE + 1);
+        assert_eq!(threads.lock().unwrap().len(), 1);
     }
 
     /// A job that panics ends its thread; `Done` is still signalled and the pool goes on.
     #[test]
     fn a_panicking_job_does_not_hang_its_waiter() {
-        run("sct-test-pool", || panic!("job panicked on purpose"))
+        let pool = Pool::new();
+        pool.run("sct-test-pool", || panic!("job panicked on purpose"))
             .unwrap()
             .wait();
         let (tx, rx) = channel();
-        run("sct-test-pool", move || tx.send(7).unwrap())
+        pool.run("sct-test-pool", move || tx.send(7).unwrap())
             .unwrap()
             .wait();
         assert_eq!(rx.recv().unwrap(), 7);
+    }
+
+    /// Closing ends every thread before it returns, idle and busy ones alike (each
+    /// thread's thread-local destructor has run), and no job is taken afterwards.
+    #[test]
+    fn closing_ends_every_thread() {
+        static EXITED: AtomicUsize = AtomicUsize::new(0);
+        struct CountExit;
+        impl Drop for CountExit {
+            fn drop(&mut self) {
+                EXITED.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        thread_local!(static GUARD: CountExit = const { CountExit });
+        let pool = Pool::new();
+        let (release, wait) = channel::<()>();
+        let busy = pool
+            .run("sct-test-pool", move || {
+                GUARD.with(|_| ());
+                let _ = wait.recv();
+            })
+            .unwrap();
+        // Three more at once, so three threads in all go idle.
+        let idle: Vec<Done> = (0..3)
+            .map(|_| {
+                pool.run("sct-test-pool", || {
+                    GUARD.with(|_| ());
+                    std::thread::sleep(Duration::from_millis(50));
+                })
+                .unwrap()
+            })
+            .collect();
+        idle.into_iter().for_each(Done::wait);
+        release.send(()).unwrap();
+        busy.wait();
+        pool.close();
+        assert_eq!(EXITED.load(Ordering::SeqCst), 4);
+        assert!(pool.run("sct-test-pool", || ()).is_err());
     }
 }
