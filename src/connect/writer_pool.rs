@@ -156,7 +156,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Jobs run, each `Done` is signalled after its job, and threads are reused: many
-    /// jobs in sequence run on one thread.
+    /// jobs in sequence run on a few threads (a job can arrive between the previous
+    /// one's signal and its thread going idle, and then starts a second thread).
     #[test]
     fn jobs_run_and_threads_are_reused() {
         let pool = Pool::new();
@@ -172,7 +173,8 @@ mod tests {
             .wait();
         }
         assert_eq!(ran.load(Ordering::SeqCst), 50);
-        assert_eq!(threads.lock().unwrap().len(), 1);
+        let used = threads.lock().unwrap().len();
+        assert!(used < 10, "50 jobs in sequence took {used} threads");
     }
 
     /// A job that panics ends its thread; `Done` is still signalled and the pool goes on.
