@@ -211,12 +211,15 @@ mod tests {
                 let _ = wait.recv();
             })
             .unwrap();
-        // Three more at once, so three threads in all go idle.
+        // Three more that wait for one another, so they run on three more threads, which
+        // then go idle.
+        let together = Arc::new(std::sync::Barrier::new(3));
         let idle: Vec<Done> = (0..3)
             .map(|_| {
-                pool.run("sct-test-pool", || {
+                let together = together.clone();
+                pool.run("sct-test-pool", move || {
                     GUARD.with(|_| ());
-                    std::thread::sleep(Duration::from_millis(50));
+                    together.wait();
                 })
                 .unwrap()
             })
