@@ -45,7 +45,7 @@ pub(crate) fn write_usage_csv(
     out.write_all(&header).map_err(|e| map_io(what, &e))?;
     // Set by the start callback, read by the batch callback.
     let info: RefCell<Option<SiteInfo>> = RefCell::new(None);
-    let total = Cell::new(0u64);
+    let total: Cell<Option<u64>> = Cell::new(None);
     let mut report = |done: u64, total: u64| -> bool {
         progress(&Progress {
             phase,
@@ -68,14 +68,16 @@ pub(crate) fn write_usage_csv(
             f.batch(batch, text);
             Ok(())
         },
-        &mut |i, t| {
+        &mut |i| {
             *info.borrow_mut() = Some(i.clone());
-            total.set(t);
             Ok(())
         },
+        &mut |t| total.set(Some(t)),
         &mut |text: &Vec<u8>, rows| {
-            if done >= next_report {
-                if !report(done, total.get()) {
+            // Reports wait for the row count (tens of milliseconds at most), so every
+            // report carries the total.
+            if let (true, Some(t)) = (done >= next_report, total.get()) {
+                if !report(done, t) {
                     cancelled = true;
                     return Ok(false);
                 }
@@ -86,7 +88,8 @@ pub(crate) fn write_usage_csv(
             Ok(true)
         },
     )?;
-    if cancelled || !report(done, total.get()) {
+    // map_raw_batches has handed over the total before returning.
+    if cancelled || !report(done, total.get().unwrap_or(done)) {
         return Err(Error::cancelled());
     }
     out.flush().map_err(|e| map_io(what, &e))?;

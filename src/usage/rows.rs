@@ -359,16 +359,20 @@ const CHUNK_ROWS: u64 = BATCH_ROWS as u64;
 ///
 /// `init` builds a worker's state from the site identity (on that worker's thread); `map`
 /// turns a batch into an output value (reused across batches). `start` is called once
-/// with the identity and the number of rows that will follow, then `each` per batch with
-/// its output and row count (returning `Ok(false)` stops early). At most a few batches
-/// per worker are in flight, so memory stays flat; stopping early, or an error on any
-/// thread, ends every thread. Returns the number of rows delivered.
+/// with the identity before any row; `total` once with the number of rows that will
+/// follow, as soon as it is known (before the first batch when one connection reads;
+/// otherwise when the connection that counts is done, which may be after some batches);
+/// `each` per batch with its output and row count (returning `Ok(false)` stops early).
+/// All three run on the caller's thread. At most a few batches per worker are in
+/// flight, so memory stays flat; stopping early, or an error on any thread, ends every
+/// thread. Returns the number of rows delivered.
 pub(crate) fn map_raw_batches<S, O>(
     site: &Site,
     workers: usize,
     init: &(dyn Fn(&SiteInfo) -> S + Sync),
     map: &(dyn Fn(&mut S, &RawBatch, &mut O) -> Result<()> + Sync),
-    start: &mut dyn FnMut(&SiteInfo, u64) -> Result<()>,
+    start: &mut dyn FnMut(&SiteInfo) -> Result<()>,
+    total: &mut dyn FnMut(u64),
     each: &mut dyn FnMut(&O, u64) -> Result<bool>,
 ) -> Result<u64>
 where
@@ -377,8 +381,9 @@ where
     use std::sync::mpsc::{channel, sync_channel};
     let cores = workers.max(1);
     let plan = ReadPlan::open(site.path(), cores.min(MAX_LANES))?;
+    start(&plan.info)?;
     if let Total::Counted(n) = plan.total {
-        start(&plan.info, n)?;
+        total(n);
     }
     let lanes = plan.lanes.len();
     let per_lane = (cores / lanes).max(1);
@@ -444,23 +449,38 @@ where
                 }
             });
         }
-        // With several lanes every row is in exactly one chunk of one snapshot, so the
-        // rows delivered must add up to the count. They do not when records are damaged
-        // in a way a range of ids steps over (a scan of the whole table reports those as
-        // malformed) or ids are not integers (only where the schema is not this tool's).
-        let expect = match plan.total {
+        // With several lanes the rows are counted on a thread of their own while the
+        // caller already takes batches: counting walks every page of the table, and on
+        // the caller's thread it held up the first batches while the lanes sat idle.
+        let counting = match plan.total {
             Total::Counted(_) => None,
             Total::Later(counter) => {
-                let n = query
-                    .count(counter.connection())
-                    .map_err(|e| e.context(&shown))?;
-                drop(counter);
-                start(info, n)?;
-                Some((n, shown.as_str()))
+                let (tx, rx) = sync_channel::<Result<u64>>(1);
+                let interrupt = counter.connection().get_interrupt_handle();
+                let shown = shown.as_str();
+                scope.spawn(move || {
+                    let n = query
+                        .count(counter.connection())
+                        .map_err(|e| e.context(shown));
+                    let _ = tx.send(n);
+                });
+                Some(Counting {
+                    rx,
+                    interrupt,
+                    shown,
+                })
             }
         };
-        collect_in_order(results, spares, chunks.count(), expect, each)
+        collect_in_order(results, spares, chunks.count(), counting, total, each)
     })
+}
+
+/// The row count being taken on its own thread, for [`collect_in_order`].
+struct Counting<'a> {
+    rx: std::sync::mpsc::Receiver<Result<u64>>,
+    /// Stops the count when the caller stops early, so it is not waited for.
+    interrupt: rusqlite::InterruptHandle,
+    shown: &'a str,
 }
 
 /// The connections that read, the identity, the row count or the connection that will
@@ -715,19 +735,46 @@ fn read_lane(
 }
 
 /// The caller's side of [`map_raw_batches`]: chunk by chunk, each from its lane's
-/// workers in rotation. Owns the receivers, so returning (early or not) releases every
-/// other thread.
+/// workers in rotation, handing the count to `total` when it arrives. Owns the
+/// receivers, so returning (early or not) releases every other thread.
+///
+/// With several lanes every row is in exactly one chunk of one snapshot, so the rows
+/// delivered must add up to the count. They do not when records are damaged in a way a
+/// range of ids steps over (a scan of the whole table reports those as malformed) or ids
+/// are not integers (only where the schema is not this tool's).
 fn collect_in_order<O>(
     results: Vec<Vec<std::sync::mpsc::Receiver<Mapped<O>>>>,
     spares: Vec<Vec<std::sync::mpsc::Sender<O>>>,
     chunks: u64,
-    expect: Option<(u64, &str)>,
+    counting: Option<Counting<'_>>,
+    total: &mut dyn FnMut(u64),
     each: &mut dyn FnMut(&O, u64) -> Result<bool>,
 ) -> Result<u64> {
     let stopped = || Error::internal("a usage row thread stopped unexpectedly");
     let lanes = results.len();
     let mut turn = vec![0usize; lanes];
     let mut n = 0u64;
+    let mut counted: Option<u64> = None;
+    // Whatever the way out, a count still running is stopped rather than waited for.
+    let _stop_count = counting.as_ref().map(|c| StopCount(&c.interrupt));
+    let mut take_count = |wait: bool| -> Result<()> {
+        let Some(c) = counting.as_ref().filter(|_| counted.is_none()) else {
+            return Ok(());
+        };
+        let got = if wait {
+            c.rx.recv().map_err(|_| stopped())?
+        } else {
+            match c.rx.try_recv() {
+                Ok(got) => got,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Err(stopped()),
+            }
+        };
+        let t = got?;
+        counted = Some(t);
+        total(t);
+        Ok(())
+    };
     for c in 0..chunks {
         let lane = (c % lanes as u64) as usize;
         loop {
@@ -735,6 +782,7 @@ fn collect_in_order<O>(
             turn[lane] = (w + 1) % results[lane].len();
             match results[lane][w].recv().map_err(|_| stopped())?? {
                 Some((out, rows)) => {
+                    take_count(false)?;
                     n += rows;
                     if !each(&out, rows)? {
                         return Ok(n);
@@ -745,14 +793,25 @@ fn collect_in_order<O>(
             }
         }
     }
-    match expect {
-        Some((total, shown)) if total != n => Err(Error::new(
+    take_count(true)?;
+    match (counting.as_ref(), counted) {
+        (Some(c), Some(total)) if total != n => Err(Error::new(
             ErrorKind::Database,
             format!(
-                "{shown}: database disk image is malformed: it counts {total} outgoing usage rows but {n} could be read by id"
+                "{}: database disk image is malformed: it counts {total} outgoing usage rows but {n} could be read by id",
+                c.shown
             ),
         )),
         _ => Ok(n),
+    }
+}
+
+/// Interrupts the counting connection when dropped (a no-op once the count is done).
+struct StopCount<'a>(&'a rusqlite::InterruptHandle);
+
+impl Drop for StopCount<'_> {
+    fn drop(&mut self) {
+        self.0.interrupt();
     }
 }
 
