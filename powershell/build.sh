@@ -1,11 +1,21 @@
 #!/bin/sh
 # Build the native library and place it under the PowerShell module for this platform:
 #   powershell/ServiceConnection/lib/<rid>/<library file>   (git-ignored)
-# Usage: powershell/build.sh [release|debug]   (default: release)
+# Usage: powershell/build.sh [release|debug] [--no-build]   (default: release)
+#   --no-build  copy the library the last cargo build of that profile left in target/
+#               (.ci/setup passes it right after building the whole workspace: a
+#               `cargo build --lib` of the root package alone resolves the dependencies'
+#               features differently and would compile about 60 crates again)
 # The module loads the library from there by full path (or from $SCT_NATIVE_LIBRARY).
 set -eu
 
 profile="${1:-release}"
+build=yes
+case "${2:-}" in
+    "") ;;
+    --no-build) build=no ;;
+    *) echo "usage: $0 [release|debug] [--no-build]" >&2; exit 2 ;;
+esac
 case "$profile" in
     release) cargo_flags="--release" ;;
     debug | dev) profile=debug; cargo_flags="" ;;
@@ -28,8 +38,10 @@ case "$(uname -m)" in
 esac
 rid="$os-$arch"
 
-# shellcheck disable=SC2086 # cargo_flags is empty or one flag
-(cd "$repo" && cargo build $cargo_flags --lib)
+if [ "$build" = yes ]; then
+    # shellcheck disable=SC2086 # cargo_flags is empty or one flag
+    (cd "$repo" && cargo build $cargo_flags --lib)
+fi
 
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 src="$target_dir/$profile/$file"
