@@ -23,13 +23,15 @@ const IDLE_FOR: Duration = Duration::from_secs(5);
 /// The writer threads of one run.
 pub(crate) struct Pool {
     state: Arc<Mutex<State>>,
+    idle_for: Duration,
 }
 
 #[derive(Default)]
 struct State {
     /// Idle threads, each by an id and the sender of its next job. A job is sent while
     /// this lock is held, so a thread that finds itself still listed here (under the
-    /// lock) knows that no job is on its way.
+    /// lock) knows that no job is on its way. The sender here is the only one: dropping
+    /// it ends the thread's wait at once.
     idle: Vec<(u64, Sender<Job>)>,
     /// Every thread started and not yet joined.
     threads: Vec<JoinHandle<()>>,
@@ -54,8 +56,13 @@ impl Done {
 
 impl Pool {
     pub(crate) fn new() -> Pool {
+        Pool::with_idle_for(IDLE_FOR)
+    }
+
+    fn with_idle_for(idle_for: Duration) -> Pool {
         Pool {
             state: Arc::new(Mutex::new(State::default())),
+            idle_for,
         }
     }
 
@@ -84,9 +91,10 @@ impl Pool {
         let id = state.next_id;
         state.next_id += 1;
         let shared = self.state.clone();
+        let idle_for = self.idle_for;
         let handle = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || worker(&shared, id, job))?;
+            .spawn(move || worker(&shared, id, idle_for, job))?;
         // Threads that ended on their own need no join.
         state.threads.retain(|t| !t.is_finished());
         state.threads.push(handle);
@@ -117,19 +125,23 @@ impl Drop for Pool {
     }
 }
 
-fn worker(state: &Mutex<State>, id: u64, first: Job) {
-    let (tx, rx) = channel::<Job>();
+fn worker(state: &Mutex<State>, id: u64, idle_for: Duration, first: Job) {
     let mut job = first;
     loop {
         job();
-        {
+        // A new channel for each wait, its one sender in the idle list: closing the pool
+        // drops it and the wait ends at once. (A sender kept here as well made `close`
+        // wait out IDLE_FOR, 5 s, at the end of every Connect run.)
+        let rx = {
             let mut state = lock(state);
             if state.closed || state.idle.len() >= MAX_IDLE {
                 return;
             }
-            state.idle.push((id, tx.clone()));
-        }
-        job = match rx.recv_timeout(IDLE_FOR) {
+            let (tx, rx) = channel::<Job>();
+            state.idle.push((id, tx));
+            rx
+        };
+        job = match rx.recv_timeout(idle_for) {
             Ok(next) => next,
             Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {
@@ -192,7 +204,9 @@ mod tests {
     }
 
     /// Closing ends every thread before it returns, idle and busy ones alike (each
-    /// thread's thread-local destructor has run), and no job is taken afterwards.
+    /// thread's thread-local destructor has run), and no job is taken afterwards. Idle
+    /// threads end when the pool closes, not when their idle time is up: here that is an
+    /// hour, and `close` must return long before.
     #[test]
     fn closing_ends_every_thread() {
         static EXITED: AtomicUsize = AtomicUsize::new(0);
@@ -203,7 +217,7 @@ mod tests {
             }
         }
         thread_local!(static GUARD: CountExit = const { CountExit });
-        let pool = Pool::new();
+        let pool = Arc::new(Pool::with_idle_for(Duration::from_secs(3600)));
         let (release, wait) = channel::<()>();
         let busy = pool
             .run("sct-test-pool", move || {
@@ -227,7 +241,17 @@ mod tests {
         idle.into_iter().for_each(Done::wait);
         release.send(()).unwrap();
         busy.wait();
-        pool.close();
+        let (closed_tx, closed) = channel();
+        let closing = pool.clone();
+        std::thread::spawn(move || {
+            closing.close();
+            let _ = closed_tx.send(());
+        });
+        // A bound for liveness, not speed: with the hour-long idle time, a `close` that
+        // waited for idle threads to time out would still be waiting.
+        closed
+            .recv_timeout(Duration::from_secs(60))
+            .expect("close still waits for idle threads after 60 s");
         assert_eq!(EXITED.load(Ordering::SeqCst), 4);
         assert!(pool.run("sct-test-pool", || ()).is_err());
     }

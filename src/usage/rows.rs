@@ -460,7 +460,9 @@ where
                 let shown = shown.as_str();
                 scope.spawn(move || {
                     // Counting reads every page once: a page cache would only add memory.
-                    let _ = counter.connection().execute_batch("PRAGMA cache_size = -64");
+                    let _ = counter
+                        .connection()
+                        .execute_batch("PRAGMA cache_size = -64");
                     let n = query
                         .count(counter.connection())
                         .map_err(|e| e.context(shown));
