@@ -74,8 +74,8 @@ pub(crate) fn write_usage_csv(
         },
         &mut |t| total.set(Some(t)),
         &mut |text: &Vec<u8>, rows| {
-            // Reports wait for the row count (tens of milliseconds at most), so every
-            // report carries the total.
+            // Reports wait for the row count, so every report carries the total (a large
+            // table is counted alongside the first batches: tens of milliseconds).
             if let (true, Some(t)) = (done >= next_report, total.get()) {
                 if !report(done, t) {
                     cancelled = true;
