@@ -507,7 +507,8 @@ where
     })
 }
 
-/// The row count being taken on its own thread, for [`collect_in_order`].
+/// The row count, for [`collect_in_order`]: being taken on a thread of its own, or (a
+/// small table) already taken and waiting in `rx`.
 struct Counting<'a> {
     rx: std::sync::mpsc::Receiver<Result<u64>>,
     /// Stops the count when the caller stops early, so it is not waited for.
