@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 
+mod scan;
+
 /// The CSV columns, in their stable order (also the JSON field names of [`UsageRecord`]).
 pub const USAGE_CSV_COLUMNS: [&str; 10] = [
     "id",
@@ -198,6 +200,8 @@ struct RowQuery {
     /// The level bound, or `None` at `Full` (no filter).
     bound: Option<i64>,
     count_sql: &'static str,
+    /// Every outgoing row, through the row-scan aggregate ([`scan`]: it sees them in
+    /// rowid order, which is `id` order, and checks it).
     rows_sql: &'static str,
     /// The rows with ids in `?1..=?2` (the level bound, when there is one, is `?3`).
     range_sql: &'static str,
@@ -209,19 +213,19 @@ impl RowQuery {
             RowQuery {
                 bound: None,
                 count_sql: "SELECT COUNT(*) FROM usage_data",
-                rows_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
-                           FROM usage_data ORDER BY id",
-                range_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
-                            FROM usage_data WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+                rows_sql: "SELECT sct_usage_rows(id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc)
+                           FROM usage_data",
+                range_sql: "SELECT sct_usage_rows(id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc)
+                            FROM usage_data WHERE id BETWEEN ?1 AND ?2",
             }
         } else {
             RowQuery {
                 bound: Some(level.as_i64()),
                 count_sql: "SELECT COUNT(*) FROM usage_data WHERE level <= ?1",
-                rows_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
-                           FROM usage_data WHERE level <= ?1 ORDER BY id",
-                range_sql: "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc
-                            FROM usage_data WHERE id BETWEEN ?1 AND ?2 AND level <= ?3 ORDER BY id",
+                rows_sql: "SELECT sct_usage_rows(id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc)
+                           FROM usage_data WHERE level <= ?1",
+                range_sql: "SELECT sct_usage_rows(id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc)
+                            FROM usage_data WHERE id BETWEEN ?1 AND ?2 AND level <= ?3",
             }
         }
     }
@@ -247,6 +251,7 @@ const BATCH_ROWS: usize = 2048;
 /// columns (category through collected_utc) as raw bytes, concatenated, with each
 /// column's end offset. Text is not validated here: the consumer checks a whole batch's
 /// UTF-8 at once, which is far cheaper than a check per field.
+#[derive(Default)]
 pub(crate) struct RawBatch {
     ids: Vec<i64>,
     levels: Vec<DiagnosticsLevel>,
@@ -732,22 +737,17 @@ fn read_lane(
         Chunks::All => query.rows_sql,
         Chunks::Ranges { .. } => query.range_sql,
     };
-    let mut stmt = RawStatement::prepare(site.connection(), sql).map_err(|e| e.context(&shown))?;
+    let mut scan = scan::RowScan::prepare(site.connection(), sql).map_err(|e| e.context(&shown))?;
     let mut batch = RawBatch::new();
     let mut c = lane as u64;
+    let mut params = Vec::with_capacity(3);
     while c < chunks.count() {
-        stmt.reset();
-        let mut next = 1;
+        params.clear();
         if let Some((lo, hi)) = chunks.range(c) {
-            stmt.bind_i64(1, lo)?;
-            stmt.bind_i64(2, hi)?;
-            next = 3;
+            params.extend([lo, hi]);
         }
-        if let Some(bound) = query.bound {
-            stmt.bind_i64(next, bound)?;
-        }
-        let Some(partial) = fill_batches(&mut stmt, batch, &shown, &mut |b| Ok(out.rows(b)))?
-        else {
+        params.extend(query.bound);
+        let Some(partial) = scan.fill(&params, batch, &shown, &mut |b| Ok(out.rows(b)))? else {
             return Ok(());
         };
         batch = if partial.len() > 0 {
@@ -849,60 +849,14 @@ impl Drop for StopCount<'_> {
     }
 }
 
-/// Step `stmt` to its end, filling `batch` and handing each full one to `full`, which
-/// returns an empty batch to fill next (or `None` to stop: then so does this). Returns
-/// the last, partly filled batch.
-fn fill_batches(
-    stmt: &mut RawStatement<'_>,
-    mut batch: RawBatch,
-    shown: &str,
-    full: &mut dyn FnMut(RawBatch) -> Result<Option<RawBatch>>,
-) -> Result<Option<RawBatch>> {
-    // SQLite's own failures (a damaged file, say) name the database; the callbacks'
-    // errors are passed on as they are.
-    let named = |e: Error| e.context(shown);
-    while stmt.step().map_err(named)? {
-        let id = stmt.integer(0).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Database,
-                "a usage row has an id that is not an integer",
-            )
-        })?;
-        let raw_level = stmt.integer(1);
-        let level = raw_level
-            .and_then(DiagnosticsLevel::from_i64)
-            .ok_or_else(|| {
-                let shown = raw_level.map_or_else(|| "that is not a number".into(), |l| l.to_string());
-                Error::new(
-                    ErrorKind::Database,
-                    format!("usage row {id} has an invalid level {shown} (1 Basic, 2 Enhanced and 3 Full are valid)"),
-                )
-            })?;
-        batch.ids.push(id);
-        batch.levels.push(level);
-        for c in 2..2 + RAW_TEXT_COLUMNS as i32 {
-            stmt.push_text(c, &mut batch.bytes);
-            batch.ends.push(batch.bytes.len());
-        }
-        if batch.len() == BATCH_ROWS {
-            match full(batch)? {
-                Some(next) => batch = next,
-                None => return Ok(None),
-            }
-            batch.clear();
-        }
-    }
-    Ok(Some(batch))
-}
-
 /// The outgoing rows on the calling thread, for [`stream_rows`]: in one read transaction
 /// it reads the identity and the row count and hands them to `start` (`Ok(false)`
 /// stops), then fills batches of [`BATCH_ROWS`] rows and hands each full one to `full`,
 /// which returns an empty batch to fill next (or `None` to stop).
 ///
-/// Rows are stepped through SQLite's C API ([`RawStatement`]) rather than rusqlite's
-/// typed rows: with ten columns per row, rusqlite's per-value checks cost more than
-/// SQLite's own work and made this the slowest stage of Prepare.
+/// Rows are read through SQLite's C API ([`scan`]) rather than rusqlite's typed rows:
+/// with ten columns per row, rusqlite's per-value checks cost more than SQLite's own
+/// work and made this the slowest stage of Prepare.
 fn read_batches(
     site: &Site,
     start: &mut dyn FnMut(SiteInfo, u64) -> Result<bool>,
@@ -919,155 +873,14 @@ fn read_batches(
     if !start(info, total)? {
         return Ok(());
     }
-    let mut stmt = RawStatement::prepare(&txn, query.rows_sql).map_err(|e| e.context(&shown))?;
-    if let Some(bound) = query.bound {
-        stmt.bind_i64(1, bound)?;
-    }
-    if let Some(last) = fill_batches(&mut stmt, RawBatch::new(), &shown, full)? {
+    let mut scan = scan::RowScan::prepare(&txn, query.rows_sql).map_err(|e| e.context(&shown))?;
+    let params: Vec<i64> = query.bound.into_iter().collect();
+    if let Some(last) = scan.fill(&params, RawBatch::new(), &shown, full)? {
         if last.len() > 0 {
             full(last)?;
         }
     }
     Ok(())
-}
-
-/// A prepared statement driven through SQLite's C API, finalized on drop. It borrows
-/// the connection, so it cannot outlive it (or the transaction it reads in).
-struct RawStatement<'c> {
-    db: *mut rusqlite::ffi::sqlite3,
-    stmt: std::ptr::NonNull<rusqlite::ffi::sqlite3_stmt>,
-    _conn: std::marker::PhantomData<&'c rusqlite::Connection>,
-}
-
-impl<'c> RawStatement<'c> {
-    fn prepare(conn: &'c rusqlite::Connection, sql: &str) -> Result<Self> {
-        use rusqlite::ffi;
-        // SAFETY: the handle stays valid while `conn` is borrowed, which the lifetime
-        // ensures; `sql` is passed with its length, so it needs no terminating NUL.
-        unsafe {
-            let db = conn.handle();
-            let mut stmt = std::ptr::null_mut();
-            let rc = ffi::sqlite3_prepare_v2(
-                db,
-                sql.as_ptr().cast(),
-                sql.len() as std::os::raw::c_int,
-                &mut stmt,
-                std::ptr::null_mut(),
-            );
-            if rc != ffi::SQLITE_OK {
-                return Err(sqlite_error(db, rc));
-            }
-            let stmt = std::ptr::NonNull::new(stmt)
-                .ok_or_else(|| Error::internal("SQLite prepared an empty statement"))?;
-            Ok(RawStatement {
-                db,
-                stmt,
-                _conn: std::marker::PhantomData,
-            })
-        }
-    }
-
-    fn bind_i64(&mut self, index: i32, v: i64) -> Result<()> {
-        // SAFETY: `stmt` is a live statement; SQLite checks the index.
-        let rc = unsafe { rusqlite::ffi::sqlite3_bind_int64(self.stmt.as_ptr(), index, v) };
-        if rc != rusqlite::ffi::SQLITE_OK {
-            return Err(sqlite_error(self.db, rc));
-        }
-        Ok(())
-    }
-
-    /// Back to before the first row, to be bound and stepped again.
-    fn reset(&mut self) {
-        // SAFETY: `stmt` is a live statement. The code returned repeats the last step's
-        // error, which that step already reported.
-        unsafe {
-            rusqlite::ffi::sqlite3_reset(self.stmt.as_ptr());
-        }
-    }
-
-    /// Advance to the next row: `true` at a row, `false` when done.
-    fn step(&mut self) -> Result<bool> {
-        use rusqlite::ffi;
-        // SAFETY: `stmt` is a live statement.
-        match unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) } {
-            ffi::SQLITE_ROW => Ok(true),
-            ffi::SQLITE_DONE => Ok(false),
-            rc => Err(sqlite_error(self.db, rc)),
-        }
-    }
-
-    /// Column `i` of the current row as SQLite's value object: one call per column
-    /// instead of three (`sqlite3_column_type`, `_blob` and `_bytes` each take the
-    /// connection's API guard, which cost more than SQLite's decoding of the row).
-    ///
-    /// SQLite calls the object unprotected (no mutex is held while it is read); that
-    /// is sound here because the connection is used by this one thread only
-    /// (`SQLITE_OPEN_NO_MUTEX`) and the value is read before the next step.
-    fn value(&self, i: i32) -> *mut rusqlite::ffi::sqlite3_value {
-        // SAFETY: called only after `step` returned a row; SQLite range-checks `i`
-        // (an out-of-range index gives a NULL value).
-        unsafe { rusqlite::ffi::sqlite3_column_value(self.stmt.as_ptr(), i) }
-    }
-
-    /// Column `i` of the current row if it holds an integer.
-    fn integer(&self, i: i32) -> Option<i64> {
-        use rusqlite::ffi;
-        let v = self.value(i);
-        // SAFETY: `v` is the current row's value, read before the next step.
-        unsafe {
-            (ffi::sqlite3_value_type(v) == ffi::SQLITE_INTEGER).then(|| ffi::sqlite3_value_int64(v))
-        }
-    }
-
-    /// Append column `i` of the current row as text bytes: text and blobs as stored,
-    /// NULL as nothing, numbers (only in a database whose columns lost their TEXT
-    /// affinity) in Rust's rendering.
-    fn push_text(&self, i: i32, out: &mut Vec<u8>) {
-        use rusqlite::ffi;
-        let v = self.value(i);
-        // SAFETY: `v` is the current row's value, read before the next step. The type
-        // is read before any conversion; for text and blobs the pointer is read before
-        // the length, as SQLite requires, and copied before the next step.
-        unsafe {
-            match ffi::sqlite3_value_type(v) {
-                ffi::SQLITE_TEXT | ffi::SQLITE_BLOB => {
-                    let p = ffi::sqlite3_value_blob(v) as *const u8;
-                    let n = ffi::sqlite3_value_bytes(v);
-                    if !p.is_null() && n > 0 {
-                        out.extend_from_slice(std::slice::from_raw_parts(p, n as usize));
-                    }
-                }
-                ffi::SQLITE_INTEGER => out.extend_from_slice(
-                    itoa::Buffer::new()
-                        .format(ffi::sqlite3_value_int64(v))
-                        .as_bytes(),
-                ),
-                ffi::SQLITE_FLOAT => {
-                    out.extend_from_slice(ffi::sqlite3_value_double(v).to_string().as_bytes())
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-impl Drop for RawStatement<'_> {
-    fn drop(&mut self) {
-        // SAFETY: `stmt` is live and finalized exactly once.
-        unsafe {
-            rusqlite::ffi::sqlite3_finalize(self.stmt.as_ptr());
-        }
-    }
-}
-
-/// SQLite's error for `rc` on `db`, as rusqlite would report it.
-fn sqlite_error(db: *mut rusqlite::ffi::sqlite3, rc: std::os::raw::c_int) -> Error {
-    // SAFETY: `db` is a live connection; the message is copied at once.
-    let msg = unsafe {
-        let m = rusqlite::ffi::sqlite3_errmsg(db);
-        (!m.is_null()).then(|| std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned())
-    };
-    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), msg).into()
 }
 
 /// Stream the rows that Prepare and Export would write (level-filtered, identifying
@@ -1083,10 +896,10 @@ pub fn for_each_usage_row(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn site_with_rows(dir: &Path, rows: u64) -> std::path::PathBuf {
+    pub(super) fn site_with_rows(dir: &Path, rows: u64) -> std::path::PathBuf {
         let path = dir.join("site.db");
         let mut site = Site::create(
             &path,
