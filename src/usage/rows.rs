@@ -874,8 +874,7 @@ fn read_batches(
         return Ok(());
     }
     let mut scan = scan::RowScan::prepare(&txn, query.rows_sql).map_err(|e| e.context(&shown))?;
-    let params: Vec<i64> = query.bound.into_iter().collect();
-    if let Some(last) = scan.fill(&params, RawBatch::new(), &shown, full)? {
+    if let Some(last) = scan.fill(&query.params(), RawBatch::new(), &shown, full)? {
         if last.len() > 0 {
             full(last)?;
         }

@@ -71,39 +71,26 @@ impl<'c> RowScan<'c> {
     pub(super) fn prepare(conn: &'c rusqlite::Connection, sql: &str) -> Result<Self> {
         // SAFETY: the handle stays valid while `conn` is borrowed.
         let db = unsafe { conn.handle() };
-        // SAFETY: the slot is handed to SQLite, which calls `x_destroy` with it when the
-        // function is removed or the connection closes, and also when registering fails.
-        let slot = unsafe {
-            let slot = Box::into_raw(Box::new(Slot {
-                fill: Cell::new(std::ptr::null_mut()),
-            }));
-            let rc = ffi::sqlite3_create_function_v2(
-                db,
-                FUNCTION.as_ptr(),
-                ARGS as c_int,
-                ffi::SQLITE_UTF8 | ffi::SQLITE_DIRECTONLY,
-                slot.cast(),
-                None,
-                Some(x_step),
-                Some(x_final),
-                Some(x_destroy),
-            );
-            if rc != ffi::SQLITE_OK {
-                return Err(sqlite_error(db, rc));
-            }
-            NonNull::new_unchecked(slot)
-        };
-        // Built now, so a failure to prepare still removes the function (drop).
-        let mut scan = RowScan {
-            stmt: ManuallyDrop::new(RawStatement {
-                db,
-                stmt: None,
-                _conn: std::marker::PhantomData,
+        let slot = NonNull::from(Box::leak(Box::new(Slot {
+            fill: Cell::new(std::ptr::null_mut()),
+        })));
+        // SAFETY: `db` is live; the slot now belongs to the registration (freed by
+        // `x_destroy`, also when registering fails).
+        let rc = unsafe { define(db, slot.as_ptr()) };
+        if rc != ffi::SQLITE_OK {
+            return Err(sqlite_error(db, rc));
+        }
+        match RawStatement::prepare(conn, sql) {
+            Ok(stmt) => Ok(RowScan {
+                stmt: ManuallyDrop::new(stmt),
+                slot,
             }),
-            slot,
-        };
-        scan.stmt.prepare(sql)?;
-        Ok(scan)
+            Err(e) => {
+                // SAFETY: no statement uses the function.
+                unsafe { define(db, std::ptr::null_mut()) };
+                Err(e)
+            }
+        }
     }
 
     /// Run the scan with `params` bound (`?1`, `?2`, …), appending rows to `batch` and
@@ -155,19 +142,29 @@ impl Drop for RowScan<'_> {
         // SQLite refuse, the slot is freed when the connection closes.
         unsafe {
             ManuallyDrop::drop(&mut self.stmt);
-            ffi::sqlite3_create_function_v2(
-                db,
-                FUNCTION.as_ptr(),
-                ARGS as c_int,
-                ffi::SQLITE_UTF8 | ffi::SQLITE_DIRECTONLY,
-                std::ptr::null_mut(),
-                None,
-                None,
-                None,
-                None,
-            );
+            define(db, std::ptr::null_mut());
         }
     }
+}
+
+/// Register [`FUNCTION`] on `db` with `slot` as its user data, or remove it (`slot`
+/// null). Returns SQLite's result code.
+///
+/// # Safety
+/// `db` is a live connection; a non-null `slot` is a leaked `Box` handed over to SQLite.
+unsafe fn define(db: *mut ffi::sqlite3, slot: *mut Slot) -> c_int {
+    let add = !slot.is_null();
+    ffi::sqlite3_create_function_v2(
+        db,
+        FUNCTION.as_ptr(),
+        ARGS as c_int,
+        ffi::SQLITE_UTF8 | ffi::SQLITE_DIRECTONLY,
+        slot.cast(),
+        None,
+        add.then_some(x_step as _),
+        add.then_some(x_final as _),
+        add.then_some(x_destroy as _),
+    )
 }
 
 impl Fill<'_, '_> {
@@ -298,47 +295,44 @@ fn push_text(v: *mut ffi::sqlite3_value, out: &mut Vec<u8>) {
     }
 }
 
-/// A prepared statement driven through SQLite's C API, finalized on drop.
+/// A prepared statement driven through SQLite's C API, finalized on drop. It borrows
+/// the connection, so it cannot outlive it (or the transaction it reads in).
 struct RawStatement<'c> {
     db: *mut ffi::sqlite3,
-    /// `None` until prepared.
-    stmt: Option<NonNull<ffi::sqlite3_stmt>>,
+    stmt: NonNull<ffi::sqlite3_stmt>,
     _conn: std::marker::PhantomData<&'c rusqlite::Connection>,
 }
 
-impl RawStatement<'_> {
-    fn prepare(&mut self, sql: &str) -> Result<()> {
-        // SAFETY: `db` is live while the connection is borrowed; `sql` is passed with its
-        // length, so it needs no terminating NUL.
+impl<'c> RawStatement<'c> {
+    fn prepare(conn: &'c rusqlite::Connection, sql: &str) -> Result<Self> {
+        // SAFETY: the handle stays valid while `conn` is borrowed, which the lifetime
+        // ensures; `sql` is passed with its length, so it needs no terminating NUL.
         unsafe {
+            let db = conn.handle();
             let mut stmt = std::ptr::null_mut();
             let rc = ffi::sqlite3_prepare_v2(
-                self.db,
+                db,
                 sql.as_ptr().cast(),
                 sql.len() as c_int,
                 &mut stmt,
                 std::ptr::null_mut(),
             );
             if rc != ffi::SQLITE_OK {
-                return Err(sqlite_error(self.db, rc));
+                return Err(sqlite_error(db, rc));
             }
-            self.stmt = Some(
-                NonNull::new(stmt)
-                    .ok_or_else(|| Error::internal("SQLite prepared an empty statement"))?,
-            );
+            let stmt = NonNull::new(stmt)
+                .ok_or_else(|| Error::internal("SQLite prepared an empty statement"))?;
+            Ok(RawStatement {
+                db,
+                stmt,
+                _conn: std::marker::PhantomData,
+            })
         }
-        Ok(())
-    }
-
-    fn handle(&self) -> Result<*mut ffi::sqlite3_stmt> {
-        self.stmt
-            .map(NonNull::as_ptr)
-            .ok_or_else(|| Error::internal("statement used before it was prepared"))
     }
 
     fn bind_i64(&mut self, index: c_int, v: i64) -> Result<()> {
         // SAFETY: a live statement; SQLite checks the index.
-        let rc = unsafe { ffi::sqlite3_bind_int64(self.handle()?, index, v) };
+        let rc = unsafe { ffi::sqlite3_bind_int64(self.stmt.as_ptr(), index, v) };
         if rc != ffi::SQLITE_OK {
             return Err(sqlite_error(self.db, rc));
         }
@@ -347,19 +341,17 @@ impl RawStatement<'_> {
 
     /// Back to before the first row, to be bound and stepped again.
     fn reset(&mut self) {
-        if let Some(stmt) = self.stmt {
-            // SAFETY: a live statement. The code returned repeats the last step's
-            // error, which that step already reported.
-            unsafe {
-                ffi::sqlite3_reset(stmt.as_ptr());
-            }
+        // SAFETY: a live statement. The code returned repeats the last step's error,
+        // which that step already reported.
+        unsafe {
+            ffi::sqlite3_reset(self.stmt.as_ptr());
         }
     }
 
     /// Advance to the next row: `true` at a row, `false` when done.
     fn step(&mut self) -> Result<bool> {
         // SAFETY: a live statement.
-        match unsafe { ffi::sqlite3_step(self.handle()?) } {
+        match unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) } {
             ffi::SQLITE_ROW => Ok(true),
             ffi::SQLITE_DONE => Ok(false),
             rc => Err(sqlite_error(self.db, rc)),
@@ -369,11 +361,9 @@ impl RawStatement<'_> {
 
 impl Drop for RawStatement<'_> {
     fn drop(&mut self) {
-        if let Some(stmt) = self.stmt.take() {
-            // SAFETY: a live statement, finalized exactly once.
-            unsafe {
-                ffi::sqlite3_finalize(stmt.as_ptr());
-            }
+        // SAFETY: a live statement, finalized exactly once.
+        unsafe {
+            ffi::sqlite3_finalize(self.stmt.as_ptr());
         }
     }
 }
