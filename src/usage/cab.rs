@@ -22,25 +22,17 @@ use super::manifest::{SITE_VERSION_FILE, USAGE_DATA_FILE, USAGE_MANIFEST_FILE};
 use super::UsageFile;
 use crate::error::Result;
 use crate::hashing::HashingWriter;
-use flate2::{Compress, Compression, FlushCompress, Status};
 use std::collections::BTreeMap;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::sync::mpsc;
+
+mod deflate;
 
 /// Uncompressed bytes per MSZIP block (the format's maximum; readers expect full blocks
 /// except the last of a folder).
 const BLOCK: usize = 32768;
 /// CFFOLDER counts data blocks in 16 bits.
 const MAX_FOLDER_BLOCKS: u64 = 65535;
-/// Deflate level. Measured with zlib-rs on 32 KiB blocks of usage CSV: level 1 runs at
-/// about 370 MB/s per core (compressed to 22% of the CSV), level 3 at 150 MB/s (16%),
-/// level 6 at 125 MB/s (15%). Prepare is CPU-bound on two cores shared with reading
-/// SQLite, so the fastest level wins; the cab is about a third larger than `gcab -z`'s.
-/// libdeflate (the `libdeflater` crate) was measured in its place for issue 19: its level
-/// 1 made a 24% smaller cab but cost 64% more instructions (callgrind, 200,000 rows:
-/// 804 M against zlib-rs's 489 M) and about 1.5 times the CPU time at 2 million rows,
-/// because zlib-rs's level 1 (`deflate_quick`, static Huffman codes) does less per byte.
-const LEVEL: u32 = 1;
 /// MSZIP blocks per job handed to a worker: one hand-over (and thread wake-up) per four
 /// blocks rather than per block.
 const BLOCKS_PER_JOB: usize = 4;
@@ -382,13 +374,13 @@ impl<W: Write> Write for FolderWriter<'_, W> {
 
 /// One raw-deflate compressor, reused for every block a thread compresses.
 struct Compressor {
-    z: Compress,
+    deflater: deflate::Deflater,
 }
 
 impl Compressor {
     fn new() -> Self {
         Compressor {
-            z: Compress::new(Compression::new(LEVEL), false),
+            deflater: deflate::Deflater::new(),
         }
     }
 
@@ -396,7 +388,7 @@ impl Compressor {
     /// short), back to back, and how many there are.
     fn blocks(&mut self, data: &[u8]) -> io::Result<(Vec<u8>, u64)> {
         let n = data.len().div_ceil(BLOCK);
-        let mut out = Vec::with_capacity(data.len() + n * (CFDATA + 2 + 64));
+        let mut out = Vec::with_capacity(data.len() + n * (CFDATA + 2 + deflate::SLACK));
         for chunk in data.chunks(BLOCK) {
             self.block(chunk, &mut out)?;
         }
@@ -406,21 +398,17 @@ impl Compressor {
     /// Append a complete CFDATA block (header with checksum, `"CK"`, deflate stream) for
     /// `data` (at most [`BLOCK`] bytes) to `out`.
     fn block(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        // `compress_vec` writes only into spare capacity: room for the stored-block worst
-        // case (5 bytes per 16 KiB) plus the header and signature.
-        out.reserve(CFDATA + 2 + data.len() + 64);
         let at = out.len();
         out.extend_from_slice(&[0u8; CFDATA]);
         out.extend_from_slice(b"CK");
-        self.z.reset();
-        let status = self
-            .z
-            .compress_vec(data, out, FlushCompress::Finish)
-            .map_err(io::Error::other)?;
-        if status != Status::StreamEnd || self.z.total_in() != data.len() as u64 {
-            return Err(io::Error::other("MSZIP block did not fit its buffer"));
-        }
+        self.deflater.deflate(data, out)?;
         let block = &mut out[at..];
+        // MSZIP allows a block 12 bytes more than its input (a stored block at worst).
+        if block.len() - CFDATA > data.len() + 12 {
+            return Err(io::Error::other(
+                "MSZIP block larger than the format allows",
+            ));
+        }
         let cb_data = (block.len() - CFDATA) as u16;
         let cb_uncomp = data.len() as u16;
         block[4..6].copy_from_slice(&cb_data.to_le_bytes());
@@ -476,18 +464,31 @@ mod tests {
 
     #[test]
     fn the_cab_crate_reads_back_every_file_byte_for_byte() {
-        for len in [0usize, 1, BLOCK - 1, BLOCK, BLOCK + 1, 40 * BLOCK + 123] {
-            let csv: Vec<u8> = (0..len)
+        let patterned = [0usize, 1, BLOCK - 1, BLOCK, BLOCK + 1, 40 * BLOCK + 123].map(|len| {
+            (0..len)
                 .map(|i| PATTERN[i % PATTERN.len()] ^ (i / 977) as u8)
-                .collect();
-            let bytes = write(&csv);
+                .collect::<Vec<u8>>()
+        });
+        // Bytes that do not compress: their blocks are stored, within MSZIP's room.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let noise: Vec<u8> = (0..3 * BLOCK + 5)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for csv in patterned.iter().chain([&noise]) {
+            let len = csv.len();
+            let bytes = write(csv);
             let mut cab = cab::Cabinet::new(Cursor::new(&bytes)).unwrap();
             let mut got = Vec::new();
             cab.read_file(USAGE_DATA_FILE)
                 .unwrap()
                 .read_to_end(&mut got)
                 .unwrap();
-            assert_eq!(got, csv, "length {len}");
+            assert_eq!(&got, csv, "length {len}");
             let mut v = String::new();
             cab.read_file(SITE_VERSION_FILE)
                 .unwrap()
