@@ -15,6 +15,7 @@
 #include "serviceconnection.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -64,13 +65,31 @@ static int checks = 0;
 static char sentinel_byte;
 #define SENTINEL ((char *)&sentinel_byte)
 
+/* A copy of the variable's value, made once per name: getenv's pointer is only good until
+ * the environment changes (the forced-panic test sets a variable; on Windows the C runtime
+ * then moves its copy of the environment and the old pointer reads freed memory). The
+ * copies stay reachable from this table until the program ends. */
 static const char *env(const char *name) {
+    static struct {
+        const char *name;
+        char *value;
+    } copies[16];
+    for (size_t i = 0; i < sizeof copies / sizeof copies[0] && copies[i].name; i++)
+        if (!strcmp(copies[i].name, name))
+            return copies[i].value;
     const char *v = getenv(name);
     if (!v || !*v) {
         fprintf(stderr, "environment variable %s is not set\n", name);
         exit(2);
     }
-    return v;
+    for (size_t i = 0; i < sizeof copies / sizeof copies[0]; i++)
+        if (!copies[i].name) {
+            copies[i].name = name;
+            copies[i].value = strdup(v);
+            return copies[i].value;
+        }
+    fprintf(stderr, "env: more than 16 variables\n");
+    exit(2);
 }
 
 static char *path_in(const char *dir, const char *name) {
@@ -313,15 +332,22 @@ static void test_null_arguments(const char *site) {
     printf("ok NULL arguments and invalid UTF-8\n");
 }
 
+/* Write `text` to a new file at `path`; a file that cannot be created is a failed check
+ * (with the C library's reason), not a crash in fputs. */
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL, "cannot create %s: %s", path, strerror(errno));
+    fputs(text, f);
+    CHECK(fclose(f) == 0, "cannot write %s: %s", path, strerror(errno));
+}
+
 static void test_bad_paths(const char *dir) {
     char *out = SENTINEL;
     char *folder = path_in(dir, "a-folder");
     mkdir(folder, 0755);
     EXPECT_STATUS(sct_site_info(folder, &out), SCT_NOT_A_SITE_DATABASE);
     char *text = path_in(dir, "not-a-site.db");
-    FILE *f = fopen(text, "w");
-    fputs("this is not a database, just text that is long enough to have a header page\n", f);
-    fclose(f);
+    write_text(text, "this is not a database, just text that is long enough to have a header page\n");
     EXPECT_STATUS(sct_site_info(text, &out), SCT_NOT_A_SITE_DATABASE);
     check_last_error_contains(SCT_NOT_A_SITE_DATABASE, "not-a-site.db");
     char *nested = path_in(dir, "missing-folder" SEP "new.db");
@@ -513,9 +539,7 @@ static void test_trust(const char *dir, const char *site) {
     sct_string_free(out);
 
     char *bogus = path_in(dir, "bogus.pub");
-    FILE *f = fopen(bogus, "w");
-    fputs("untrusted comment: nothing\nnot-base64!\n", f);
-    fclose(f);
+    write_text(bogus, "untrusted comment: nothing\nnot-base64!\n");
     out = SENTINEL;
     EXPECT_STATUS(sct_trust_add(site, bogus, NULL, &out), SCT_INVALID_ARGUMENT);
     check_last_error_contains(SCT_INVALID_ARGUMENT, "bogus.pub");
