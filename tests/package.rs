@@ -1,5 +1,5 @@
 //! The release archives `bash .ci/package` builds in `target/dist/`: what each holds, that
-//! the Windows binaries import only system DLLs, that the shipped tools run (the Windows one
+//! the Windows binaries import only system DLLs and the Linux ones need only glibc, that the shipped tools run (the Windows one
 //! under Wine), and that the PowerShell module package installs with `Install-PSResource`
 //! into a clean `pwsh` and works there.
 //!
@@ -264,6 +264,77 @@ fn windows_binaries_import_only_system_dlls() {
             "{f} imports DLLs that are not part of Windows: {foreign:?} (all: {dlls:?})"
         );
     }
+}
+
+/// Shared libraries every glibc-based Linux x86-64 system has.
+const SYSTEM_SHARED_LIBRARIES: &[&str] = &[
+    "libc.so.6",
+    "libm.so.6",
+    "libgcc_s.so.1",
+    "ld-linux-x86-64.so.2",
+];
+
+/// The Linux binaries link ISA-L's assembly in statically (src/usage/cab/deflate.rs).
+/// They must still need nothing beyond glibc, need no text relocations, keep the stack
+/// non-executable (an object without a `.note.GNU-stack` section makes the linker ask for
+/// an executable stack, which recent glibc refuses when `dlopen`ing the library into a
+/// process such as pwsh), and the library must export the C ABI and nothing else.
+#[test]
+fn linux_binaries_need_only_glibc_keep_the_stack_non_executable_and_export_only_the_c_abi() {
+    let (_t, _, linux) = unpack();
+    for f in [
+        "serviceconnectiontool",
+        "sct-service",
+        "lib/libserviceconnection.so",
+    ] {
+        let path = linux.join(f);
+        let dynamic = text(&run(Command::new("readelf").arg("-dW").arg(&path)).stdout);
+        let needed: Vec<&str> = dynamic
+            .lines()
+            .filter(|l| l.contains("(NEEDED)"))
+            .filter_map(|l| l.split('[').nth(1))
+            .map(|n| n.trim_end_matches(']'))
+            .collect();
+        assert!(
+            needed.contains(&"libc.so.6"),
+            "{f}: readelf read no NEEDED entries:\n{dynamic}"
+        );
+        let foreign: Vec<&&str> = needed
+            .iter()
+            .filter(|n| !SYSTEM_SHARED_LIBRARIES.contains(n))
+            .collect();
+        assert!(foreign.is_empty(), "{f} needs more than glibc: {foreign:?}");
+        assert!(
+            !dynamic.contains("TEXTREL"),
+            "{f}: text relocations:\n{dynamic}"
+        );
+        let headers = text(&run(Command::new("readelf").arg("-lW").arg(&path)).stdout);
+        let stack = headers
+            .lines()
+            .find(|l| l.trim_start().starts_with("GNU_STACK"))
+            .unwrap_or_else(|| panic!("{f}: no GNU_STACK program header:\n{headers}"));
+        assert_eq!(
+            stack.split_whitespace().nth(6),
+            Some("RW"),
+            "{f}: the stack is not read-write only: {stack}"
+        );
+    }
+    let exports = text(
+        &run(Command::new("nm")
+            .args(["-D", "--defined-only"])
+            .arg(linux.join("lib/libserviceconnection.so")))
+        .stdout,
+    );
+    let names: Vec<&str> = exports
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(
+        names.contains(&"sct_version"),
+        "nm read no exports:\n{exports}"
+    );
+    let foreign: Vec<&&str> = names.iter().filter(|n| !n.starts_with("sct_")).collect();
+    assert!(foreign.is_empty(), "exported beyond the C ABI: {foreign:?}");
 }
 
 #[test]
