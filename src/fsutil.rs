@@ -2,6 +2,11 @@
 //! What differs by operating system lives in `crate::platform`; the path rules here are
 //! the same everywhere, because a pack made on Linux must import on Windows.
 
+mod outfile;
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) use outfile::test_support;
+pub(crate) use outfile::OutFile;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::platform;
 use std::fs::File;
