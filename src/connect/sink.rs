@@ -49,7 +49,7 @@ fn gone() -> std::io::Error {
 }
 
 impl Sink {
-    /// Write to `file` from byte `len` (where its file position must be).
+    /// Write to `file` from byte `len` on (its file position is not used).
     pub(crate) fn start(pool: &Pool, file: File, len: u64) -> std::io::Result<Sink> {
         let (tx, rx) = mpsc::unbounded_channel();
         let failed = Arc::new(AtomicBool::new(false));

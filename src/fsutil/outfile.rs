@@ -140,9 +140,15 @@ impl<F: Borrow<File>> OutFile<F> {
 
     /// Cut the file to `to` bytes and go on writing from there.
     pub(crate) fn reset(&mut self, to: u64) -> std::io::Result<()> {
+        // Staged bytes wholly past the cut are dropped; if the cut falls inside or after
+        // them they are written first (dropping them would leave a hole of zeros).
         #[cfg(target_os = "linux")]
         if let Some(stage) = self.direct.as_mut() {
-            stage.clear();
+            if to <= self.pos - stage.len() as u64 {
+                stage.clear();
+            } else {
+                self.write_stage(true)?;
+            }
         }
         self.file.borrow().set_len(to)?;
         self.pos = to;
@@ -507,5 +513,42 @@ mod tests {
         let cached = cached_bytes(&path);
         assert!(cached >= data.len(), "{cached} of {} cached", data.len());
         assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    /// A cut inside the staged bytes keeps those before it; one before them drops them;
+    /// writing goes on from the cut either way.
+    #[test]
+    fn a_reset_inside_or_before_the_staged_bytes_keeps_what_comes_before_it() {
+        let dir = disk_dir();
+        if !takes_o_direct(dir.path()) {
+            eprintln!("this file system refuses O_DIRECT");
+            return;
+        }
+        let path = dir.path().join("f");
+        let mut out = OutFile::new(File::create(&path).unwrap(), 0);
+        let mut all: Vec<u8> = Vec::new();
+        let push = |out: &mut OutFile<File>, all: &mut Vec<u8>, n: usize, seed: u8| {
+            let c: Vec<u8> = (0..n).map(|b| (b as u8).wrapping_mul(seed)).collect();
+            all.extend_from_slice(&c);
+            out.write(&c).unwrap();
+        };
+        // Past the buffered start, then 100,000 bytes staged (not yet written).
+        push(&mut out, &mut all, (DIRECT_AFTER as usize) + 5000, 3);
+        push(&mut out, &mut all, 100_000, 5);
+        let staged = out.direct.as_ref().expect("staging in use").len();
+        assert!(staged > 50_000, "{staged} bytes staged");
+        // Cut in the middle of the staged bytes.
+        let cut = all.len() - 40_000;
+        out.reset(cut as u64).unwrap();
+        all.truncate(cut);
+        push(&mut out, &mut all, 70_000, 7);
+        // Stage more, then cut before all of it.
+        let before = all.len();
+        push(&mut out, &mut all, 30_000, 11);
+        out.reset(before as u64 - 10).unwrap();
+        all.truncate(before - 10);
+        push(&mut out, &mut all, 12_345, 13);
+        out.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), all);
     }
 }
