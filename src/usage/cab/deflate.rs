@@ -212,7 +212,7 @@ mod tests {
             assert_eq!(&out[..2], b"CK");
             assert!(
                 out.len() - 2 <= data.len() + 12,
-                "block {i}: MSZIP allows 12 bytes over"
+                "block {i}: more than 12 bytes over its input"
             );
             assert_eq!(inflate(&out[2..]), *data, "block {i}");
         }
