@@ -470,7 +470,7 @@ mod tests {
                 .map(|i| PATTERN[i % PATTERN.len()] ^ (i / 977) as u8)
                 .collect::<Vec<u8>>()
         });
-        // Bytes that do not compress: their blocks are stored, within MSZIP's room.
+        // Bytes that do not compress: their blocks are stored.
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let noise: Vec<u8> = (0..3 * BLOCK + 5)
             .map(|_| {

@@ -141,8 +141,8 @@ mod zlib {
             }
             // Level 1 codes bytes it finds no match for with fixed Huffman codes, up to 9
             // bits each, so a block that does not compress can come out an eighth larger
-            // than it went in (beyond MSZIP's room at 32 KiB). Such a block goes stored,
-            // as ISA-L does by itself.
+            // than it went in (more than the room reserved above). A block that would be
+            // larger than stored goes stored, as ISA-L does by itself.
             out.truncate(at);
             store(data, out);
             Ok(())
@@ -222,13 +222,13 @@ mod tests {
     }
 
     #[test]
-    fn the_chosen_deflater_returns_every_kind_of_block_whole_within_mszip_room() {
+    fn the_chosen_deflater_returns_every_kind_of_block_whole_within_the_room() {
         let mut d = Deflater::new();
         every_kind_of_block(|data, out| d.deflate(data, out));
     }
 
     #[test]
-    fn zlib_returns_every_kind_of_block_whole_within_mszip_room() {
+    fn zlib_returns_every_kind_of_block_whole_within_the_room() {
         let mut d = zlib::Deflater::new();
         every_kind_of_block(|data, out| d.deflate(data, out));
     }
