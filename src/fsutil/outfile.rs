@@ -20,7 +20,6 @@
 //! that hashes, and a direct write makes it wait for the disk where a write into the page
 //! cache did not.
 
-use std::borrow::Borrow;
 use std::fs::File;
 
 /// Start the writeback of each this many bytes written through the page cache.
@@ -28,8 +27,8 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// A file and where its next byte goes. Call [`OutFile::flush`] before relying on the
 /// file: dropping it without that loses what is still staged (at most 2 MiB).
-pub(crate) struct OutFile<F: Borrow<File>> {
-    file: F,
+pub(crate) struct OutFile {
+    file: File,
     /// Where the next byte goes: everything before it is written or staged.
     pos: u64,
     /// Where buffered writes last had their writeback started.
@@ -53,9 +52,9 @@ pub(crate) struct OutFile<F: Borrow<File>> {
 #[cfg(target_os = "linux")]
 const DIRECT_AFTER: u64 = 2 << 20;
 
-impl<F: Borrow<File>> OutFile<F> {
+impl OutFile {
     /// Write `file` from byte `pos` on (its file position is not used).
-    pub(crate) fn new(file: F, pos: u64) -> Self {
+    pub(crate) fn new(file: File, pos: u64) -> Self {
         OutFile {
             file,
             pos,
@@ -75,7 +74,7 @@ impl<F: Borrow<File>> OutFile<F> {
         let mut data = data;
         #[cfg(target_os = "linux")]
         if self.direct.is_none() && self.may_go_direct && self.pos - self.start >= DIRECT_AFTER {
-            self.direct = direct::Staging::acquire(self.file.borrow());
+            self.direct = direct::Staging::acquire(&self.file);
             self.may_go_direct = self.direct.is_some();
         }
         #[cfg(target_os = "linux")]
@@ -106,7 +105,7 @@ impl<F: Borrow<File>> OutFile<F> {
 
     /// `data` at `pos` through the page cache, starting its writeback every so often.
     fn buffered(&mut self, data: &[u8]) -> std::io::Result<()> {
-        write_all_at(self.file.borrow(), data, self.pos)?;
+        write_all_at(&self.file, data, self.pos)?;
         self.pos += data.len() as u64;
         if self.pos - self.flushed_to >= WRITEBACK_EVERY {
             self.start_writeback();
@@ -117,7 +116,7 @@ impl<F: Borrow<File>> OutFile<F> {
     fn start_writeback(&mut self) {
         if self.pos > self.flushed_to {
             crate::platform::start_writeback(
-                self.file.borrow(),
+                &self.file,
                 self.flushed_to,
                 self.pos - self.flushed_to,
             );
@@ -127,7 +126,7 @@ impl<F: Borrow<File>> OutFile<F> {
 
     /// The file being written.
     pub(crate) fn file(&self) -> &File {
-        self.file.borrow()
+        &self.file
     }
 
     /// Everything handed over is in the file.
@@ -150,7 +149,7 @@ impl<F: Borrow<File>> OutFile<F> {
                 self.write_stage(true)?;
             }
         }
-        self.file.borrow().set_len(to)?;
+        self.file.set_len(to)?;
         self.pos = to;
         self.flushed_to = to;
         #[cfg(target_os = "linux")]
@@ -169,7 +168,7 @@ impl<F: Borrow<File>> OutFile<F> {
             return Ok(());
         };
         let start = self.pos - stage.len() as u64;
-        match stage.write_direct(self.file.borrow(), start) {
+        match stage.write_direct(&self.file, start) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 let staged = stage.take_all();
@@ -190,7 +189,7 @@ impl<F: Borrow<File>> OutFile<F> {
 }
 
 #[cfg(target_os = "linux")]
-impl<F: Borrow<File>> Drop for OutFile<F> {
+impl Drop for OutFile {
     fn drop(&mut self) {
         if let Some(stage) = self.direct.take() {
             stage.release();
@@ -357,19 +356,9 @@ mod direct {
 
     impl Drop for Staging {
         fn drop(&mut self) {
-            // SAFETY: allocated in `new` with the same layout.
+            // SAFETY: allocated in `acquire` with the same layout.
             unsafe { dealloc(self.ptr, layout()) };
         }
-    }
-}
-
-impl<F: Borrow<File>> std::io::Write for OutFile<F> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        OutFile::write(self, buf)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        OutFile::flush(self)
     }
 }
 
@@ -527,7 +516,7 @@ mod tests {
         let path = dir.path().join("f");
         let mut out = OutFile::new(File::create(&path).unwrap(), 0);
         let mut all: Vec<u8> = Vec::new();
-        let push = |out: &mut OutFile<File>, all: &mut Vec<u8>, n: usize, seed: u8| {
+        let push = |out: &mut OutFile, all: &mut Vec<u8>, n: usize, seed: u8| {
             let c: Vec<u8> = (0..n).map(|b| (b as u8).wrapping_mul(seed)).collect();
             all.extend_from_slice(&c);
             out.write(&c).unwrap();

@@ -82,15 +82,15 @@ mod isal {
             // never writes through it), writes at most `avail_out` bytes at `next_out`
             // and uses `level_buf` as scratch; all three outlive the call.
             let rc = unsafe { sys::isal_deflate_stateless(s) };
-            let written = room - s.avail_out as usize;
             // Clear the pointers so nothing dangles once the call's buffers are gone.
             s.next_in = std::ptr::null_mut();
             s.next_out = std::ptr::null_mut();
-            if rc != sys::COMP_OK as i32 || s.avail_in != 0 || written > room {
+            let done = rc == sys::COMP_OK as i32 && s.avail_in == 0;
+            let Some(written) = room.checked_sub(s.avail_out as usize).filter(|_| done) else {
                 return Err(io::Error::other(format!(
                     "ISA-L could not compress an MSZIP block (status {rc})"
                 )));
-            }
+            };
             // SAFETY: ISA-L initialised `written` bytes after `at`, within the reserve.
             unsafe { out.set_len(at + written) };
             Ok(())
