@@ -10,9 +10,9 @@
 //!    sends as the strong `ETag`). `206` with the right `Content-Range` appends; `200`
 //!    (the service ignored the range or the file changed) restarts from zero; `416`
 //!    restarts from zero.
-//! 3. Bytes are hashed as they arrive and written to the partial file by a thread of its
-//!    own (`sink.rs`), which starts their writeback early; a connection that
-//!    fails mid-way is resumed from the bytes received, with backoff.
+//! 3. Bytes are hashed and written to the partial file as they arrive, by two threads of
+//!    the file's own (`sink.rs`); a connection that fails mid-way is resumed from the
+//!    bytes received, with backoff.
 //! 4. Size and hash right → rename to the final name (made durable per pack, before the
 //!    manifest, with one `syncfs`). Wrong → the partial is
 //!    discarded and the file fetched again, at most [`MAX_FETCHES`] times, then reported.
@@ -374,14 +374,15 @@ async fn download_file(ctx: &Arc<Ctx>, job: &FileJob) -> Result<FileReport> {
     Ok(report)
 }
 
-/// The partial file being written, with the hash of every byte in it so far: this task
-/// hashes each chunk and hands it to its [`Sink`]'s thread to write.
+/// The partial file being written: this task copies each chunk into its [`Sink`], whose
+/// threads hash and write it (the sink gives the hash of every byte in the file).
 struct Partial {
     path: PathBuf,
     sink: Sink,
     /// Bytes handed to the sink (written, or being written).
     have: u64,
-    hasher: Sha256,
+    /// The service sent more than the manifest's size: the file cannot verify.
+    overlong: bool,
     /// How many of this file's bytes are counted in the overall progress.
     counted: u64,
 }
@@ -389,22 +390,26 @@ struct Partial {
 impl Partial {
     async fn restart(&mut self) -> Result<()> {
         self.sink
-            .reset(0)
+            .reset(0, Sha256::new())
             .await
             .map_err(|e| Error::io(format!("truncating {}", self.path.display()), &e))?;
         self.have = 0;
-        self.hasher = Sha256::new();
+        self.overlong = false;
         Ok(())
     }
 
     /// Once every byte handed over is written (and with `sync`, flushed to disk): the
     /// SHA-256 of the file, hex.
-    async fn written_sha256(&self, sync: bool) -> Result<String> {
-        self.sink
+    async fn written_sha256(&mut self, sync: bool) -> Result<String> {
+        let mut hasher = self
+            .sink
             .drain(sync)
             .await
             .map_err(|e| Error::io(format!("writing {}", self.path.display()), &e))?;
-        Ok(hex::encode(self.hasher.clone().finalize()))
+        if self.overlong {
+            hasher.update(b"\0overlong");
+        }
+        Ok(hex::encode(hasher.finalize()))
     }
 }
 
@@ -672,7 +677,7 @@ async fn stream_body(
             // More than the manifest says: the content is wrong; let verification fail.
             let fit = (size - part.have) as usize;
             write_chunk(part, chunk.slice(..fit)).await?;
-            part.hasher.update(b"\0overlong");
+            part.overlong = true;
             break;
         }
         write_chunk(part, chunk).await?;
@@ -690,8 +695,7 @@ async fn stream_body(
 
 async fn write_chunk(part: &mut Partial, data: bytes::Bytes) -> std::result::Result<(), Failure> {
     let n = data.len() as u64;
-    part.hasher.update(&data);
-    part.sink.write(data).await.map_err(|e| {
+    part.sink.write(&data).await.map_err(|e| {
         // A full disk or a refused write is not going to get better by retrying.
         Failure::permanent(Error::io(format!("writing {}", part.path.display()), &e))
     })?;
@@ -756,19 +760,19 @@ async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Res
     } else {
         hash_prefix(ctx, path, item, len).await?
     };
-    let sink = Sink::start(&ctx.writers, file, have)
+    let sink = Sink::start(&ctx.writers, &ctx.batches, file, have)
         .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
-    let part = Partial {
+    let mut part = Partial {
         path: path.to_path_buf(),
         sink,
         have,
-        hasher,
+        overlong: false,
         counted: 0,
     };
     // Cut to what was hashed (a partial longer than the file can be is emptied) and
     // continue from there.
     part.sink
-        .reset(have)
+        .reset(have, hasher)
         .await
         .map_err(|e| Error::io(format!("truncating {}", path.display()), &e))?;
     Ok(part)

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Idle threads kept (Connect runs 4 downloads at once by default).
+/// Idle threads kept (Connect runs 4 downloads at once by default, each with a hashing
+/// and a writing thread).
 const MAX_IDLE: usize = 8;
 /// How long an idle thread waits for another file before it ends.
 const IDLE_FOR: Duration = Duration::from_secs(5);
