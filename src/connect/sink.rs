@@ -131,23 +131,33 @@ impl Sink {
             .ok_or_else(gone)
     }
 
-    /// Copy `data` into the current batch, handing full batches over; waits while
-    /// [`IN_FLIGHT`] bytes are pending. A write that failed earlier is returned here (and
-    /// by every later `drain`).
-    pub(crate) async fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+    /// Copy `data` into the current batch and let it go, then hand full batches over;
+    /// waits while [`IN_FLIGHT`] bytes are pending. A write that failed earlier is
+    /// returned here (and by every later `drain`).
+    ///
+    /// `data` is dropped before any wait: a chunk of hyper's receive buffer kept while
+    /// hyper reads on makes it allocate a new buffer, and glibc hands the old one back to
+    /// the kernel when it is dropped (a page fault per 4 KiB of the next one).
+    pub(crate) async fn write(&mut self, data: impl AsRef<[u8]>) -> std::io::Result<()> {
         if self.failed.load(Ordering::Acquire) {
             return self.drain(false).await.map(drop);
         }
-        while !data.is_empty() {
+        let mut full = Vec::new();
+        let mut rest = data.as_ref();
+        while !rest.is_empty() {
             if self.fill.capacity() == 0 {
                 self.fill = self.batches.take();
             }
-            let n = data.len().min(BATCH - self.fill.len());
-            self.fill.extend_from_slice(&data[..n]);
-            data = &data[n..];
+            let n = rest.len().min(BATCH - self.fill.len());
+            self.fill.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
             if self.fill.len() == BATCH {
-                self.hand_over().await?;
+                full.push(std::mem::take(&mut self.fill));
             }
+        }
+        drop(data);
+        for batch in full {
+            self.send_batch(batch).await?;
         }
         Ok(())
     }
@@ -157,13 +167,17 @@ impl Sink {
         if self.fill.is_empty() {
             return Ok(());
         }
+        let batch = std::mem::take(&mut self.fill);
+        self.send_batch(batch).await
+    }
+
+    async fn send_batch(&mut self, batch: Vec<u8>) -> std::io::Result<()> {
         let permit = self
             .budget
             .clone()
-            .acquire_many_owned(self.fill.len() as u32)
+            .acquire_many_owned(batch.len() as u32)
             .await
             .map_err(|_| gone())?;
-        let batch = std::mem::take(&mut self.fill);
         self.send(ToHasher::Data(batch, Some(permit)))
     }
 
