@@ -2,7 +2,9 @@
 //! What differs by operating system lives in `crate::platform`; the path rules here are
 //! the same everywhere, because a pack made on Linux must import on Windows.
 
+mod background;
 mod outfile;
+pub(crate) use background::BackgroundWriter;
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) use outfile::test_support;
 pub(crate) use outfile::OutFile;

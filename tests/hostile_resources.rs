@@ -329,6 +329,29 @@ mod unix_only {
         integrity_ok(&db);
     }
 
+    /// Export onto a full drive: DiskFull (the error of the thread that writes the CSV,
+    /// with its cause), the older CSV there untouched, no temporary file left behind.
+    #[test]
+    fn export_onto_a_full_disk_fails_cleanly_and_keeps_the_old_csv() {
+        let Some(usb) = Tmpfs::mount("8m") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // About 2 MiB of CSV: past the part written through the page cache.
+        let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 20_000);
+        let dest = usb.path.join("UsageData.csv");
+        std::fs::write(&dest, b"the export from last month").unwrap();
+        usb.fill_leaving(256 * 1024);
+        let before = tree(&usb.path);
+        let e = serviceconnection::usage::export_csv(&db, &dest, true, &mut |_| true).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DiskFull, "{e}");
+        assert!(e.message().contains("no space left"), "{e}");
+        assert!(e.message().contains("UsageData.csv"), "names the file: {e}");
+        one_clear_line(e.message());
+        assert_eq!(tree(&usb.path), before, "the drive changed");
+        integrity_ok(&db);
+    }
+
     /// Where no tmpfs can be mounted, the same through a file-size limit on the real command
     /// line tool (it runs everywhere): exit status 1, one line naming the cause. Below 32 KiB
     /// even opening the site fails (SQLite cannot size its index file): the line says so

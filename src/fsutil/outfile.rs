@@ -13,12 +13,11 @@
 //! `O_DIRECT` gets everything that way. Elsewhere: plain writes, with the writeback
 //! started early ([`WRITEBACK_EVERY`]).
 //!
-//! Used for Connect's downloads (`connect::sink`), whose writes run on a thread of their
-//! own. Not for Prepare's cab, which is read back (hashed) right after it is written, nor
-//! for Export's CSV: measured there (alternating runs, medians of six) it saved 0.04-0.09
-//! CPU-s but cost 0.035-0.075 s of wall time, because Export's writer is also the thread
-//! that hashes, and a direct write makes it wait for the disk where a write into the page
-//! cache did not.
+//! Used where the writes run on a thread of their own, so that a direct write's wait for
+//! the disk keeps nobody else waiting: Connect's downloads (`connect::sink`) and Export's
+//! CSV (`BackgroundWriter`; written from the thread that hashes, it had cost Export
+//! 0.035-0.075 s, alternating runs, medians of six). Not for Prepare's cab, which is read
+//! back (hashed) right after it is written.
 
 use std::fs::File;
 

@@ -128,13 +128,20 @@ pub fn export_csv(
     let mut out = AtomicFile::create(dest, force)?;
     let what = dest.display().to_string();
     let (o, size, sha256) = {
-        // No buffer: the CSV comes in writes of a whole formatted batch (hundreds of KiB).
-        let mut hw =
-            crate::hashing::HashingWriter::new(crate::fsutil::EarlyWriteback::new(&*out.file()));
-        let o = csv::write_usage_csv(&site, &mut hw, Phase::Export, &what, progress)?;
-        hw.flush()
+        // This thread hashes; a thread of the file's own writes (past the page cache on
+        // Linux), so neither waits for the other's work.
+        let file = out
+            .file()
+            .try_clone()
             .map_err(|e| Error::io(format!("writing {what}"), &e))?;
-        let (_, size, sha256) = hw.finish();
+        let writer = crate::fsutil::BackgroundWriter::new(file, 0)
+            .map_err(|e| Error::io(format!("writing {what}"), &e))?;
+        let mut hw = crate::hashing::HashingWriter::new(writer);
+        let o = csv::write_usage_csv(&site, &mut hw, Phase::Export, &what, progress)?;
+        let (writer, size, sha256) = hw.finish();
+        writer
+            .finish()
+            .map_err(|e| Error::io(format!("writing {what}"), &e))?;
         (o, size, sha256)
     };
     pause_point("written");
