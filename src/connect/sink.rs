@@ -29,6 +29,7 @@
 use super::writer_pool::{Done, Pool};
 use crate::fsutil::OutFile;
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,8 @@ pub(crate) struct Sink {
     budget: Arc<Semaphore>,
     failed: Arc<AtomicBool>,
     written: Option<Done>,
+    /// Full batches not handed over yet (waiting for room), oldest first.
+    ready: VecDeque<Vec<u8>>,
     /// The batch being filled.
     fill: Vec<u8>,
     batches: Arc<Batches>,
@@ -119,6 +122,7 @@ impl Sink {
             budget: Arc::new(Semaphore::new(IN_FLIGHT)),
             failed,
             written: Some(written),
+            ready: VecDeque::new(),
             fill: Vec::new(),
             batches: batches.clone(),
         })
@@ -135,14 +139,14 @@ impl Sink {
     /// waits while [`IN_FLIGHT`] bytes are pending. A write that failed earlier is
     /// returned here (and by every later `drain`).
     ///
-    /// `data` is dropped before any wait: a chunk of hyper's receive buffer kept while
-    /// hyper reads on makes it allocate a new buffer, and glibc hands the old one back to
-    /// the kernel when it is dropped (a page fault per 4 KiB of the next one).
+    /// `data` is dropped before any wait, so that hyper can reuse its receive buffer for
+    /// its next read (see the module's comment). Copied bytes are the sink's from then on:
+    /// if this future is dropped while it waits, they are still handed over, in order,
+    /// by the next call or when the sink is dropped.
     pub(crate) async fn write(&mut self, data: impl AsRef<[u8]>) -> std::io::Result<()> {
         if self.failed.load(Ordering::Acquire) {
             return self.drain(false).await.map(drop);
         }
-        let mut full = Vec::new();
         let mut rest = data.as_ref();
         while !rest.is_empty() {
             if self.fill.capacity() == 0 {
@@ -152,33 +156,35 @@ impl Sink {
             self.fill.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
             if self.fill.len() == BATCH {
-                full.push(std::mem::take(&mut self.fill));
+                self.ready.push_back(std::mem::take(&mut self.fill));
             }
         }
         drop(data);
-        for batch in full {
-            self.send_batch(batch).await?;
+        self.send_ready().await
+    }
+
+    /// Hand over the full batches, each once there is room for it.
+    async fn send_ready(&mut self) -> std::io::Result<()> {
+        while let Some(len) = self.ready.front().map(Vec::len) {
+            let permit = self
+                .budget
+                .clone()
+                .acquire_many_owned(len as u32)
+                .await
+                .map_err(|_| gone())?;
+            // Taken only now: a wait cut short leaves the batch where it was.
+            let batch = self.ready.pop_front().expect("a batch is ready");
+            self.send(ToHasher::Data(batch, Some(permit)))?;
         }
         Ok(())
     }
 
-    /// Send the batch being filled, if it holds anything.
+    /// Hand over every byte copied in, the batch being filled included.
     async fn hand_over(&mut self) -> std::io::Result<()> {
-        if self.fill.is_empty() {
-            return Ok(());
+        if !self.fill.is_empty() {
+            self.ready.push_back(std::mem::take(&mut self.fill));
         }
-        let batch = std::mem::take(&mut self.fill);
-        self.send_batch(batch).await
-    }
-
-    async fn send_batch(&mut self, batch: Vec<u8>) -> std::io::Result<()> {
-        let permit = self
-            .budget
-            .clone()
-            .acquire_many_owned(batch.len() as u32)
-            .await
-            .map_err(|_| gone())?;
-        self.send(ToHasher::Data(batch, Some(permit)))
+        self.send_ready().await
     }
 
     /// Wait for every write handed over (and, with `sync`, flush the file's data to disk):
@@ -202,10 +208,12 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        // What was copied in is handed over (without waiting for the budget: nothing
-        // comes after it).
+        // What was copied in is handed over, in order (without waiting for the budget:
+        // nothing comes after it).
         if !self.fill.is_empty() {
-            let batch = std::mem::take(&mut self.fill);
+            self.ready.push_back(std::mem::take(&mut self.fill));
+        }
+        while let Some(batch) = self.ready.pop_front() {
             let _ = self.send(ToHasher::Data(batch, None));
         }
         self.tx = None;
@@ -379,6 +387,32 @@ mod tests {
             sink.write(b"less than a batch").await.unwrap();
         });
         assert_eq!(std::fs::read(&path).unwrap(), b"less than a batch");
+    }
+
+    /// A write whose future is dropped while it waits for room (a download cut short)
+    /// loses nothing it copied in: the sink hands the rest over, in order, when dropped.
+    #[test]
+    fn a_write_dropped_while_waiting_loses_nothing() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.sct-partial");
+        let file = File::create(&path).unwrap();
+        let pool = Pool::new();
+        let batches = Arc::new(Batches::default());
+        // Far more than may be in flight: the write must wait after copying it all.
+        let all: Vec<u8> = (0..32 * IN_FLIGHT).map(|b| (b % 253) as u8).collect();
+        runtime().block_on(async {
+            let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
+            sink.reset(0, Sha256::new()).await.unwrap();
+            assert!(
+                sink.write(&all[..]).now_or_never().is_none(),
+                "it did not wait"
+            );
+        });
+        assert!(
+            std::fs::read(&path).unwrap() == all,
+            "bytes lost or out of order"
+        );
     }
 
     /// A write that fails (here: the file was opened read-only) is reported, with its OS
