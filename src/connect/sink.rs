@@ -333,16 +333,21 @@ mod tests {
         hex::encode(hasher.finalize())
     }
 
+    /// An empty partial file in a folder of its own.
+    fn new_partial() -> (tempfile::TempDir, std::path::PathBuf, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.sct-partial");
+        let file = File::create(&path).unwrap();
+        (dir, path, file)
+    }
+
     /// Chunks of every size (empty, smaller than a batch, larger than all that may be in
     /// flight) are written in order and hashed; a reset keeps the prefix and its hash, and
     /// writing goes on after it.
     #[test]
     fn writes_and_hashes_in_order_and_resets() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.sct-partial");
-        let file = File::create(&path).unwrap();
-        let pool = Pool::new();
-        let batches = Arc::new(Batches::default());
+        let (_dir, path, file) = new_partial();
+        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
         runtime().block_on(async {
             let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
             let mut all = Vec::new();
@@ -377,11 +382,8 @@ mod tests {
     /// Dropping the sink writes what was copied in but not yet handed over.
     #[test]
     fn dropping_writes_what_was_copied_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.sct-partial");
-        let file = File::create(&path).unwrap();
-        let pool = Pool::new();
-        let batches = Arc::new(Batches::default());
+        let (_dir, path, file) = new_partial();
+        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
         runtime().block_on(async {
             let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
             sink.write(b"less than a batch").await.unwrap();
@@ -394,11 +396,8 @@ mod tests {
     #[test]
     fn a_write_dropped_while_waiting_loses_nothing() {
         use futures_util::FutureExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.sct-partial");
-        let file = File::create(&path).unwrap();
-        let pool = Pool::new();
-        let batches = Arc::new(Batches::default());
+        let (_dir, path, file) = new_partial();
+        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
         // Far more than may be in flight: the write must wait after copying it all.
         let all: Vec<u8> = (0..32 * IN_FLIGHT).map(|b| (b % 253) as u8).collect();
         runtime().block_on(async {
@@ -423,8 +422,7 @@ mod tests {
         let path = dir.path().join("ro");
         std::fs::write(&path, b"").unwrap();
         let file = File::open(&path).unwrap();
-        let pool = Pool::new();
-        let batches = Arc::new(Batches::default());
+        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
         runtime().block_on(async {
             let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
             sink.write(b"abc").await.unwrap();
@@ -448,8 +446,7 @@ mod tests {
         let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(1000)).unwrap();
         let direct = takes_o_direct(dir.path());
-        let pool = Pool::new();
-        let batches = Arc::new(Batches::default());
+        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
         let mut all = vec![b'p'; 1000];
         runtime().block_on(async {
             let mut sink = Sink::start(&pool, &batches, file, 1000).unwrap();
