@@ -667,9 +667,9 @@ async fn stream_body(
 ) -> std::result::Result<(), Failure> {
     // The body alone: the response's header values are slices of hyper's receive
     // buffer, and while they lived hyper could not reuse that buffer and allocated a new
-    // one for the body; freeing the old one with the response, glibc gave it back to the
-    // kernel (`madvise`), so every file of a pack faulted in a fresh buffer (24,000 page
-    // faults for 1,000 files).
+    // one for the body; freed with the response, the old one went back to the kernel
+    // (`madvise`) and the next was faulted in afresh. 1,000 files: 23,600 page faults
+    // with the response kept, 11,200 this way.
     let mut body = resp.bytes_stream();
     loop {
         activity.touch();

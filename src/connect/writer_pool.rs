@@ -45,7 +45,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 /// Signalled when the job has run (or its thread died: the sender is dropped either way).
-/// In a mutex only to be `Sync` (a sink is used from async tasks by reference).
+/// In a mutex only to be `Sync`, so that a sink holding it may be shared by reference.
 pub(crate) struct Done(Mutex<Receiver<()>>);
 
 impl Done {
