@@ -307,49 +307,50 @@ mod unix_only {
     // ---------------------------------------------------------------------------------------
     // Full disk
 
-    /// Prepare onto a full USB drive: DiskFull, the older cab there is untouched, and no
-    /// temporary file is left to fill the drive further.
-    #[test]
-    fn prepare_onto_a_full_disk_fails_cleanly_and_keeps_the_old_cab() {
-        let Some(usb) = Tmpfs::mount("2m") else {
+    /// `run(site, dest)` of a 20,000-row site onto a drive of `size` that holds an older
+    /// `name` and has `free` bytes left: DiskFull naming the file, in one line; the drive
+    /// (the older file included) unchanged, no temporary file left behind; the site intact.
+    fn fails_cleanly_onto_a_full_drive<T: std::fmt::Debug>(
+        size: &str,
+        free: u64,
+        name: &str,
+        run: impl FnOnce(&Path, &Path) -> serviceconnection::Result<T>,
+    ) {
+        let Some(usb) = Tmpfs::mount(size) else {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
         let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 20_000);
-        let dest = usb.path.join("UsageData.cab");
-        std::fs::write(&dest, b"the cab from last month").unwrap();
-        usb.fill_leaving(16 * 1024);
+        let dest = usb.path.join(name);
+        std::fs::write(&dest, b"the one from last month").unwrap();
+        usb.fill_leaving(free);
         let before = tree(&usb.path);
-        let e = serviceconnection::usage::prepare(&db, &dest, true, &mut |_| true).unwrap_err();
+        let e = run(&db, &dest).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::DiskFull, "{e}");
         assert!(e.message().contains("no space left"), "{e}");
-        assert!(e.message().contains("UsageData.cab"), "names the file: {e}");
+        assert!(e.message().contains(name), "names the file: {e}");
         one_clear_line(e.message());
         assert_eq!(tree(&usb.path), before, "the drive changed");
         integrity_ok(&db);
     }
 
+    /// Prepare onto a full USB drive: DiskFull, the older cab there is untouched, and no
+    /// temporary file is left to fill the drive further.
+    #[test]
+    fn prepare_onto_a_full_disk_fails_cleanly_and_keeps_the_old_cab() {
+        fails_cleanly_onto_a_full_drive("2m", 16 * 1024, "UsageData.cab", |db, dest| {
+            serviceconnection::usage::prepare(db, dest, true, &mut |_| true)
+        });
+    }
+
     /// Export onto a full drive: DiskFull (the error of the thread that writes the CSV,
-    /// with its cause), the older CSV there untouched, no temporary file left behind.
+    /// with its cause), the older CSV there untouched, no temporary file left behind. The
+    /// CSV is 3.4 MiB: past the part written through the page cache.
     #[test]
     fn export_onto_a_full_disk_fails_cleanly_and_keeps_the_old_csv() {
-        let Some(usb) = Tmpfs::mount("8m") else {
-            return;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        // About 2 MiB of CSV: past the part written through the page cache.
-        let db = site::create_site(dir.path(), DiagnosticsLevel::Full, 20_000);
-        let dest = usb.path.join("UsageData.csv");
-        std::fs::write(&dest, b"the export from last month").unwrap();
-        usb.fill_leaving(256 * 1024);
-        let before = tree(&usb.path);
-        let e = serviceconnection::usage::export_csv(&db, &dest, true, &mut |_| true).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::DiskFull, "{e}");
-        assert!(e.message().contains("no space left"), "{e}");
-        assert!(e.message().contains("UsageData.csv"), "names the file: {e}");
-        one_clear_line(e.message());
-        assert_eq!(tree(&usb.path), before, "the drive changed");
-        integrity_ok(&db);
+        fails_cleanly_onto_a_full_drive("8m", 256 * 1024, "UsageData.csv", |db, dest| {
+            serviceconnection::usage::export_csv(db, dest, true, &mut |_| true)
+        });
     }
 
     /// Where no tmpfs can be mounted, the same through a file-size limit on the real command
