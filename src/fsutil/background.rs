@@ -158,12 +158,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn large_files_bypass_the_page_cache() {
-        use crate::fsutil::test_support::{cached_bytes, disk_dir, takes_o_direct};
-        let dir = disk_dir();
-        if !takes_o_direct(dir.path()) {
-            eprintln!("this file system refuses O_DIRECT: nothing to check");
+        use crate::fsutil::test_support::{cached_bytes, direct_dir};
+        let Some(dir) = direct_dir("bypassing the page cache") else {
             return;
-        }
+        };
         let path = dir.path().join("f");
         let all = data(24 << 20);
         let mut w = BackgroundWriter::new(std::fs::File::create(&path).unwrap(), 0).unwrap();

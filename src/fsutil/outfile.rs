@@ -400,6 +400,17 @@ pub(crate) mod test_support {
         tempfile::tempdir_in(target).unwrap()
     }
 
+    /// A folder on the build's disk whose file system takes O_DIRECT; `None` (with a
+    /// note saying `what` cannot be checked) where it does not.
+    pub(crate) fn direct_dir(what: &str) -> Option<tempfile::TempDir> {
+        let dir = disk_dir();
+        if takes_o_direct(dir.path()) {
+            return Some(dir);
+        }
+        eprintln!("this file system refuses O_DIRECT: {what} is not checked");
+        None
+    }
+
     /// Whether the file system of `dir` takes O_DIRECT, asked without the code under test.
     pub(crate) fn takes_o_direct(dir: &std::path::Path) -> bool {
         use std::os::unix::fs::OpenOptionsExt;
@@ -454,12 +465,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_file_system_refusing_o_direct_gets_every_byte_through_the_page_cache() {
-        let dir = disk_dir();
-        let path = dir.path().join("f");
-        if !takes_o_direct(dir.path()) {
-            eprintln!("this file system refuses O_DIRECT already");
+        let Some(dir) = direct_dir("falling back from a refused O_DIRECT") else {
             return;
-        }
+        };
+        let path = dir.path().join("f");
         let file = File::create(&path).unwrap();
         let mut out = OutFile::new(file, 0);
         let mut all = Vec::new();
@@ -507,11 +516,9 @@ mod tests {
     /// writing goes on from the cut either way.
     #[test]
     fn a_reset_inside_or_before_the_staged_bytes_keeps_what_comes_before_it() {
-        let dir = disk_dir();
-        if !takes_o_direct(dir.path()) {
-            eprintln!("this file system refuses O_DIRECT");
+        let Some(dir) = direct_dir("a reset among staged bytes") else {
             return;
-        }
+        };
         let path = dir.path().join("f");
         let mut out = OutFile::new(File::create(&path).unwrap(), 0);
         let mut all: Vec<u8> = Vec::new();
