@@ -3,8 +3,10 @@
 //! the same everywhere, because a pack made on Linux must import on Windows.
 
 mod background;
+mod batches;
 mod outfile;
 pub(crate) use background::BackgroundWriter;
+pub(crate) use batches::Batches;
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) use outfile::test_support;
 pub(crate) use outfile::OutFile;

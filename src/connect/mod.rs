@@ -328,7 +328,7 @@ pub fn connect(opts: &ConnectOptions, progress: ProgressFn) -> Result<ConnectRep
             total: AtomicU64::new(0),
         },
         writers: writer_pool::Pool::new(),
-        batches: Default::default(),
+        batches: sink::batches(),
     });
     let workers = opts.parallelism.clamp(2, 8);
     let worker = std::thread::Builder::new()
@@ -487,7 +487,7 @@ pub(crate) struct Ctx {
     /// The threads that write downloads; closed (every thread joined) before the run
     /// returns.
     pub writers: writer_pool::Pool,
-    pub batches: Arc<sink::Batches>,
+    pub batches: Arc<crate::fsutil::Batches>,
 }
 
 /// Progress reporting from the worker tasks: overall counters plus a bounded channel to

@@ -27,12 +27,12 @@
 //! comes.
 
 use super::writer_pool::{Done, Pool};
-use crate::fsutil::OutFile;
+use crate::fsutil::{Batches, OutFile};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Bytes received but not yet written, per file (4 downloads at once: 8 MiB at most).
@@ -43,23 +43,9 @@ const BATCH: usize = 512 << 10;
 /// the ones being filled).
 const MAX_SPARE: usize = 4 * (IN_FLIGHT / BATCH + 1);
 
-/// Empty batch buffers, shared by the sinks of one Connect run.
-#[derive(Default)]
-pub(crate) struct Batches(Mutex<Vec<Vec<u8>>>);
-
-impl Batches {
-    fn take(&self) -> Vec<u8> {
-        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        spare.pop().unwrap_or_else(|| Vec::with_capacity(BATCH))
-    }
-
-    fn give_back(&self, mut batch: Vec<u8>) {
-        batch.clear();
-        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < MAX_SPARE {
-            spare.push(batch);
-        }
-    }
+/// Empty batch buffers for the sinks of one Connect run.
+pub(crate) fn batches() -> Arc<Batches> {
+    Arc::new(Batches::new(BATCH, MAX_SPARE))
 }
 
 /// What the receiving task sends the hashing thread.
@@ -347,7 +333,7 @@ mod tests {
     #[test]
     fn writes_and_hashes_in_order_and_resets() {
         let (_dir, path, file) = new_partial();
-        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
+        let (pool, batches) = (Pool::new(), batches());
         runtime().block_on(async {
             let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
             let mut all = Vec::new();
@@ -375,7 +361,7 @@ mod tests {
             assert_eq!(hex_of(hashed), sha(&expect));
         });
         // Batch buffers came back for the next file, no more than are kept.
-        let spare = batches.0.lock().unwrap().len();
+        let spare = batches.kept();
         assert!((1..=MAX_SPARE).contains(&spare), "{spare}");
     }
 
@@ -383,7 +369,7 @@ mod tests {
     #[test]
     fn dropping_writes_what_was_copied_in() {
         let (_dir, path, file) = new_partial();
-        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
+        let (pool, batches) = (Pool::new(), batches());
         runtime().block_on(async {
             let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
             sink.write(b"less than a batch").await.unwrap();
@@ -397,7 +383,7 @@ mod tests {
     fn a_write_dropped_while_waiting_loses_nothing() {
         use futures_util::FutureExt;
         let (_dir, path, file) = new_partial();
-        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
+        let (pool, batches) = (Pool::new(), batches());
         // Far more than may be in flight: the write must wait after copying it all.
         let all: Vec<u8> = (0..32 * IN_FLIGHT).map(|b| (b % 253) as u8).collect();
         runtime().block_on(async {
@@ -422,7 +408,7 @@ mod tests {
         let path = dir.path().join("ro");
         std::fs::write(&path, b"").unwrap();
         let file = File::open(&path).unwrap();
-        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
+        let (pool, batches) = (Pool::new(), batches());
         runtime().block_on(async {
             let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
             sink.write(b"abc").await.unwrap();
@@ -446,7 +432,7 @@ mod tests {
         let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(1000)).unwrap();
         let direct = takes_o_direct(dir.path());
-        let (pool, batches) = (Pool::new(), Arc::new(Batches::default()));
+        let (pool, batches) = (Pool::new(), batches());
         let mut all = vec![b'p'; 1000];
         runtime().block_on(async {
             let mut sink = Sink::start(&pool, &batches, file, 1000).unwrap();

@@ -11,10 +11,11 @@
 //! hashes the next ones. 2 million rows, alternating runs: 0.730 -> 0.690 s and 0.715 ->
 //! 0.645 s (medians of six and of eight).
 
-use super::OutFile;
+use super::{Batches, OutFile};
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Bytes per batch handed to the writing thread.
@@ -27,8 +28,8 @@ const QUEUED: usize = 4;
 /// that still writes what was handed over, but its errors go unreported.
 pub(crate) struct BackgroundWriter {
     tx: Option<SyncSender<Vec<u8>>>,
-    /// Written batches coming back for reuse.
-    back: Receiver<Vec<u8>>,
+    /// Written batches come back here for reuse.
+    batches: Arc<Batches>,
     fill: Vec<u8>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
@@ -37,23 +38,24 @@ impl BackgroundWriter {
     /// Write `file` from byte `pos` on (its file position is not used).
     pub(crate) fn new(file: File, pos: u64) -> io::Result<Self> {
         let (tx, rx) = sync_channel::<Vec<u8>>(QUEUED);
-        let (give_back, back) = sync_channel::<Vec<u8>>(QUEUED + 2);
+        // As many as can be in flight at once: the queued ones, the one being written
+        // and the one being filled.
+        let batches = Arc::new(Batches::new(BATCH, QUEUED + 2));
+        let back = batches.clone();
         let thread = std::thread::Builder::new().name("sct-write".into()).spawn(
             move || -> io::Result<()> {
                 let mut out = OutFile::new(file, pos);
-                for mut batch in rx {
+                for batch in rx {
                     out.write(&batch)?;
-                    batch.clear();
-                    // Full only if the producer stopped taking them back: drop it then.
-                    let _ = give_back.try_send(batch);
+                    back.give_back(batch);
                 }
                 out.flush()
             },
         )?;
         Ok(BackgroundWriter {
             tx: Some(tx),
-            back,
-            fill: Vec::with_capacity(BATCH),
+            fill: batches.take(),
+            batches,
             thread: Some(thread),
         })
     }
@@ -63,11 +65,7 @@ impl BackgroundWriter {
         if self.fill.is_empty() {
             return Ok(());
         }
-        let next = self
-            .back
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
-        let batch = std::mem::replace(&mut self.fill, next);
+        let batch = std::mem::replace(&mut self.fill, self.batches.take());
         let sent = self.tx.as_ref().map(|tx| tx.send(batch));
         match sent {
             Some(Ok(())) => Ok(()),
