@@ -65,8 +65,9 @@ enum ToWriter {
     Drain(bool, oneshot::Sender<std::io::Result<()>>),
 }
 
-/// The hashing and writing threads of one partial file. Dropping it waits for the writes
-/// already handed over (at most [`IN_FLIGHT`] bytes), so the file is settled afterwards.
+/// The hashing and writing threads of one partial file. Dropping it waits for every byte
+/// copied in to be written ([`IN_FLIGHT`] bytes and the batch being filled, plus what a
+/// write cut short had copied in), so the file is settled afterwards.
 pub(crate) struct Sink {
     tx: Option<mpsc::UnboundedSender<ToHasher>>,
     budget: Arc<Semaphore>,
