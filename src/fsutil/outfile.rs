@@ -224,9 +224,12 @@ mod direct {
     // SAFETY: the buffer is owned by the Staging alone and only used through `&mut self`.
     unsafe impl Send for Staging {}
 
-    thread_local! {
-        static SPARE: std::cell::Cell<Option<Staging>> = const { std::cell::Cell::new(None) };
-    }
+    /// Staging buffers of files written to the end, for the next files. Shared by all
+    /// threads: Connect's writer pool keeps up to 16 threads, and one spare buffer per
+    /// thread kept 8 MiB for 4 downloads at once.
+    static SPARE: std::sync::Mutex<Vec<Staging>> = std::sync::Mutex::new(Vec::new());
+    /// Spare buffers kept at most (4 downloads at once, and Export's CSV).
+    const KEEP: usize = 6;
 
     fn layout() -> Layout {
         Layout::from_size_align(STAGE, ALIGN).expect("valid layout")
@@ -251,16 +254,15 @@ mod direct {
     }
 
     impl Staging {
-        /// A staging buffer for `file` (this thread's spare one if it has one: the writer
-        /// pool's threads write one file after another), or `None` where `O_DIRECT`
-        /// cannot be had.
+        /// A staging buffer for `file` (a spare one if there is one: Connect writes one
+        /// file after another), or `None` where `O_DIRECT` cannot be had.
         pub(super) fn acquire(file: &File) -> Option<Staging> {
             // Probe that the flag can be set, and leave it off until a direct write.
             if !set_direct(file, true) {
                 return None;
             }
             set_direct(file, false);
-            if let Some(spare) = SPARE.take() {
+            if let Some(spare) = SPARE.lock().unwrap_or_else(|p| p.into_inner()).pop() {
                 return Some(spare);
             }
             // SAFETY: the layout has a non-zero size.
@@ -276,15 +278,17 @@ mod direct {
             })
         }
 
-        /// Keep the buffer as this thread's spare for its next file (freed when the
-        /// thread ends).
+        /// Keep the buffer for the next file, unless [`KEEP`] are kept (then it is freed).
         pub(super) fn release(mut self) {
             self.len = 0;
             #[cfg(test)]
             {
                 self.refuse = false;
             }
-            SPARE.set(Some(self));
+            let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.len() < KEEP {
+                spare.push(self);
+            }
         }
 
         pub(super) fn len(&self) -> usize {
