@@ -33,6 +33,10 @@ pub const API_VERSION: u32 = 1;
 /// around one download). 256 KiB cuts them by four at about 0.5 MiB in flight per
 /// download.
 const STREAM_CHUNK: usize = 256 * 1024;
+/// Bytes read with the opening of a file, in the same hand-off: a file up to this size
+/// (most of a pack's files) is served with one hand-off instead of one plus one per
+/// [`STREAM_CHUNK`].
+const FIRST_CHUNK: usize = 1024 * 1024;
 
 /// Shared state of a running service.
 pub struct AppState {
@@ -590,14 +594,28 @@ pub(super) async fn send(
         .expect("valid response")
 }
 
+/// Up to `want` bytes of `f` from its position, read straight into the buffer returned
+/// (`read_to_end` fills the spare capacity without zeroing it first). Fewer than `want`
+/// (but not none) is the file's end; none where `want` is not zero is an error: the file
+/// was cut short since its size was checked.
+fn read_chunk(f: &std::fs::File, want: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(want as usize);
+    f.take(want).read_to_end(&mut buf)?;
+    if buf.is_empty() && want > 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf)
+}
+
 /// A streaming body of `count` bytes of `path` from `start`; refuses a stored file whose
 /// size is not what the manifest says (the store was tampered with).
 ///
 /// Read with `std::fs` on the blocking pool, straight into the buffers that are sent:
 /// tokio's `File` reads into a buffer of its own and copies from it (a 1 GiB download
 /// cost the service a 1 GiB `memmove`, 9% of its CPU time, `perf record`), and opening,
-/// checking the size and seeking are one hand-off to the pool instead of three (which
-/// counts when a pack is a thousand small files).
+/// checking the size, seeking and reading the first [`FIRST_CHUNK`] bytes are one
+/// hand-off to the pool (which counts when a pack is a thousand small files).
 async fn open_range(
     path: &std::path::Path,
     size: u64,
@@ -608,7 +626,7 @@ async fn open_range(
     let shown = path.display().to_string();
     let what = move |e: &std::io::Error| Error::io(format!("reading {shown}"), e);
     let reading = what.clone();
-    let f = tokio::task::spawn_blocking(move || -> Result<std::fs::File, Error> {
+    let (f, first) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         use std::io::Seek;
         let mut f = std::fs::File::open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
@@ -626,11 +644,13 @@ async fn open_range(
             f.seek(std::io::SeekFrom::Start(start))
                 .map_err(|e| what(&e))?;
         }
-        Ok(f)
+        let first = read_chunk(&f, count.min(FIRST_CHUNK as u64)).map_err(|e| what(&e))?;
+        Ok((f, first))
     })
     .await
     .map_err(|e| Error::internal(format!("opening a file panicked: {e}")))??;
-    let stream = futures_util::stream::try_unfold((Some(f), count), move |(f, left)| {
+    let left = count - first.len() as u64;
+    let rest = futures_util::stream::try_unfold((Some(f), left), move |(f, left)| {
         let reading = reading.clone();
         async move {
             let Some(f) = f.filter(|_| left > 0) else {
@@ -638,23 +658,17 @@ async fn open_range(
             };
             let want = left.min(STREAM_CHUNK as u64);
             let (f, got) = tokio::task::spawn_blocking(move || {
-                use std::io::Read;
-                // `read_to_end` fills the spare capacity without zeroing it first.
-                let mut buf = Vec::with_capacity(want as usize);
-                let r = (&f).take(want).read_to_end(&mut buf).map(|_| buf);
+                let r = read_chunk(&f, want);
                 (f, r)
             })
             .await
             .map_err(std::io::Error::other)?;
-            let buf = got?;
-            if buf.is_empty() {
-                // The file was cut short since its size was checked.
-                let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-                return Err(std::io::Error::other(reading(&e).to_string()));
-            }
+            let buf = got.map_err(|e| std::io::Error::other(reading(&e).to_string()))?;
             let left = left - buf.len() as u64;
             Ok(Some((Bytes::from(buf), (Some(f), left))))
         }
     });
+    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(first))]);
+    let stream = futures_util::StreamExt::chain(first, rest);
     Ok(Body::from_stream(stream))
 }
