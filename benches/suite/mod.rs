@@ -585,14 +585,13 @@ static SET_ASIDE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 /// Why: on ext4 without a journal (the development machine's disk) the inode allocator
 /// skips every inode freed in the last 60 s (360 s while its inode table block is dirty,
 /// as it is once a run has created a file there; `recently_deleted()` in
-/// `fs/ext4/ialloc.c`), so a run that follows the deletion of
-/// both sides' previous 1,000 files scans past all of them for every file it creates. Our
-/// Connect of 1,000 files took 2.59 s right after such a deletion against 1.48 s into a
-/// fresh folder (alternating runs, medians of four, minutes apart; `perf`: a quarter of
-/// its samples in `recently_deleted` and the block lookups it makes); the stock side's
-/// `curl` creates as many files.
-/// A real pack folder is not created within a minute of deleting thousands of files, and
-/// other file systems have no such rule, so neither side is timed with it.
+/// `fs/ext4/ialloc.c`), so a run that follows the deletion of both sides' previous 1,000
+/// files scans past all of them for every file it creates. Our Connect of 1,000 files
+/// took 2.59 s right after such a deletion against 1.48 s into a fresh folder
+/// (alternating runs, medians of four, minutes apart; `perf`: a quarter of its samples in
+/// `recently_deleted` and the block lookups it makes); the stock side's `curl` creates as
+/// many files. A real pack folder is not created minutes after deleting thousands of
+/// files, and other file systems have no such rule, so neither side is timed with it.
 fn rm(p: &Path) {
     if p.is_dir() {
         if !set_aside(p) {

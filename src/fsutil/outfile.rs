@@ -40,7 +40,8 @@ pub(crate) struct OutFile {
     pos: u64,
     /// Where buffered writes last had their writeback started.
     flushed_to: u64,
-    /// Staged bytes for `O_DIRECT` writes, once the file is large enough.
+    /// Staged bytes for `O_DIRECT` writes (from the first write on, where the file system
+    /// takes them).
     #[cfg(target_os = "linux")]
     direct: Option<direct::Staging>,
     /// Whether `O_DIRECT` may still be tried (not refused by this file system).
