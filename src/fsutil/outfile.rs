@@ -190,6 +190,7 @@ impl Drop for OutFile {
 
 #[cfg(target_os = "linux")]
 mod direct {
+    use crate::fsutil::batches::Spare;
     use std::alloc::{alloc, dealloc, Layout};
     use std::fs::File;
     use std::os::fd::AsRawFd;
@@ -227,10 +228,9 @@ mod direct {
 
     /// Staging buffers of files written to the end, for the next files. Shared by all
     /// threads: Connect's writer pool keeps up to 16 threads, and one spare buffer per
-    /// thread kept 8 MiB for 4 downloads at once.
-    static SPARE: std::sync::Mutex<Vec<Staging>> = std::sync::Mutex::new(Vec::new());
-    /// Spare buffers kept at most (4 downloads at once, and Export's CSV).
-    const KEEP: usize = 6;
+    /// thread kept 8 MiB for 4 downloads at once. At most six: 4 downloads at once, and
+    /// Export's CSV.
+    static SPARE: Spare<Staging> = Spare::new(6);
 
     fn layout() -> Layout {
         Layout::from_size_align(STAGE, ALIGN).expect("valid layout")
@@ -263,7 +263,7 @@ mod direct {
                 return None;
             }
             set_direct(file, false);
-            if let Some(spare) = SPARE.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            if let Some(spare) = SPARE.take() {
                 return Some(spare);
             }
             // SAFETY: the layout has a non-zero size.
@@ -279,17 +279,14 @@ mod direct {
             })
         }
 
-        /// Keep the buffer for the next file, unless [`KEEP`] are kept (then it is freed).
+        /// Keep the buffer for the next file, unless enough are kept (then it is freed).
         pub(super) fn release(mut self) {
             self.len = 0;
             #[cfg(test)]
             {
                 self.refuse = false;
             }
-            let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());
-            if spare.len() < KEEP {
-                spare.push(self);
-            }
+            SPARE.give_back(self);
         }
 
         pub(super) fn len(&self) -> usize {
