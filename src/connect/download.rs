@@ -18,7 +18,7 @@
 //!    discarded and the file fetched again, at most [`MAX_FETCHES`] times, then reported.
 
 use super::client::{Activity, Failure};
-use super::sink::Sink;
+use super::sink::{Place, Sink};
 use super::{Ctx, FileReport, FileStatus, PackReport, PackStatus, Throttle};
 use crate::api::OfferedPack;
 use crate::error::{Error, ErrorKind, Result};
@@ -412,6 +412,37 @@ impl Partial {
         }
         Ok(hex::encode(hasher.finalize()))
     }
+
+    /// Once every byte handed over is written: the SHA-256 of the file, hex; and if that
+    /// is `expected`, the file is moved to `final_path` (its data flushed first where
+    /// the pack is not flushed as a whole: see `platform::FsFlush`). A file the service
+    /// sent more of than the manifest says is never moved.
+    async fn verify_and_place(
+        &mut self,
+        expected: &str,
+        final_path: &Path,
+    ) -> Result<(String, bool)> {
+        if self.overlong {
+            return Ok((self.written_sha256(false).await?, false));
+        }
+        let place = Place {
+            from: self.path.clone(),
+            to: final_path.to_path_buf(),
+            sha256: expected.to_string(),
+        };
+        let (hasher, placed) = self
+            .sink
+            .drain_and_place(crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME, place)
+            .await
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), &e))?;
+        if let Some(Err(e)) = &placed {
+            return Err(Error::io(
+                format!("moving into place {}", final_path.display()),
+                e,
+            ));
+        }
+        Ok((hex::encode(hasher.finalize()), placed.is_some()))
+    }
 }
 
 async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> Result<FileStatus> {
@@ -423,18 +454,28 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
     let mut partial_name = final_path.as_os_str().to_owned();
     partial_name.push(PARTIAL_SUFFIX);
     let partial_path = PathBuf::from(partial_name);
-    // The folder and a look at the final name in one hand-off to the blocking pool (each
-    // hand-off costs thread wake-ups, which add up over a pack of many small files).
-    let (parent, at_final) = (
+    // The folder, a look at the final name and (where it is not there and nothing is to
+    // be copied) the opening of the partial file in one hand-off to the blocking pool
+    // (each hand-off costs thread wake-ups, which add up over a pack of many small files).
+    let (parent, at_final, at_partial) = (
         final_path.parent().map(Path::to_path_buf),
         final_path.clone(),
+        partial_path.clone(),
     );
-    let existing = blocking("preparing a download", move || {
+    let may_open = job.local.is_none();
+    let (existing, mut opened) = blocking("preparing a download", move || {
         if let Some(parent) = &parent {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
         }
-        Ok(std::fs::symlink_metadata(&at_final))
+        let existing = std::fs::symlink_metadata(&at_final);
+        let opened = match &existing {
+            Err(e) if may_open && e.kind() == std::io::ErrorKind::NotFound => {
+                Some(open_partial_file(&at_partial)?)
+            }
+            _ => None,
+        };
+        Ok((existing, opened))
     })
     .await?;
 
@@ -493,7 +534,7 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
     }
 
     // 2. Open (or create) the partial file and hash what it holds.
-    let mut part = open_partial(ctx, &partial_path, &job.item, size).await?;
+    let mut part = open_partial(ctx, &partial_path, &job.item, size, opened.take()).await?;
     let from_earlier_run = part.have > 0;
     let mut resumed = from_earlier_run;
     ctx.events.add_done(part.have);
@@ -506,9 +547,8 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
     let mut throttle = Throttle::new();
     loop {
         if part.have == size {
-            let got = part.written_sha256(false).await?;
-            if got == expected {
-                finish(&mut part, &final_path).await?;
+            let (got, placed) = part.verify_and_place(&expected, &final_path).await?;
+            if placed {
                 return Ok(if resumed {
                     FileStatus::Resumed
                 } else {
@@ -721,54 +761,51 @@ async fn discard(ctx: &Ctx, part: &mut Partial) -> Result<()> {
     part.restart().await
 }
 
-/// Move the verified partial file to its final name. No fsync here where the pack is made
-/// durable once, before its manifest is written (see `platform::FsFlush`); where that is not
-/// possible (Windows), the file's data is flushed before its rename.
-async fn finish(part: &mut Partial, final_path: &Path) -> Result<()> {
-    part.written_sha256(crate::platform::FLUSH_EACH_FILE_BEFORE_RENAME)
-        .await?;
-    // A virus scanner may hold the new file for a moment (Windows): tried again briefly.
-    let mut tries = 0;
-    while let Err(e) = tokio::fs::rename(&part.path, final_path).await {
-        tries += 1;
-        match crate::fsutil::rename_retry_pause(tries, &e) {
-            Some(pause) => tokio::time::sleep(pause).await,
-            None => {
-                return Err(Error::io(
-                    format!("moving into place {}", final_path.display()),
-                    &e,
-                ))
-            }
-        }
-    }
-    Ok(())
+/// Open or create `path` for writing: the file and its length.
+fn open_partial_file(path: &Path) -> Result<(std::fs::File, u64)> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("checking {}", path.display()), &e))?
+        .len();
+    Ok((file, len))
 }
 
-/// Open or create `path` for appending, hashing the bytes it already holds. A partial
-/// longer than the file can be is emptied.
-async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Result<Partial> {
-    let p = path.to_path_buf();
-    let (file, len) = blocking("opening a partial file", move || {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(|e| Error::io(format!("opening {}", p.display()), &e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(format!("checking {}", p.display()), &e))?
-            .len();
-        Ok((file, len))
-    })
-    .await?;
+/// Open or create `path` for appending (unless `opened` already did), hashing the bytes
+/// it already holds. A partial longer than the file can be is emptied.
+async fn open_partial(
+    ctx: &Arc<Ctx>,
+    path: &Path,
+    item: &str,
+    size: u64,
+    opened: Option<(std::fs::File, u64)>,
+) -> Result<Partial> {
+    let (file, len) = match opened {
+        Some(opened) => opened,
+        None => {
+            let p = path.to_path_buf();
+            blocking("opening a partial file", move || open_partial_file(&p)).await?
+        }
+    };
     let (have, hasher) = if len == 0 || len > size {
         (0, Sha256::new())
     } else {
         hash_prefix(ctx, path, item, len).await?
     };
-    let sink = Sink::start(&ctx.writers, &ctx.batches, file, have)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
+    let sink = Sink::start(
+        &ctx.writers,
+        &ctx.batches,
+        file,
+        have,
+        hasher.clone(),
+        size.saturating_sub(have),
+    )
+    .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
     let mut part = Partial {
         path: path.to_path_buf(),
         sink,
@@ -778,10 +815,12 @@ async fn open_partial(ctx: &Arc<Ctx>, path: &Path, item: &str, size: u64) -> Res
     };
     // Cut to what was hashed (a partial longer than the file can be is emptied) and
     // continue from there.
-    part.sink
-        .reset(have, hasher)
-        .await
-        .map_err(|e| Error::io(format!("truncating {}", path.display()), &e))?;
+    if have != len {
+        part.sink
+            .reset(have, hasher)
+            .await
+            .map_err(|e| Error::io(format!("truncating {}", path.display()), &e))?;
+    }
     Ok(part)
 }
 

@@ -1,5 +1,11 @@
 //! A download's partial file, hashed and written by two threads of its own (from
-//! `writer_pool`), so that the task receiving the body only copies it.
+//! `writer_pool`), so that the task receiving the body only copies it. A file whose
+//! rest fits in what may be in flight ([`ONE_THREAD_MAX`]) gets one thread that hashes
+//! and then writes each batch, and that thread also moves the verified file to its final
+//! name ([`Place`]): per file that is one thread hand-off instead of two, one per batch
+//! instead of two, and no hand-off to the blocking pool for the rename. 1,000 files of
+//! 1 MiB 1.83 -> 1.70 s (CPU 2.06 -> 1.88 s), 5,000 files of 4-64 KiB 2.45 -> 1.93 s
+//! (CPU 3.04 -> 2.17 s); alternating runs, medians of four.
 //!
 //! The receiving task copies each chunk into a batch buffer ([`BATCH`], reused across the
 //! run's files) and lets the chunk go at once; full batches go to the hashing thread, then
@@ -39,6 +45,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 const IN_FLIGHT: usize = 2 << 20;
 /// Bytes per batch handed to the hashing thread.
 const BATCH: usize = 512 << 10;
+/// Bytes still to come up to which a file is hashed and written by one thread instead of
+/// two (all of it can be in flight at once, so the two would not overlap much).
+const ONE_THREAD_MAX: u64 = IN_FLIGHT as u64;
 /// Empty batch buffers kept for reuse (as many as 4 downloads can have in flight, plus
 /// the ones being filled).
 const MAX_SPARE: usize = 4 * (IN_FLIGHT / BATCH + 1);
@@ -54,8 +63,34 @@ enum ToHasher {
     /// Truncate to `len` and go on from there; the hash of those `len` bytes.
     Reset(u64, Box<Sha256>, oneshot::Sender<std::io::Result<()>>),
     /// Everything before it is written (and flushed to disk when `sync`): the hash of
-    /// the file, or the first write error.
-    Drain(bool, oneshot::Sender<std::io::Result<Sha256>>),
+    /// the file, or the first write error; and with a [`Place`], whether the file was
+    /// moved to its final name.
+    Drain(
+        bool,
+        Option<Place>,
+        oneshot::Sender<std::io::Result<Drained>>,
+    ),
+}
+
+/// The hash of a drained file, and whether it was moved into place (`None`: it was not
+/// tried, no place being given or the hash not matching).
+type Drained = (Sha256, Option<std::io::Result<()>>);
+
+/// Where a file goes once all of it is written and its SHA-256 is `sha256` (hex): moved
+/// there by the thread that hashed it, which saves a pack of many small files a hand-off
+/// to the blocking pool per file.
+pub(crate) struct Place {
+    pub(crate) from: std::path::PathBuf,
+    pub(crate) to: std::path::PathBuf,
+    pub(crate) sha256: String,
+}
+
+impl Place {
+    /// Rename the file if `hashed` is the hash it should have.
+    fn apply(&self, hashed: &Sha256) -> Option<std::io::Result<()>> {
+        (hex::encode(hashed.clone().finalize()) == self.sha256)
+            .then(|| crate::fsutil::rename_retrying(&self.from, &self.to))
+    }
 }
 
 /// What the hashing thread passes on to the writing thread.
@@ -85,25 +120,47 @@ fn gone() -> std::io::Error {
 }
 
 impl Sink {
-    /// Write to `file` from byte `len` on (its file position is not used). Call
-    /// [`Sink::reset`] with the hash of those `len` bytes before writing.
+    /// Write to `file` from byte `len` on (its file position is not used); `hashed` is
+    /// the hash of those `len` bytes, and `to_come` how many more the file should get.
+    /// A file whose rest fits in what may be in flight ([`ONE_THREAD_MAX`]) is hashed and
+    /// written by one thread, a larger one by two.
     pub(crate) fn start(
         pool: &Pool,
         batches: &Arc<Batches>,
         file: File,
         len: u64,
+        hashed: Sha256,
+        to_come: u64,
     ) -> std::io::Result<Sink> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (to_writer, writer_rx) = mpsc::unbounded_channel();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
         let back = batches.clone();
-        // Threads kept from an earlier file where some are idle (`writer_pool`). The
-        // writer first: the hasher ends when the sink does, and the writer after it.
-        let written = pool.run("sct-connect-write", move || {
-            write(file, len, writer_rx, &flag, &back)
-        })?;
-        pool.run("sct-connect-hash", move || hash(rx, to_writer))?;
+        // Threads kept from an earlier file where some are idle (`writer_pool`).
+        let written = if to_come <= ONE_THREAD_MAX {
+            pool.run("sct-connect-file", move || {
+                let mut writer = Writer::new(file, len, &flag, &back);
+                hash(hashed, rx, |cmd| {
+                    writer.handle(cmd);
+                    true
+                });
+                writer.finish();
+            })?
+        } else {
+            // The writer first: the hasher ends when the sink does, and the writer after it.
+            let (to_writer, mut writer_rx) = mpsc::unbounded_channel();
+            let written = pool.run("sct-connect-write", move || {
+                let mut writer = Writer::new(file, len, &flag, &back);
+                while let Some(cmd) = writer_rx.blocking_recv() {
+                    writer.handle(cmd);
+                }
+                writer.finish();
+            })?;
+            pool.run("sct-connect-hash", move || {
+                hash(hashed, rx, |cmd| to_writer.send(cmd).is_ok())
+            })?;
+            written
+        };
         Ok(Sink {
             tx: Some(tx),
             budget: Arc::new(Semaphore::new(IN_FLIGHT)),
@@ -177,9 +234,24 @@ impl Sink {
     /// Wait for every write handed over (and, with `sync`, flush the file's data to disk):
     /// the hash of every byte in the file.
     pub(crate) async fn drain(&mut self, sync: bool) -> std::io::Result<Sha256> {
+        self.drain_to(sync, None).await.map(|(hashed, _)| hashed)
+    }
+
+    /// [`Sink::drain`], and then, if the file's hash is `place.sha256`, move it to
+    /// `place.to` (the rename's outcome is the second value; `None` where the hash
+    /// differs).
+    pub(crate) async fn drain_and_place(
+        &mut self,
+        sync: bool,
+        place: Place,
+    ) -> std::io::Result<Drained> {
+        self.drain_to(sync, Some(place)).await
+    }
+
+    async fn drain_to(&mut self, sync: bool, place: Option<Place>) -> std::io::Result<Drained> {
         self.hand_over().await?;
         let (reply, rx) = oneshot::channel();
-        self.send(ToHasher::Drain(sync, reply))?;
+        self.send(ToHasher::Drain(sync, place, reply))?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -210,84 +282,103 @@ impl Drop for Sink {
     }
 }
 
-/// The hashing thread: hashes each batch and passes it on. Ends when the sink is dropped
-/// (or the writer has gone), which ends the writer after what was passed on.
-fn hash(mut rx: mpsc::UnboundedReceiver<ToHasher>, tx: mpsc::UnboundedSender<ToWriter>) {
-    let mut hasher = Sha256::new();
+/// The hashing thread: hashes each batch (from `hasher`'s state on) and passes it on to
+/// the writer (false: the writer has gone). Ends when the sink is dropped (or the writer
+/// has gone), which ends the writer after what was passed on.
+fn hash(
+    mut hasher: Sha256,
+    mut rx: mpsc::UnboundedReceiver<ToHasher>,
+    mut pass: impl FnMut(ToWriter) -> bool,
+) {
     while let Some(cmd) = rx.blocking_recv() {
         let passed = match cmd {
             ToHasher::Data(batch, permit) => {
                 hasher.update(&batch);
-                tx.send(ToWriter::Data(batch, permit))
+                pass(ToWriter::Data(batch, permit))
             }
             ToHasher::Reset(len, hashed, reply) => {
                 hasher = *hashed;
-                tx.send(ToWriter::Reset(len, reply))
+                pass(ToWriter::Reset(len, reply))
             }
-            ToHasher::Drain(sync, reply) => {
+            ToHasher::Drain(sync, place, reply) => {
                 let (written, rx) = oneshot::channel();
-                let passed = tx.send(ToWriter::Drain(sync, written));
+                let passed = pass(ToWriter::Drain(sync, written));
                 let r = rx.blocking_recv().unwrap_or_else(|_| Err(gone()));
-                let _ = reply.send(r.map(|()| hasher.clone()));
+                let _ = reply.send(r.map(|()| {
+                    let placed = place.and_then(|p| p.apply(&hasher));
+                    (hasher.clone(), placed)
+                }));
                 passed
             }
         };
-        if passed.is_err() {
+        if !passed {
             return;
         }
     }
 }
 
-/// The writing thread.
-fn write(
-    file: File,
-    len: u64,
-    mut rx: mpsc::UnboundedReceiver<ToWriter>,
-    failed: &AtomicBool,
-    batches: &Batches,
-) {
-    let mut out = OutFile::new(file, len);
-    let mut error: Option<std::io::Error> = None;
-    while let Some(cmd) = rx.blocking_recv() {
+/// The writing side: the file, and the first write error (it stays until a reset).
+struct Writer<'a> {
+    out: OutFile,
+    error: Option<std::io::Error>,
+    failed: &'a AtomicBool,
+    batches: &'a Batches,
+}
+
+impl<'a> Writer<'a> {
+    fn new(file: File, len: u64, failed: &'a AtomicBool, batches: &'a Batches) -> Self {
+        Writer {
+            out: OutFile::new(file, len),
+            error: None,
+            failed,
+            batches,
+        }
+    }
+
+    fn handle(&mut self, cmd: ToWriter) {
         match cmd {
             ToWriter::Data(batch, permit) => {
-                if error.is_none() {
-                    if let Err(e) = out.write(&batch) {
-                        error = Some(e);
-                        failed.store(true, Ordering::Release);
+                if self.error.is_none() {
+                    if let Err(e) = self.out.write(&batch) {
+                        self.error = Some(e);
+                        self.failed.store(true, Ordering::Release);
                     }
                 }
-                batches.give_back(batch);
+                self.batches.give_back(batch);
                 drop(permit);
             }
             ToWriter::Reset(len, reply) => {
-                let r = out.reset(len);
-                error = None;
-                failed.store(false, Ordering::Release);
+                let r = self.out.reset(len);
+                self.error = None;
+                self.failed.store(false, Ordering::Release);
                 let _ = reply.send(r);
             }
             ToWriter::Drain(sync, reply) => {
                 // Staged bytes are written now: a failure here is the file's write error
                 // like any other (it stays until a reset).
-                if error.is_none() {
-                    if let Err(e) = out.flush() {
-                        error = Some(e);
-                        failed.store(true, Ordering::Release);
+                if self.error.is_none() {
+                    if let Err(e) = self.out.flush() {
+                        self.error = Some(e);
+                        self.failed.store(true, Ordering::Release);
                     }
                 }
-                let r = match &error {
+                let r = match &self.error {
                     Some(e) => Err(copy_error(e)),
-                    None if sync => out.file().sync_all(),
+                    None if sync => self.out.file().sync_all(),
                     None => Ok(()),
                 };
                 let _ = reply.send(r);
             }
         }
     }
-    // Dropped: what is still staged goes to the file, so it is settled afterwards (an
-    // error here has nobody left to tell; the next run re-checks the partial file).
-    if error.is_none() {
-        let _ = out.flush();
+
+    /// Nothing more comes: what is still staged goes to the file, so it is settled
+    /// afterwards (an error here has nobody left to tell; the next run re-checks the
+    /// partial file).
+    fn finish(mut self) {
+        if self.error.is_none() {
+            let _ = self.out.flush();
+        }
     }
 }
 
@@ -333,10 +424,17 @@ mod tests {
     /// writing goes on after it.
     #[test]
     fn writes_and_hashes_in_order_and_resets() {
+        // Two threads (a large file), and one (a file that fits in flight: given more).
+        for to_come in [u64::MAX, 0] {
+            writes_and_hashes_in_order_and_resets_with(to_come);
+        }
+    }
+
+    fn writes_and_hashes_in_order_and_resets_with(to_come: u64) {
         let (_dir, path, file) = new_partial();
         let (pool, batches) = (Pool::new(), batches());
         runtime().block_on(async {
-            let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
+            let mut sink = Sink::start(&pool, &batches, file, 0, Sha256::new(), to_come).unwrap();
             let mut all = Vec::new();
             for i in 0..200u32 {
                 let chunk: Vec<u8> = (0..(i * 997 % 70_000)).map(|b| (b ^ i) as u8).collect();
@@ -366,13 +464,45 @@ mod tests {
         assert!((1..=MAX_SPARE).contains(&spare), "{spare}");
     }
 
+    /// A drained file is moved to its final name only when its hash is the one given;
+    /// otherwise it stays where it is, and nothing appears at the final name.
+    #[test]
+    fn a_file_is_placed_only_when_its_hash_matches() {
+        let (dir, path, file) = new_partial();
+        let to = dir.path().join("f");
+        let (pool, batches) = (Pool::new(), batches());
+        let place = |sha256: String| Place {
+            from: path.clone(),
+            to: to.clone(),
+            sha256,
+        };
+        runtime().block_on(async {
+            let mut sink = Sink::start(&pool, &batches, file, 0, Sha256::new(), 5).unwrap();
+            sink.write(b"hello").await.unwrap();
+            let (hashed, placed) = sink
+                .drain_and_place(false, place(sha(b"other")))
+                .await
+                .unwrap();
+            assert_eq!(hex_of(hashed), sha(b"hello"));
+            assert!(placed.is_none(), "a file with the wrong hash was moved");
+            assert!(path.exists() && !to.exists());
+            let (_, placed) = sink
+                .drain_and_place(true, place(sha(b"hello")))
+                .await
+                .unwrap();
+            assert!(matches!(placed, Some(Ok(()))), "{placed:?}");
+        });
+        assert!(!path.exists());
+        assert_eq!(std::fs::read(&to).unwrap(), b"hello");
+    }
+
     /// Dropping the sink writes what was copied in but not yet handed over.
     #[test]
     fn dropping_writes_what_was_copied_in() {
         let (_dir, path, file) = new_partial();
         let (pool, batches) = (Pool::new(), batches());
         runtime().block_on(async {
-            let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
+            let mut sink = Sink::start(&pool, &batches, file, 0, Sha256::new(), 17).unwrap();
             sink.write(b"less than a batch").await.unwrap();
         });
         assert_eq!(std::fs::read(&path).unwrap(), b"less than a batch");
@@ -388,8 +518,8 @@ mod tests {
         // Far more than may be in flight: the write must wait after copying it all.
         let all: Vec<u8> = (0..32 * IN_FLIGHT).map(|b| (b % 253) as u8).collect();
         runtime().block_on(async {
-            let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
-            sink.reset(0, Sha256::new()).await.unwrap();
+            let to_come = all.len() as u64;
+            let mut sink = Sink::start(&pool, &batches, file, 0, Sha256::new(), to_come).unwrap();
             assert!(
                 sink.write(&all[..]).now_or_never().is_none(),
                 "it did not wait"
@@ -411,7 +541,7 @@ mod tests {
         let file = File::open(&path).unwrap();
         let (pool, batches) = (Pool::new(), batches());
         runtime().block_on(async {
-            let mut sink = Sink::start(&pool, &batches, file, 0).unwrap();
+            let mut sink = Sink::start(&pool, &batches, file, 0, Sha256::new(), 3).unwrap();
             sink.write(b"abc").await.unwrap();
             let e = sink.drain(false).await.unwrap_err();
             assert!(e.raw_os_error().is_some(), "{e}");
@@ -436,10 +566,9 @@ mod tests {
         let (pool, batches) = (Pool::new(), batches());
         let mut all = vec![b'p'; 1000];
         runtime().block_on(async {
-            let mut sink = Sink::start(&pool, &batches, file, 1000).unwrap();
-            sink.reset(1000, Sha256::new_with_prefix(&all))
-                .await
-                .unwrap();
+            // Started with the hash of the 1,000 bytes already there (no reset).
+            let hashed = Sha256::new_with_prefix(&all);
+            let mut sink = Sink::start(&pool, &batches, file, 1000, hashed, u64::MAX).unwrap();
             for i in 0..300u32 {
                 let c = chunk(i);
                 all.extend_from_slice(&c);
