@@ -6,7 +6,7 @@ mod background;
 mod batches;
 mod outfile;
 pub(crate) use background::BackgroundWriter;
-pub(crate) use batches::Batches;
+pub(crate) use batches::{Batch, Batches};
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) use outfile::test_support;
 pub(crate) use outfile::OutFile;

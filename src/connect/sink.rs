@@ -33,7 +33,7 @@
 //! comes.
 
 use super::writer_pool::{Done, Pool};
-use crate::fsutil::{Batches, OutFile};
+use crate::fsutil::{Batch, Batches, OutFile};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -59,7 +59,7 @@ pub(crate) fn batches() -> Arc<Batches> {
 
 /// What the receiving task sends the hashing thread.
 enum ToHasher {
-    Data(Vec<u8>, Option<OwnedSemaphorePermit>),
+    Data(Batch, Option<OwnedSemaphorePermit>),
     /// Truncate to `len` and go on from there; the hash of those `len` bytes.
     Reset(u64, Box<Sha256>, oneshot::Sender<std::io::Result<()>>),
     /// Everything before it is written (and flushed to disk when `sync`): the hash of
@@ -95,7 +95,7 @@ impl Place {
 
 /// What the hashing thread passes on to the writing thread.
 enum ToWriter {
-    Data(Vec<u8>, Option<OwnedSemaphorePermit>),
+    Data(Batch, Option<OwnedSemaphorePermit>),
     Reset(u64, oneshot::Sender<std::io::Result<()>>),
     Drain(bool, oneshot::Sender<std::io::Result<()>>),
 }
@@ -109,9 +109,9 @@ pub(crate) struct Sink {
     failed: Arc<AtomicBool>,
     written: Option<Done>,
     /// Full batches not handed over yet (waiting for room), oldest first.
-    ready: VecDeque<Vec<u8>>,
+    ready: VecDeque<Batch>,
     /// The batch being filled.
-    fill: Vec<u8>,
+    fill: Batch,
     batches: Arc<Batches>,
 }
 
@@ -167,7 +167,7 @@ impl Sink {
             failed,
             written: Some(written),
             ready: VecDeque::new(),
-            fill: Vec::new(),
+            fill: Batch::empty(),
             batches: batches.clone(),
         })
     }
@@ -209,7 +209,7 @@ impl Sink {
 
     /// Hand over the full batches, each once there is room for it.
     async fn send_ready(&mut self) -> std::io::Result<()> {
-        while let Some(len) = self.ready.front().map(Vec::len) {
+        while let Some(len) = self.ready.front().map(|b| b.len()) {
             let permit = self
                 .budget
                 .clone()
