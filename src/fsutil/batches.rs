@@ -82,7 +82,8 @@ impl Batch {
         assert_eq!(n, data.len(), "a batch overflowed");
     }
 
-    /// Drop the first `n` bytes, moving the rest to the front.
+    /// Drop the first `n` bytes, moving the rest to the front (`OutFile`'s staging, Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn drop_front(&mut self, n: usize) {
         let n = n.min(self.len);
         let rest = self.len - n;
