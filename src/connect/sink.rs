@@ -41,8 +41,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-/// Bytes received but not yet written, per file (4 downloads at once: 8 MiB at most).
-const IN_FLIGHT: usize = 2 << 20;
+/// Bytes received but not yet written, per file (4 downloads at once: 16 MiB at most).
+/// 4 MiB rather than 2 so that batches wait for a busy writing thread, which then takes
+/// them together ([`GATHER`]).
+const IN_FLIGHT: usize = 4 << 20;
+/// Up to this many batches already waiting are written together, in one `O_DIRECT`
+/// write (`OutFile::write_parts`): a 1 GiB file, alternating runs, medians of four and
+/// five: 1.21 -> 1.08 s, CPU 1.32 -> 1.14 s (2 MiB in flight and the same gathering:
+/// 1.31 against 1.05 s, the writer rarely finding more than one batch waiting); peak
+/// RSS 14 -> 18 MiB. 1,000 files of 1 MiB the same (1.37 s both).
+const GATHER: usize = 4;
 /// Bytes per batch handed to the hashing thread.
 const BATCH: usize = 512 << 10;
 /// Bytes still to come up to which a file is hashed and written by one thread instead of
@@ -151,8 +159,25 @@ impl Sink {
             let (to_writer, mut writer_rx) = mpsc::unbounded_channel();
             let written = pool.run("sct-connect-write", move || {
                 let mut writer = Writer::new(file, len, &flag, &back);
-                while let Some(cmd) = writer_rx.blocking_recv() {
-                    writer.handle(cmd);
+                let mut next = None;
+                while let Some(cmd) = next.take().or_else(|| writer_rx.blocking_recv()) {
+                    let ToWriter::Data(batch, permit) = cmd else {
+                        writer.handle(cmd);
+                        continue;
+                    };
+                    // With the batches already waiting: written together.
+                    let mut group = vec![(batch, permit)];
+                    while group.len() < GATHER {
+                        match writer_rx.try_recv() {
+                            Ok(ToWriter::Data(batch, permit)) => group.push((batch, permit)),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    writer.write_group(group);
                 }
                 writer.finish();
             })?;
@@ -332,6 +357,21 @@ impl<'a> Writer<'a> {
             error: None,
             failed,
             batches,
+        }
+    }
+
+    /// Batches in file order, written together (see [`OutFile::write_parts`]).
+    fn write_group(&mut self, group: Vec<(Batch, Option<OwnedSemaphorePermit>)>) {
+        if self.error.is_none() {
+            let parts: Vec<&[u8]> = group.iter().map(|(b, _)| &b[..]).collect();
+            if let Err(e) = self.out.write_parts(&parts) {
+                self.error = Some(e);
+                self.failed.store(true, Ordering::Release);
+            }
+        }
+        for (batch, permit) in group {
+            self.batches.give_back(batch);
+            drop(permit);
         }
     }
 

@@ -119,6 +119,51 @@ impl OutFile {
         self.buffered(data)
     }
 
+    /// Append `parts` in order, as [`OutFile::write`] each. On Linux, those of them that
+    /// are whole aligned blocks in aligned memory (full [`super::Batch`]es) at an aligned
+    /// position go to the disk in one `O_DIRECT` write: fewer, larger writes, which this
+    /// disk takes faster (`dd` of 1 GiB with `O_DIRECT`: 0.81-0.84 s in 512 KiB writes,
+    /// 0.67-0.75 s in 2 MiB ones).
+    pub(crate) fn write_parts(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        let parts = &parts[self.write_direct_parts(parts)?..];
+        for part in parts {
+            self.write(part)?;
+        }
+        Ok(())
+    }
+
+    /// The leading `parts` that can be written together with `O_DIRECT`, written; how many
+    /// (none where fewer than two qualify, or the file system refuses).
+    #[cfg(target_os = "linux")]
+    fn write_direct_parts(&mut self, parts: &[&[u8]]) -> std::io::Result<usize> {
+        if self.direct.is_none() && self.may_go_direct {
+            self.direct = direct::Staging::acquire(&self.file);
+            self.may_go_direct = self.direct.is_some();
+        }
+        let Some(stage) = self.direct.as_mut() else {
+            return Ok(0);
+        };
+        let n = parts
+            .iter()
+            .take_while(|p| !p.is_empty() && direct::whole_blocks(p) == p.len())
+            .count();
+        if n < 2 || !stage.is_empty() || !direct::aligned(self.pos) {
+            return Ok(0);
+        }
+        match stage.write_parts_at(&self.file, &parts[..n], self.pos) {
+            Ok(()) => {
+                self.pos += parts[..n].iter().map(|p| p.len() as u64).sum::<u64>();
+                Ok(n)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.refused();
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// `data` at `pos` through the page cache, starting its writeback every so often.
     fn buffered(&mut self, data: &[u8]) -> std::io::Result<()> {
         write_all_at(&self.file, data, self.pos)?;
@@ -253,6 +298,46 @@ mod direct {
         data.len() - data.len() % ALIGN
     }
 
+    /// Write all of `parts`, one after another, at `pos` of `file`.
+    fn pwritev_all(file: &File, parts: &[&[u8]], mut pos: u64) -> std::io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut done = 0;
+        let mut iov = Vec::with_capacity(parts.len());
+        while done < total {
+            // The parts' bytes from `done` on.
+            iov.clear();
+            let mut skip = done;
+            for p in parts {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    continue;
+                }
+                iov.push(libc::iovec {
+                    iov_base: p[skip..].as_ptr() as *mut libc::c_void,
+                    iov_len: p.len() - skip,
+                });
+                skip = 0;
+            }
+            let count = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+            // SAFETY: `iov` describes `count` live slices of `parts`, read only.
+            let n =
+                unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), count, pos as libc::off_t) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            done += n as usize;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
     /// An aligned buffer of [`STAGE`] bytes, the first `len()` staged for the file.
     pub(super) struct Staging {
         buf: Batch,
@@ -262,6 +347,9 @@ mod direct {
         /// Tests: bytes copied in, over the buffer's life with this file.
         #[cfg(test)]
         pub(super) copied: usize,
+        /// Tests: `O_DIRECT` writes made for this file.
+        #[cfg(test)]
+        pub(super) direct_writes: std::cell::Cell<usize>,
     }
 
     /// Staging buffers of files written to the end, for the next files. Shared by all
@@ -303,6 +391,8 @@ mod direct {
                 refuse: false,
                 #[cfg(test)]
                 copied: 0,
+                #[cfg(test)]
+                direct_writes: std::cell::Cell::new(0),
             })
         }
 
@@ -356,6 +446,30 @@ mod direct {
             }
             let r = file.write_all_at(bytes, start);
             set_direct(file, false);
+            #[cfg(test)]
+            self.direct_writes.set(self.direct_writes.get() + 1);
+            r
+        }
+
+        /// Write `parts` (each aligned memory, whole blocks) one after another from
+        /// `start` (aligned) with `O_DIRECT`, in one `pwritev` where the disk takes it all.
+        pub(super) fn write_parts_at(
+            &self,
+            file: &File,
+            parts: &[&[u8]],
+            start: u64,
+        ) -> std::io::Result<()> {
+            #[cfg(test)]
+            if self.refuse {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            if !set_direct(file, true) {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            let r = pwritev_all(file, parts, start);
+            set_direct(file, false);
+            #[cfg(test)]
+            self.direct_writes.set(self.direct_writes.get() + 1);
             r
         }
 
@@ -527,36 +641,53 @@ mod tests {
             b.extend_from_slice(&c);
             b
         };
-        for refuse_at in [None, Some(3)] {
-            let path = dir.path().join("f");
-            let mut out = OutFile::new(File::create(&path).unwrap(), 0);
-            let mut all = Vec::new();
-            for i in 0..8u32 {
-                if Some(i) == refuse_at {
-                    out.direct.as_mut().unwrap().refuse = true;
+        // Batch by batch, and in groups (`write_parts`: one write for the whole batches
+        // at the front of a group).
+        let singly: &[usize] = &[1; 8];
+        let grouped: &[usize] = &[3, 1, 4];
+        for (groups, writes) in [(singly, 8), (grouped, 4)] {
+            for refuse_at in [None, Some(3)] {
+                let path = dir.path().join("f");
+                let mut out = OutFile::new(File::create(&path).unwrap(), 0);
+                let mut all = Vec::new();
+                let mut i = 0;
+                for &n in groups {
+                    if refuse_at.is_some_and(|r| (i..i + n).contains(&r)) {
+                        out.direct.as_mut().unwrap().refuse = true;
+                    }
+                    // The last batch ends in a partial block.
+                    let group: Vec<Batch> = (i..i + n)
+                        .map(|i| batch(i as u32, if i == 7 { 300_001 } else { 512 << 10 }))
+                        .collect();
+                    i += n;
+                    for b in &group {
+                        all.extend_from_slice(b);
+                    }
+                    let parts: Vec<&[u8]> = group.iter().map(|b| &b[..]).collect();
+                    out.write_parts(&parts).unwrap();
+                    if refuse_at.is_none() {
+                        // Only a partial block's bytes were copied into the staging buffer.
+                        let copied = out.direct.as_ref().map_or(usize::MAX, |d| d.copied);
+                        assert!(copied < 4096, "{copied} bytes copied by batch {i}");
+                    }
                 }
-                // The last one ends in a partial block.
-                let b = batch(i, if i == 7 { 300_001 } else { 512 << 10 });
-                all.extend_from_slice(&b);
-                out.write(&b).unwrap();
                 if refuse_at.is_none() {
-                    // Only a partial block's bytes were copied into the staging buffer.
-                    let copied = out.direct.as_ref().map_or(usize::MAX, |d| d.copied);
-                    assert!(copied < 4096, "{copied} bytes copied by batch {i}");
+                    let made = out.direct.as_ref().unwrap().direct_writes.get();
+                    assert_eq!(made, writes, "direct writes for groups {groups:?}");
                 }
+                out.flush().unwrap();
+                drop(out);
+                // Before reading it back (which brings it into the page cache).
+                let cached = cached_bytes(&path);
+                match refuse_at {
+                    None => assert!(cached <= 4096, "{cached} bytes cached"),
+                    Some(_) => assert!(cached > 2 << 20, "only {cached} bytes cached"),
+                }
+                assert!(
+                    std::fs::read(&path).unwrap() == all,
+                    "bytes lost or out of order"
+                );
             }
-            out.flush().unwrap();
-            drop(out);
-            // Before reading it back (which brings it into the page cache).
-            let cached = cached_bytes(&path);
-            match refuse_at {
-                None => assert!(cached <= 4096, "{cached} bytes cached"),
-                Some(_) => assert!(cached > 2 << 20, "only {cached} bytes cached"),
-            }
-            assert!(
-                std::fs::read(&path).unwrap() == all,
-                "bytes lost or out of order"
-            );
         }
     }
 
