@@ -48,8 +48,8 @@ const IN_FLIGHT: usize = 4 << 20;
 /// Up to this many batches already waiting are written together, in one `O_DIRECT`
 /// write (`OutFile::write_parts`): a 1 GiB file, alternating runs, medians of four and
 /// five: 1.21 -> 1.08 s, CPU 1.32 -> 1.14 s (2 MiB in flight and the same gathering:
-/// 1.31 against 1.05 s, the writer rarely finding more than one batch waiting); peak
-/// RSS 14 -> 18 MiB. 1,000 files of 1 MiB the same (1.37 s both).
+/// 1.31 against 1.05 s); peak RSS 14 -> 18 MiB. 1,000 files of 1 MiB the same (1.37 s
+/// both).
 const GATHER: usize = 4;
 /// Bytes per batch handed to the hashing thread.
 const BATCH: usize = 512 << 10;
