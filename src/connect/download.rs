@@ -463,7 +463,7 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
         partial_path.clone(),
     );
     let may_open = job.local.is_none();
-    let (existing, mut opened) = blocking("preparing a download", move || {
+    let (existing, opened) = blocking("preparing a download", move || {
         if let Some(parent) = &parent {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
@@ -534,7 +534,7 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
     }
 
     // 2. Open (or create) the partial file and hash what it holds.
-    let mut part = open_partial(ctx, &partial_path, &job.item, size, opened.take()).await?;
+    let mut part = open_partial(ctx, &partial_path, &job.item, size, opened).await?;
     let from_earlier_run = part.have > 0;
     let mut resumed = from_earlier_run;
     ctx.events.add_done(part.have);

@@ -156,30 +156,9 @@ impl Sink {
             })?
         } else {
             // The writer first: the hasher ends when the sink does, and the writer after it.
-            let (to_writer, mut writer_rx) = mpsc::unbounded_channel();
+            let (to_writer, writer_rx) = mpsc::unbounded_channel();
             let written = pool.run("sct-connect-write", move || {
-                let mut writer = Writer::new(file, len, &flag, &back);
-                let mut next = None;
-                while let Some(cmd) = next.take().or_else(|| writer_rx.blocking_recv()) {
-                    let ToWriter::Data(batch, permit) = cmd else {
-                        writer.handle(cmd);
-                        continue;
-                    };
-                    // With the batches already waiting: written together.
-                    let mut group = vec![(batch, permit)];
-                    while group.len() < GATHER {
-                        match writer_rx.try_recv() {
-                            Ok(ToWriter::Data(batch, permit)) => group.push((batch, permit)),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    writer.write_group(group);
-                }
-                writer.finish();
+                write_gathered(Writer::new(file, len, &flag, &back), writer_rx)
             })?;
             pool.run("sct-connect-hash", move || {
                 hash(hashed, rx, |cmd| to_writer.send(cmd).is_ok())
@@ -342,6 +321,31 @@ fn hash(
     }
 }
 
+/// The writing thread of a large file: each batch is written together with those already
+/// waiting behind it (up to [`GATHER`]). Ends when the hasher has gone.
+fn write_gathered(mut writer: Writer, mut rx: mpsc::UnboundedReceiver<ToWriter>) {
+    let mut next = None;
+    while let Some(cmd) = next.take().or_else(|| rx.blocking_recv()) {
+        let ToWriter::Data(batch, permit) = cmd else {
+            writer.handle(cmd);
+            continue;
+        };
+        let mut group = vec![(batch, permit)];
+        while group.len() < GATHER {
+            match rx.try_recv() {
+                Ok(ToWriter::Data(batch, permit)) => group.push((batch, permit)),
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        writer.write_group(group);
+    }
+    writer.finish();
+}
+
 /// The writing side: the file, and the first write error (it stays until a reset).
 struct Writer<'a> {
     out: OutFile,
@@ -360,7 +364,8 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Batches in file order, written together (see [`OutFile::write_parts`]).
+    /// Batches in file order, written together (see [`OutFile::write_parts`]), then kept
+    /// for reuse and their room in flight given back.
     fn write_group(&mut self, group: Vec<(Batch, Option<OwnedSemaphorePermit>)>) {
         if self.error.is_none() {
             let parts: Vec<&[u8]> = group.iter().map(|(b, _)| &b[..]).collect();
@@ -377,16 +382,7 @@ impl<'a> Writer<'a> {
 
     fn handle(&mut self, cmd: ToWriter) {
         match cmd {
-            ToWriter::Data(batch, permit) => {
-                if self.error.is_none() {
-                    if let Err(e) = self.out.write(&batch) {
-                        self.error = Some(e);
-                        self.failed.store(true, Ordering::Release);
-                    }
-                }
-                self.batches.give_back(batch);
-                drop(permit);
-            }
+            ToWriter::Data(batch, permit) => self.write_group(vec![(batch, permit)]),
             ToWriter::Reset(len, reply) => {
                 let r = self.out.reset(len);
                 self.error = None;

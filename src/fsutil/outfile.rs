@@ -5,8 +5,8 @@
 //! [`super::Batch`], as Connect and Export hand over) at an aligned position are written
 //! from that memory, without the copy into the staging buffer (`perf`: that copy was 3-6%
 //! of Connect's samples; one 1 GiB file 1.50 -> 1.41 s, Export 0.75 -> 0.69 s, 1,000
-//! files the same; alternating runs, medians of five or six). On the development machine writing
-//! 1 GiB through the page cache and flushing it took 0.6-2.7 s of which 0.26-2.2 s of
+//! files the same; alternating runs, medians of five or six). On the development machine
+//! writing 1 GiB through the page cache and flushing it took 0.6-2.7 s of which 0.26-2.2 s of
 //! system CPU (the kernel copying every byte into freshly allocated cache pages, then
 //! writing them back), and with `O_DIRECT` in 2 MiB writes 0.56-0.67 s with 0.07 s
 //! (`dd`). The data is going to the disk anyway (the callers flush before they rely on
@@ -72,10 +72,7 @@ impl OutFile {
         #[cfg(target_os = "linux")]
         let mut data = data;
         #[cfg(target_os = "linux")]
-        if self.direct.is_none() && self.may_go_direct {
-            self.direct = direct::Staging::acquire(&self.file);
-            self.may_go_direct = self.direct.is_some();
-        }
+        self.acquire_staging();
         #[cfg(target_os = "linux")]
         while !data.is_empty() {
             let Some(stage) = self.direct.as_mut() else {
@@ -137,10 +134,7 @@ impl OutFile {
     /// (none where fewer than two qualify, or the file system refuses).
     #[cfg(target_os = "linux")]
     fn write_direct_parts(&mut self, parts: &[&[u8]]) -> std::io::Result<usize> {
-        if self.direct.is_none() && self.may_go_direct {
-            self.direct = direct::Staging::acquire(&self.file);
-            self.may_go_direct = self.direct.is_some();
-        }
+        self.acquire_staging();
         let Some(stage) = self.direct.as_mut() else {
             return Ok(0);
         };
@@ -243,6 +237,16 @@ impl OutFile {
         Ok(())
     }
 
+    /// Where the file has no staging buffer yet and may still go direct, get one (none
+    /// where the file system does not take `O_DIRECT`).
+    #[cfg(target_os = "linux")]
+    fn acquire_staging(&mut self) {
+        if self.direct.is_none() && self.may_go_direct {
+            self.direct = direct::Staging::acquire(&self.file);
+            self.may_go_direct = self.direct.is_some();
+        }
+    }
+
     /// The file system refused an `O_DIRECT` write: this file is written through the page
     /// cache from now on.
     #[cfg(target_os = "linux")]
@@ -268,7 +272,6 @@ mod direct {
     use crate::fsutil::batches::{Batch, Spare, ALIGN};
     use std::fs::File;
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::FileExt;
 
     /// Bytes per direct write, and staged per file (4 downloads at once: 2 MiB at most).
     /// Connect's batches are as large, so a small file's bytes go to the disk while it is
@@ -436,19 +439,7 @@ mod direct {
             bytes: &[u8],
             start: u64,
         ) -> std::io::Result<()> {
-            debug_assert!(aligned(start) && whole_blocks(bytes) == bytes.len());
-            #[cfg(test)]
-            if self.refuse {
-                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-            }
-            if !set_direct(file, true) {
-                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-            }
-            let r = file.write_all_at(bytes, start);
-            set_direct(file, false);
-            #[cfg(test)]
-            self.direct_writes.set(self.direct_writes.get() + 1);
-            r
+            self.write_parts_at(file, &[bytes], start)
         }
 
         /// Write `parts` (each aligned memory, whole blocks) one after another from
@@ -459,6 +450,7 @@ mod direct {
             parts: &[&[u8]],
             start: u64,
         ) -> std::io::Result<()> {
+            debug_assert!(aligned(start) && parts.iter().all(|p| whole_blocks(p) == p.len()));
             #[cfg(test)]
             if self.refuse {
                 return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
