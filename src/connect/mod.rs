@@ -97,7 +97,10 @@ pub struct ConnectOptions {
     /// Bearer token for a service that requires one. Never logged.
     #[serde(default, skip_serializing)]
     pub token: Option<String>,
-    /// Concurrent file downloads (default 4).
+    /// Concurrent file downloads (default 4): requests and transfers at once. As many
+    /// more downloads whose bytes have all arrived may still be finishing (their last
+    /// writes, hash check and rename); each holds at most 4 MiB received but not yet
+    /// written.
     #[serde(default = "default_parallelism")]
     pub parallelism: usize,
     /// Attempts per request on transient failures, including the first (default 5).

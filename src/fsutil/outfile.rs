@@ -26,10 +26,12 @@
 //! -> 0.605 s (medians of six).
 //!
 //! Used where the writes run on a thread of their own, so that a direct write's wait for
-//! the disk keeps nobody else waiting: Connect's downloads (`connect::sink`) and Export's
+//! the disk keeps nobody else waiting: Connect's downloads (`connect::sink`), Export's
 //! CSV (`BackgroundWriter`; written from the thread that hashes, it had cost Export
-//! 0.035-0.075 s, alternating runs, medians of six). Not for Prepare's cab, which is read
-//! back (hashed) right after it is written.
+//! 0.035-0.075 s, alternating runs, medians of six) and Import's copy of a large file
+//! from another drive (`import::place`; a 1 GiB pack from a tmpfs 1.68-1.73 -> 0.82 s,
+//! CPU 2.1-2.2 -> 0.93 s, the benchmark's row). Not for Prepare's cab, which is read back
+//! (hashed) right after it is written.
 
 use std::fs::File;
 

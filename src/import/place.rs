@@ -3,7 +3,7 @@
 
 use super::verify::open_regular;
 use crate::error::{Error, ErrorKind, Result};
-use crate::fsutil::sync_dir;
+use crate::fsutil::{sync_dir, OutFile};
 use crate::pack::manifest::CONTENT_DIR;
 use crate::pack::PackManifest;
 use crate::progress::{Phase, Progress, ProgressFn};
@@ -27,8 +27,6 @@ const BUF_BYTES: usize = 1024 * 1024;
 const PIPELINE_MIN_BYTES: u64 = 16 << 20;
 /// Buffers circulating between the reading and the writing thread of one copy.
 const PIPELINE_BUFFERS: usize = 3;
-/// Start the writeback of a copy every this many bytes (see `platform::start_writeback`).
-const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Whether one flush of the library's file system after staging (`syncfs`) makes every
 /// staged file and folder durable, so none is flushed on its own. Elsewhere (Windows; Unix
@@ -543,7 +541,9 @@ fn hash_file(
 
 /// Copy `from` into `to` on two threads: this one reads and hashes a buffer while a
 /// writer writes the one before, so a large file costs the longer of the two, not their
-/// sum. The hash is of the bytes read, and the writer writes exactly those bytes (the same
+/// sum. The writer writes through [`OutFile`]: on Linux past the page cache, which the
+/// copy would only fill (a 1 GiB file from another drive 1.68-1.73 -> 0.82 s, CPU
+/// 2.1-2.2 -> 0.93 s). The hash is of the bytes read, and the writer writes exactly those bytes (the same
 /// buffer), so it covers what was placed. [`PIPELINE_BUFFERS`] buffers circulate and come
 /// back to `bufs`: memory is fixed. Returns the bytes read.
 #[allow(clippy::too_many_arguments)]
@@ -568,21 +568,15 @@ fn copy_pipelined(
     let mut count = 0u64;
     let (read, written) = std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> std::io::Result<()> {
-            let mut to = to;
-            let (mut done, mut started) = (0u64, 0u64);
+            // On Linux past the page cache (`O_DIRECT`), as Connect writes: see `OutFile`.
+            let mut out = OutFile::new(to.try_clone()?, 0);
             for (buf, n) in full_rx {
-                to.write_all(&buf[..n])?;
-                done += n as u64;
-                if done - started >= WRITEBACK_EVERY {
-                    crate::platform::start_writeback(to, started, done - started);
-                    started = done;
-                }
+                out.write(&buf[..n])?;
                 if empty_tx.send(buf).is_err() {
                     break;
                 }
             }
-            crate::platform::start_writeback(to, started, done - started);
-            Ok(())
+            out.flush()
         });
         let read = (|| -> Result<()> {
             // No buffer back: the writer stopped (its error is the one reported).
@@ -873,6 +867,46 @@ mod tests {
             }
         }
         assert_eq!(std::fs::read(&src).unwrap(), b"hello world");
+    }
+
+    /// A large copy (two threads) delivers every byte and checks its hash, and on Linux
+    /// goes past the page cache (`OutFile`): at most the last partial page is cached. Fails
+    /// on the earlier buffered copy, which left the whole file cached.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_large_copy_goes_past_the_page_cache() {
+        use crate::fsutil::test_support::{cached_bytes, direct_dir};
+        let Some(d) = direct_dir("a copy past the page cache") else {
+            return;
+        };
+        std::fs::create_dir(d.path().join("src")).unwrap();
+        let src = d.path().join("src/big.bin");
+        let size = PIPELINE_MIN_BYTES as usize + 12_345;
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let sha = crate::hashing::sha256_hex(&data);
+        let dest = d.path().join("out.bin");
+        let job = FileJob {
+            src_rel: PathBuf::from("src/big.bin"),
+            shown: "content/big.bin".into(),
+            dest: dest.clone(),
+            size: size as u64,
+            sha256: &sha,
+        };
+        let mut bufs = Vec::new();
+        let mut seen = 0;
+        place_file(d.path(), &job, &mut bufs, &test_copier(false), &mut |n| {
+            seen += n;
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, size as u64);
+        let cached = cached_bytes(&dest);
+        assert!(
+            cached <= 4096,
+            "{cached} of {size} copied bytes went through the page cache"
+        );
+        assert!(std::fs::read(&dest).unwrap() == data, "the copy differs");
     }
 
     /// A cancelled placement stops with `Cancelled`.
