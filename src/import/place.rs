@@ -543,9 +543,9 @@ fn hash_file(
 /// writer writes the one before, so a large file costs the longer of the two, not their
 /// sum. The writer writes through [`OutFile`]: on Linux past the page cache, which the
 /// copy would only fill (a 1 GiB file from another drive 1.68-1.73 -> 0.82 s, CPU
-/// 2.1-2.2 -> 0.93 s). The hash is of the bytes read, and the writer writes exactly those bytes (the same
-/// buffer), so it covers what was placed. [`PIPELINE_BUFFERS`] buffers circulate and come
-/// back to `bufs`: memory is fixed. Returns the bytes read.
+/// 2.1-2.2 -> 0.93 s). The hash is of the bytes read, and the writer writes exactly those
+/// bytes (the same buffer), so it covers what was placed. [`PIPELINE_BUFFERS`] buffers
+/// circulate and come back to `bufs`: memory is fixed. Returns the bytes read.
 #[allow(clippy::too_many_arguments)]
 fn copy_pipelined(
     from: &mut File,
