@@ -367,7 +367,7 @@ struct FileJob {
 /// that must fetch again (its bytes did not verify) gives its finishing place back
 /// before it waits for a transfer slot, so two downloads cannot each wait for the
 /// other's.
-pub(crate) struct Turn<'a> {
+struct Turn<'a> {
     slots: &'a tokio::sync::Semaphore,
     finishing_places: &'a tokio::sync::Semaphore,
     transfer: Option<tokio::sync::SemaphorePermit<'a>>,
@@ -376,7 +376,7 @@ pub(crate) struct Turn<'a> {
 
 impl<'a> Turn<'a> {
     /// A turn that holds a transfer slot (once one is free).
-    pub(crate) async fn transferring(
+    async fn transferring(
         slots: &'a tokio::sync::Semaphore,
         finishing_places: &'a tokio::sync::Semaphore,
     ) -> Turn<'a> {
@@ -391,7 +391,7 @@ impl<'a> Turn<'a> {
     }
 
     /// Hold a transfer slot (to send a request), giving back a finishing place first.
-    pub(crate) async fn transfer(&mut self) {
+    async fn transfer(&mut self) {
         if self.transfer.is_none() {
             self.finishing = None;
             // The semaphores are never closed: `None` cannot happen.
@@ -400,7 +400,7 @@ impl<'a> Turn<'a> {
     }
 
     /// Every byte has arrived: hold a finishing place instead of the transfer slot.
-    pub(crate) async fn finish(&mut self) {
+    async fn finish(&mut self) {
         if self.finishing.is_none() {
             self.finishing = self.finishing_places.acquire().await.ok();
             self.transfer = None;

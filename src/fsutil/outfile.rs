@@ -6,14 +6,15 @@
 //! from that memory, without the copy into the staging buffer (`perf`: that copy was 3-6%
 //! of Connect's samples; one 1 GiB file 1.50 -> 1.41 s, Export 0.75 -> 0.69 s, 1,000
 //! files the same; alternating runs, medians of five or six). On the development machine
-//! writing 1 GiB through the page cache and flushing it took 0.6-2.7 s of which 0.26-2.2 s of
-//! system CPU (the kernel copying every byte into freshly allocated cache pages, then
-//! writing them back), and with `O_DIRECT` in 2 MiB writes 0.56-0.67 s with 0.07 s
-//! (`dd`). The data is going to the disk anyway (the callers flush before they rely on
-//! it) and nothing here reads it back soon, so the cache pages only cost. Durability is
-//! unchanged: the flush still comes. The parts that cannot be aligned (a resumed file's
-//! first bytes up to the next 4 KiB, what is left over at a flush) are written through
-//! the page cache, and a file system that refuses `O_DIRECT` gets everything that way.
+//! writing 1 GiB through the page cache and flushing it took 0.6-2.7 s, of which
+//! 0.26-2.2 s of system CPU (the kernel copying every byte into freshly allocated cache
+//! pages, then writing them back), and with `O_DIRECT` in 2 MiB writes 0.56-0.67 s with
+//! 0.07 s (`dd`). The data is going to the disk anyway (the callers flush before they
+//! rely on it) and nothing here reads it back soon, so the cache pages only cost.
+//! Durability is unchanged: the flush still comes. The parts that cannot be aligned (a
+//! resumed file's first bytes up to the next 4 KiB, what is left over at a flush) are
+//! written through the page cache, and a file system that refuses `O_DIRECT` gets
+//! everything that way.
 //! Elsewhere: plain writes, with the writeback started early ([`WRITEBACK_EVERY`]).
 //!
 //! Small files too: a pack of 1,000 files of about 1 MiB, alternating runs, medians of
