@@ -37,6 +37,17 @@ const STREAM_CHUNK: usize = 256 * 1024;
 /// (most of a pack's files) is served with one hand-off instead of one plus one per
 /// [`STREAM_CHUNK`].
 const FIRST_CHUNK: usize = 1024 * 1024;
+/// Bytes per mapped window ([`ZeroCopy`]): each is a hand-off to the blocking pool, a
+/// mapping and an unmapping, and holds no buffer of the service's.
+const MAPPED_CHUNK: usize = 1024 * 1024;
+
+/// A request extension the server adds on connections where nothing in the process reads a
+/// response body after the handler (plain HTTP: hyper hands the body's buffers to
+/// `writev`). There, on Linux, a stored file is sent from windows mapped over the page
+/// cache instead of being read into buffers (`crate::mapped`, which explains why only
+/// there). Requests without it (TLS, or the router called directly) read into buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct ZeroCopy;
 
 /// Shared state of a running service.
 pub struct AppState {
@@ -461,6 +472,7 @@ async fn signature(
 
 async fn content(
     State(state): State<Arc<AppState>>,
+    zero_copy: Option<axum::Extension<ZeroCopy>>,
     method: Method,
     headers: HeaderMap,
     params: IdFilePath,
@@ -490,7 +502,7 @@ async fn content(
     } else {
         let root = pack.dir.join(CONTENT_DIR);
         ensure_no_symlinks(&root, &rel).map_err(|e| ApiFailure::internal(&e))?;
-        Source::File(root.join(&rel), file.size)
+        Source::File(root.join(&rel), file.size, zero_copy.is_some())
     };
     Ok(send(&method, &headers, &etag, "application/octet-stream", src).await)
 }
@@ -519,8 +531,9 @@ async fn redirect(
 
 pub(super) enum Source {
     Memory(Bytes),
-    /// A file and the size the manifest promises.
-    File(PathBuf, u64),
+    /// A file, the size the manifest promises, and whether its bytes may go to the socket
+    /// straight from the page cache ([`ZeroCopy`]).
+    File(PathBuf, u64, bool),
     /// An object (store, key) and the size the manifest promises.
     Object(Arc<ObjectContent>, String, u64),
 }
@@ -536,7 +549,7 @@ pub(super) async fn send(
 ) -> Response {
     let len = match &src {
         Source::Memory(b) => b.len() as u64,
-        Source::File(_, size) | Source::Object(_, _, size) => *size,
+        Source::File(_, size, _) | Source::Object(_, _, size) => *size,
     };
     let hv = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let mut base = Response::builder()
@@ -577,10 +590,12 @@ pub(super) async fn send(
     } else {
         match src {
             Source::Memory(b) => Body::from(b.slice(start as usize..(start + count) as usize)),
-            Source::File(path, size) => match open_range(&path, size, start, count).await {
-                Ok(body) => body,
-                Err(e) => return ApiFailure::internal(&e).into_response(),
-            },
+            Source::File(path, size, zero_copy) => {
+                match open_range(&path, size, start, count, zero_copy).await {
+                    Ok(body) => body,
+                    Err(e) => return ApiFailure::internal(&e).into_response(),
+                }
+            }
             Source::Object(o, key, size) => match o.body(&key, size, start, count).await {
                 Ok(body) => body,
                 Err(e) => return ApiFailure::internal(&e).into_response(),
@@ -608,27 +623,57 @@ fn read_chunk(f: &std::fs::File, want: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The next `want` bytes of `f` from `pos`: a mapped window of the page cache where
+/// `zero_copy` allows it (cleared, for the rest of the file, where the kernel cannot map
+/// it), else read into a buffer. Blocking.
+fn next_chunk(
+    f: &std::fs::File,
+    pos: u64,
+    want: u64,
+    zero_copy: &mut bool,
+) -> std::io::Result<Bytes> {
+    use std::io::Seek;
+    if want == 0 {
+        return Ok(Bytes::new());
+    }
+    #[cfg(target_os = "linux")]
+    if *zero_copy {
+        match crate::mapped::map(f, pos, want as usize)? {
+            crate::mapped::Mapped::Window(w) => return Ok(Bytes::from_owner(w)),
+            crate::mapped::Mapped::Unsupported => *zero_copy = false,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        *zero_copy = false;
+    }
+    let mut f = f;
+    f.seek(std::io::SeekFrom::Start(pos))?;
+    read_chunk(f, want).map(Bytes::from)
+}
+
 /// A streaming body of `count` bytes of `path` from `start`; refuses a stored file whose
 /// size is not what the manifest says (the store was tampered with).
 ///
-/// Read with `std::fs` on the blocking pool, straight into the buffers that are sent:
-/// tokio's `File` reads into a buffer of its own and copies from it (a 1 GiB download
-/// cost the service a 1 GiB `memmove`, 9% of its CPU time, `perf record`), and opening,
-/// checking the size, seeking and reading the first [`FIRST_CHUNK`] bytes are one
-/// hand-off to the pool (which counts when a pack is a thousand small files).
+/// Each chunk is read (or mapped, with `zero_copy`) with `std::fs` on the blocking pool,
+/// straight into the buffers that are sent: tokio's `File` reads into a buffer of its own
+/// and copies from it (a 1 GiB download cost the service a 1 GiB `memmove`, 9% of its CPU
+/// time, `perf record`), and opening, checking the size and reading the first
+/// [`FIRST_CHUNK`] bytes are one hand-off to the pool (which counts when a pack is a
+/// thousand small files).
 async fn open_range(
     path: &std::path::Path,
     size: u64,
     start: u64,
     count: u64,
+    zero_copy: bool,
 ) -> Result<Body, Error> {
     let path = path.to_path_buf();
     let shown = path.display().to_string();
     let what = move |e: &std::io::Error| Error::io(format!("reading {shown}"), e);
     let reading = what.clone();
-    let (f, first) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-        use std::io::Seek;
-        let mut f = std::fs::File::open(&path)
+    let (f, first, zero_copy) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let f = std::fs::File::open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
         let actual = f.metadata().map_err(|e| what(&e))?.len();
         if actual != size {
@@ -640,35 +685,42 @@ async fn open_range(
                 ),
             ));
         }
-        if start > 0 {
-            f.seek(std::io::SeekFrom::Start(start))
-                .map_err(|e| what(&e))?;
-        }
-        let first = read_chunk(&f, count.min(FIRST_CHUNK as u64)).map_err(|e| what(&e))?;
-        Ok((f, first))
+        let mut zero_copy = zero_copy;
+        let first = next_chunk(&f, start, count.min(FIRST_CHUNK as u64), &mut zero_copy)
+            .map_err(|e| what(&e))?;
+        Ok((f, first, zero_copy))
     })
     .await
     .map_err(|e| Error::internal(format!("opening a file panicked: {e}")))??;
+    let pos = start + first.len() as u64;
     let left = count - first.len() as u64;
-    let rest = futures_util::stream::try_unfold((Some(f), left), move |(f, left)| {
-        let reading = reading.clone();
-        async move {
-            let Some(f) = f.filter(|_| left > 0) else {
-                return Ok(None);
-            };
-            let want = left.min(STREAM_CHUNK as u64);
-            let (f, got) = tokio::task::spawn_blocking(move || {
-                let r = read_chunk(&f, want);
-                (f, r)
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-            let buf = got.map_err(|e| std::io::Error::other(reading(&e).to_string()))?;
-            let left = left - buf.len() as u64;
-            Ok(Some((Bytes::from(buf), (Some(f), left))))
-        }
-    });
-    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(first))]);
+    let rest = futures_util::stream::try_unfold(
+        (Some(f), pos, left, zero_copy),
+        move |(f, pos, left, mut zero_copy)| {
+            let reading = reading.clone();
+            async move {
+                let Some(f) = f.filter(|_| left > 0) else {
+                    return Ok(None);
+                };
+                let chunk = if zero_copy {
+                    MAPPED_CHUNK
+                } else {
+                    STREAM_CHUNK
+                };
+                let want = left.min(chunk as u64);
+                let (f, got, zero_copy) = tokio::task::spawn_blocking(move || {
+                    let r = next_chunk(&f, pos, want, &mut zero_copy);
+                    (f, r, zero_copy)
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+                let buf = got.map_err(|e| std::io::Error::other(reading(&e).to_string()))?;
+                let n = buf.len() as u64;
+                Ok(Some((buf, (Some(f), pos + n, left - n, zero_copy))))
+            }
+        },
+    );
+    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(first)]);
     let stream = futures_util::StreamExt::chain(first, rest);
     Ok(Body::from_stream(stream))
 }

@@ -34,6 +34,8 @@ pub mod catalog;
 pub mod console;
 pub mod content;
 pub mod http;
+#[cfg(target_os = "linux")]
+mod mapped;
 pub mod publish;
 pub mod range;
 pub mod select;

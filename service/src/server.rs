@@ -155,10 +155,10 @@ async fn run(
                 let tls = tls.clone();
                 conns.spawn(async move {
                     match tls {
-                        None => serve_connection(tcp, app, stop, idle).await,
+                        None => serve_connection(tcp, app, stop, idle, true).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => serve_connection(stream, app, stop, idle).await,
+                                Ok(Ok(stream)) => serve_connection(stream, app, stop, idle, false).await,
                                 Ok(Err(e)) => eprintln!("sct-service: TLS handshake failed: {e}"),
                                 Err(_) => eprintln!("sct-service: TLS handshake timed out"),
                             }
@@ -183,11 +183,15 @@ async fn run(
     Ok(())
 }
 
+/// Serve one connection. `plain`: the connection is plain TCP, so response bodies go from
+/// hyper's buffers to `writev` untouched and may be mapped file windows
+/// ([`crate::http::ZeroCopy`]); over TLS, rustls reads them in the process.
 async fn serve_connection<I>(
     io: I,
     app: axum::Router,
     mut stop: watch::Receiver<bool>,
     idle: Duration,
+    plain: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -203,6 +207,15 @@ async fn serve_connection<I>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
+    let app = tower::ServiceExt::map_request(
+        app,
+        move |mut req: hyper::Request<hyper::body::Incoming>| {
+            if plain {
+                req.extensions_mut().insert(crate::http::ZeroCopy);
+            }
+            req
+        },
+    );
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
     tokio::pin!(conn);
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));

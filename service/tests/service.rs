@@ -657,6 +657,107 @@ fn content_is_streamed_exactly_and_a_resized_stored_file_is_refused() {
     );
 }
 
+/// A stored file cut short while it is being sent (someone truncating the store by hand)
+/// ends that download early, over plain HTTP (where Linux sends the file from windows
+/// mapped over the page cache: a read of a page past the new end by the process would
+/// raise SIGBUS and kill the service) and over TLS (read into buffers). The service lives
+/// on, answers the next request, and refuses the file with a clear error from then on.
+#[test]
+fn a_stored_file_cut_short_mid_download_ends_that_download_only() {
+    if service::on_s3() {
+        return; // the object store is not a folder to truncate (s3_content.rs)
+    }
+    const BIG: usize = 48 * 1024 * 1024;
+    // The TLS half needs a certificate from `openssl` (unix).
+    let cases: &[bool] = if cfg!(unix) { &[false, true] } else { &[false] };
+    for &tls in cases {
+        let store = TestStore::new();
+        let (id, _) = publish_one_file(&store, "big.bin", &pseudo_random(BIG, 21));
+        let stored = store.pack_dir(&id).join("content").join("big.bin");
+        let (mut svc, client) = if tls {
+            tls_service(&store)
+        } else {
+            (TestService::start(&store, &[]), client())
+        };
+        let url = format!("{}/v1/packages/{id}/content/big.bin", svc.url());
+        let (received, ended) = rt().block_on(async {
+            let mut r = client.get(&url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let mut received = 0usize;
+            while received < 1024 * 1024 {
+                received += r.chunk().await.unwrap().expect("more body").len();
+            }
+            // Stop reading until the socket buffers are full and the service is waiting
+            // with bytes of the file in hand, then cut the file short under it.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&stored)
+                .unwrap()
+                .set_len(512 * 1024)
+                .unwrap();
+            let ended = loop {
+                match tokio::time::timeout(std::time::Duration::from_secs(30), r.chunk()).await {
+                    Ok(Ok(Some(c))) => received += c.len(),
+                    Ok(Ok(None)) => break "the body ended",
+                    Ok(Err(_)) => break "the connection failed",
+                    Err(_) => panic!("the download neither went on nor ended in 30 s"),
+                }
+            };
+            (received, ended)
+        });
+        assert!(
+            received < BIG,
+            "tls {tls}: all {BIG} bytes arrived although the file was cut short ({ended})"
+        );
+        assert!(
+            svc.is_running(),
+            "tls {tls}: the service died: {}",
+            svc.log()
+        );
+        let health = send(client.get(format!("{}/v1/health", svc.url())));
+        assert_eq!(health.status, 200, "tls {tls}");
+        let r = send(client.get(&url));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (500, "internal"),
+            "tls {tls}"
+        );
+        assert!(
+            svc.log().contains("is 524288 bytes but its manifest says"),
+            "tls {tls}: {}",
+            svc.log()
+        );
+    }
+}
+
+/// The service over TLS with a self-signed certificate, and a client that trusts it.
+#[cfg(unix)]
+fn tls_service(store: &TestStore) -> (TestService, reqwest::Client) {
+    let (cert, key) = self_signed_cert(store.dir());
+    let svc = TestService::start_args(
+        store.path(),
+        [
+            std::ffi::OsStr::new("--tls-cert"),
+            cert.as_os_str(),
+            std::ffi::OsStr::new("--tls-key"),
+            key.as_os_str(),
+        ],
+    );
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    (svc, c)
+}
+
+#[cfg(not(unix))]
+fn tls_service(_: &TestStore) -> (TestService, reqwest::Client) {
+    unreachable!("the TLS cases need openssl's certificate (unix)")
+}
+
 #[test]
 fn path_traversal_and_unknown_files_are_refused() {
     let (store, id, _) = store_with_pack();
