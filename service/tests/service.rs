@@ -734,6 +734,19 @@ fn a_stored_file_cut_short_mid_download_ends_that_download_only() {
 /// The service over TLS with a self-signed certificate, and a client that trusts it.
 #[cfg(unix)]
 fn tls_service(store: &TestStore) -> (TestService, reqwest::Client) {
+    let (svc, client, _) = tls_service_with_files(store);
+    (svc, client)
+}
+
+/// [`tls_service`], and the certificate and key files it was given.
+#[cfg(unix)]
+fn tls_service_with_files(
+    store: &TestStore,
+) -> (
+    TestService,
+    reqwest::Client,
+    (std::path::PathBuf, std::path::PathBuf),
+) {
     let (cert, key) = self_signed_cert(store.dir());
     let svc = TestService::start_args(
         store.path(),
@@ -750,7 +763,7 @@ fn tls_service(store: &TestStore) -> (TestService, reqwest::Client) {
         .add_root_certificate(ca)
         .build()
         .unwrap();
-    (svc, c)
+    (svc, c, (cert, key))
 }
 
 #[cfg(not(unix))]
@@ -1383,23 +1396,8 @@ fn self_signed_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 #[test]
 fn tls_serves_https_with_the_given_certificate() {
     let (store, id, files) = store_with_pack();
-    let (cert, key) = self_signed_cert(store.dir());
-    let svc = TestService::start_args(
-        store.path(),
-        [
-            std::ffi::OsStr::new("--tls-cert"),
-            cert.as_os_str(),
-            std::ffi::OsStr::new("--tls-key"),
-            key.as_os_str(),
-        ],
-    );
+    let (svc, tls_client, (_, key)) = tls_service_with_files(&store);
     assert!(svc.url().starts_with("https://127.0.0.1:"), "{}", svc.url());
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
-    let tls_client = reqwest::Client::builder()
-        .no_proxy()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
     let r = send(tls_client.get(format!(
         "{}/v1/packages/{id}/content/bin/payload.bin",
         svc.url()
