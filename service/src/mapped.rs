@@ -6,9 +6,10 @@
 //! touches a window's bytes itself. The kernel reads them, inside `writev`, and a page
 //! past a truncated file's end makes that call fail with `EFAULT` (the connection is
 //! dropped, as for any write error) where a read by the process would raise `SIGBUS`.
-//! So windows are used only where nothing in the process reads the body: plain HTTP.
-//! Over TLS, rustls encrypts the body in the process; those downloads are read into
-//! buffers as before (`crate::http`).
+//! So windows are used only where nothing in the process reads the body: HTTP/1 on plain
+//! TCP. Over TLS, rustls encrypts the body in the process, and HTTP/2 copies small DATA
+//! frames into a buffer of its own; those downloads are read into buffers as before
+//! (`crate::http`).
 //!
 //! Each window's pages are faulted in on the blocking pool (`MADV_POPULATE_READ`, Linux
 //! 5.14) before hyper gets it, so a runtime thread never waits for the disk, and a file

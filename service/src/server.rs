@@ -183,8 +183,8 @@ async fn run(
     Ok(())
 }
 
-/// Serve one connection. `plain`: the connection is plain TCP, so response bodies go from
-/// hyper's buffers to `writev` untouched and may be mapped file windows
+/// Serve one connection. `plain`: the connection is plain TCP, so HTTP/1 response bodies go
+/// from hyper's buffers to `writev` untouched and may be mapped file windows
 /// ([`crate::http::ZeroCopy`]); over TLS, rustls reads them in the process.
 async fn serve_connection<I>(
     io: I,
@@ -210,7 +210,9 @@ async fn serve_connection<I>(
     let app = tower::ServiceExt::map_request(
         app,
         move |mut req: hyper::Request<hyper::body::Incoming>| {
-            if plain {
+            // HTTP/1 only: HTTP/2 (h2c) copies a DATA frame's small payloads into its own
+            // buffer, in the process.
+            if plain && req.version() <= hyper::Version::HTTP_11 {
                 req.extensions_mut().insert(crate::http::ZeroCopy);
             }
             req
