@@ -624,14 +624,14 @@ fn read_chunk(f: &std::fs::File, want: u64) -> std::io::Result<Vec<u8>> {
 
 /// The next `want` bytes of `f` from `pos`: a mapped window of the page cache where
 /// `zero_copy` allows it (cleared, for the rest of the file, where the kernel cannot map
-/// it), else read into a buffer. Blocking.
+/// it), else read into a buffer from the file's position, which is `pos` whenever
+/// `zero_copy` is clear. Blocking.
 fn next_chunk(
     f: &std::fs::File,
     pos: u64,
     want: u64,
     zero_copy: &mut bool,
 ) -> std::io::Result<Bytes> {
-    use std::io::Seek;
     if want == 0 {
         return Ok(Bytes::new());
     }
@@ -639,27 +639,30 @@ fn next_chunk(
     if *zero_copy {
         match crate::mapped::map(f, pos, want as usize)? {
             crate::mapped::Mapped::Window(w) => return Ok(Bytes::from_owner(w)),
-            crate::mapped::Mapped::Unsupported => *zero_copy = false,
+            crate::mapped::Mapped::Unsupported => {
+                // Windows do not move the file's position: reading starts from here.
+                *zero_copy = false;
+                std::io::Seek::seek(&mut &*f, std::io::SeekFrom::Start(pos))?;
+            }
         }
     }
     #[cfg(not(target_os = "linux"))]
     {
-        *zero_copy = false;
+        debug_assert!(!*zero_copy, "mapped windows are Linux only");
+        let _ = pos; // the file's position, where reading goes on
     }
-    let mut f = f;
-    f.seek(std::io::SeekFrom::Start(pos))?;
     read_chunk(f, want).map(Bytes::from)
 }
 
 /// A streaming body of `count` bytes of `path` from `start`; refuses a stored file whose
 /// size is not what the manifest says (the store was tampered with).
 ///
-/// Each chunk is read (or mapped, with `zero_copy`) with `std::fs` on the blocking pool,
-/// straight into the buffers that are sent: tokio's `File` reads into a buffer of its own
-/// and copies from it (a 1 GiB download cost the service a 1 GiB `memmove`, 9% of its CPU
-/// time, `perf record`), and opening, checking the size and reading the first
-/// [`FIRST_CHUNK`] bytes are one hand-off to the pool (which counts when a pack is a
-/// thousand small files).
+/// Each chunk is read (or mapped, with `zero_copy` on Linux) with `std::fs` on the
+/// blocking pool, straight into the buffers that are sent: tokio's `File` reads into a
+/// buffer of its own and copies from it (a 1 GiB download cost the service a 1 GiB
+/// `memmove`, 9% of its CPU time, `perf record`), and opening, checking the size, seeking
+/// and reading the first [`FIRST_CHUNK`] bytes are one hand-off to the pool (which counts
+/// when a pack is a thousand small files).
 async fn open_range(
     path: &std::path::Path,
     size: u64,
@@ -671,8 +674,10 @@ async fn open_range(
     let shown = path.display().to_string();
     let what = move |e: &std::io::Error| Error::io(format!("reading {shown}"), e);
     let reading = what.clone();
+    let mut zero_copy = zero_copy && cfg!(target_os = "linux");
     let (f, first, zero_copy) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-        let f = std::fs::File::open(&path)
+        use std::io::Seek;
+        let mut f = std::fs::File::open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
         let actual = f.metadata().map_err(|e| what(&e))?.len();
         if actual != size {
@@ -684,29 +689,31 @@ async fn open_range(
                 ),
             ));
         }
-        let mut zero_copy = zero_copy;
+        if start > 0 && !zero_copy {
+            f.seek(std::io::SeekFrom::Start(start))
+                .map_err(|e| what(&e))?;
+        }
         let first = next_chunk(&f, start, count.min(FIRST_CHUNK as u64), &mut zero_copy)
             .map_err(|e| what(&e))?;
         Ok((f, first, zero_copy))
     })
     .await
     .map_err(|e| Error::internal(format!("opening a file panicked: {e}")))??;
+    let end = start + count;
     let pos = start + first.len() as u64;
-    let left = count - first.len() as u64;
-    let rest = futures_util::stream::try_unfold(
-        (Some(f), pos, left, zero_copy),
-        move |(f, pos, left, mut zero_copy)| {
+    let rest =
+        futures_util::stream::try_unfold((f, pos, zero_copy), move |(f, pos, mut zero_copy)| {
             let reading = reading.clone();
             async move {
-                let Some(f) = f.filter(|_| left > 0) else {
+                if pos == end {
                     return Ok(None);
-                };
+                }
                 let chunk = if zero_copy {
                     MAPPED_CHUNK
                 } else {
                     STREAM_CHUNK
                 };
-                let want = left.min(chunk as u64);
+                let want = (end - pos).min(chunk as u64);
                 let (f, got, zero_copy) = tokio::task::spawn_blocking(move || {
                     let r = next_chunk(&f, pos, want, &mut zero_copy);
                     (f, r, zero_copy)
@@ -714,11 +721,10 @@ async fn open_range(
                 .await
                 .map_err(std::io::Error::other)?;
                 let buf = got.map_err(|e| std::io::Error::other(reading(&e).to_string()))?;
-                let n = buf.len() as u64;
-                Ok(Some((buf, (Some(f), pos + n, left - n, zero_copy))))
+                let pos = pos + buf.len() as u64;
+                Ok(Some((buf, (f, pos, zero_copy))))
             }
-        },
-    );
+        });
     let first = futures_util::stream::iter([Ok::<_, std::io::Error>(first)]);
     let stream = futures_util::StreamExt::chain(first, rest);
     Ok(Body::from_stream(stream))

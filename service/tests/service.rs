@@ -675,7 +675,8 @@ fn a_stored_file_cut_short_mid_download_ends_that_download_only() {
         let (id, _) = publish_one_file(&store, "big.bin", &pseudo_random(BIG, 21));
         let stored = store.pack_dir(&id).join("content").join("big.bin");
         let (mut svc, client) = if tls {
-            tls_service(&store)
+            let (svc, client, _) = tls_service(&store);
+            (svc, client)
         } else {
             (TestService::start(&store, &[]), client())
         };
@@ -731,16 +732,10 @@ fn a_stored_file_cut_short_mid_download_ends_that_download_only() {
     }
 }
 
-/// The service over TLS with a self-signed certificate, and a client that trusts it.
+/// The service over TLS with a self-signed certificate, a client that trusts it, and the
+/// certificate and key files the service was given.
 #[cfg(unix)]
-fn tls_service(store: &TestStore) -> (TestService, reqwest::Client) {
-    let (svc, client, _) = tls_service_with_files(store);
-    (svc, client)
-}
-
-/// [`tls_service`], and the certificate and key files it was given.
-#[cfg(unix)]
-fn tls_service_with_files(
+fn tls_service(
     store: &TestStore,
 ) -> (
     TestService,
@@ -767,7 +762,13 @@ fn tls_service_with_files(
 }
 
 #[cfg(not(unix))]
-fn tls_service(_: &TestStore) -> (TestService, reqwest::Client) {
+fn tls_service(
+    _: &TestStore,
+) -> (
+    TestService,
+    reqwest::Client,
+    (std::path::PathBuf, std::path::PathBuf),
+) {
     unreachable!("the TLS cases need openssl's certificate (unix)")
 }
 
@@ -1396,7 +1397,7 @@ fn self_signed_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 #[test]
 fn tls_serves_https_with_the_given_certificate() {
     let (store, id, files) = store_with_pack();
-    let (svc, tls_client, (_, key)) = tls_service_with_files(&store);
+    let (svc, tls_client, (_, key)) = tls_service(&store);
     assert!(svc.url().starts_with("https://127.0.0.1:"), "{}", svc.url());
     let r = send(tls_client.get(format!(
         "{}/v1/packages/{id}/content/bin/payload.bin",
