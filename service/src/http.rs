@@ -42,9 +42,10 @@ const FIRST_CHUNK: usize = 1024 * 1024;
 const MAPPED_CHUNK: usize = 1024 * 1024;
 
 /// A request extension the server adds where nothing in the process reads a response body
-/// after the handler (HTTP/1 on plain TCP: hyper hands the body's buffers to `writev`). There, on Linux, a stored file is sent from windows mapped over the page
-/// cache instead of being read into buffers (`crate::mapped`, which explains why only
-/// there). Requests without it (TLS, or the router called directly) read into buffers.
+/// after the handler (HTTP/1 on plain TCP: hyper hands the body's buffers to `writev`).
+/// There, on Linux, a stored file is sent from windows mapped over the page cache instead
+/// of being read into buffers (`crate::mapped`, which explains why only there). Requests
+/// without it (TLS, or the router called directly) read into buffers.
 #[derive(Clone, Copy, Debug)]
 pub struct ZeroCopy;
 
