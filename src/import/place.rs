@@ -22,6 +22,19 @@ pub const JOURNAL_SUFFIX: &str = ".sct-import-journal";
 
 /// Copy buffer: large enough for full-speed sequential I/O, small enough to stay flat.
 const BUF_BYTES: usize = 1024 * 1024;
+/// What the two-thread pipelines of all of a run's workers hold at most (as many as
+/// before the thirteenth round on 8 cores, 8 x 3 x 1 MiB); each worker's share, in
+/// [`PIPELINE_BUFFERS`] buffers of 1 to [`MAX_PIPELINE_BUF`] bytes (`pipeline_buf_bytes`).
+const PIPELINE_BYTES: usize = 24 << 20;
+/// Largest pipeline buffer. A large file placed by hard link costs its hashing alone, and
+/// that hashing reaches one core's speed with 4 MiB buffers rather than 1 MiB: Import of a
+/// 1 GiB file (cached), alternating runs, medians, 0.80 -> 0.77, 0.81 -> 0.79 and 0.82 ->
+/// 0.78-0.79 s (CPU 0.98-1.02 -> 0.92-0.97 s) in three sets of 7-11, faster or equal in
+/// nearly every pair; 8 MiB no better. Likely the cache: a 1 MiB buffer just filled by
+/// the reading thread is read by the hashing core out of the other core's cache, a 4 MiB
+/// one (larger than that cache) mostly out of the shared one. Copies from another drive
+/// are bound by the writes, and the same either way (1.02 / 1.04 s).
+const MAX_PIPELINE_BUF: usize = 4 << 20;
 /// Files at least this large are copied by two threads (see [`copy_pipelined`]); below
 /// it the second thread's start and hand-overs cost more than they save.
 const PIPELINE_MIN_BYTES: u64 = 16 << 20;
@@ -190,6 +203,8 @@ impl Meter<'_, '_> {
 pub(crate) struct Copier {
     try_reflink: AtomicBool,
     try_link: AtomicBool,
+    /// Bytes per buffer of a two-thread pipeline ([`pipeline_buf_bytes`] of the workers).
+    pipeline_buf: usize,
     /// Test hook: pause after the first file is placed in a staging folder.
     pub first_file_done: bool,
 }
@@ -199,6 +214,7 @@ impl Copier {
         Copier {
             try_reflink: AtomicBool::new(cfg!(target_os = "linux")),
             try_link: AtomicBool::new(cfg!(target_os = "linux")),
+            pipeline_buf: BUF_BYTES,
             first_file_done: false,
         }
     }
@@ -286,6 +302,7 @@ pub(crate) fn stage(
         .unwrap_or(1)
         .clamp(1, 8)
         .min(jobs.len().max(1));
+    copier.pipeline_buf = pipeline_buf_bytes(workers);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let shared: &Copier = copier;
@@ -431,7 +448,16 @@ fn place_file(
     let count = if placed {
         dst.seek(SeekFrom::Start(0)).map_err(wio)?;
         if size >= PIPELINE_MIN_BYTES {
-            hash_pipelined(&mut dst, bufs, &mut hasher, size, shown, on_bytes)?
+            let buf_bytes = copier.pipeline_buf;
+            hash_pipelined(
+                &mut dst,
+                bufs,
+                buf_bytes,
+                &mut hasher,
+                size,
+                shown,
+                on_bytes,
+            )?
         } else {
             hash_file(
                 &mut dst,
@@ -448,6 +474,7 @@ fn place_file(
             &mut src,
             &dst,
             bufs,
+            copier.pipeline_buf,
             &mut hasher,
             size,
             shown,
@@ -497,6 +524,24 @@ fn read_some(from: &mut File, buf: &mut [u8], shown: &str) -> Result<usize> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io(format!("reading {shown}"), &e)),
         }
+    }
+}
+
+/// Each worker's share of [`PIPELINE_BYTES`], per buffer: 4 MiB up to 2 workers, 2 MiB
+/// with 4, 1 MiB from 8.
+fn pipeline_buf_bytes(workers: usize) -> usize {
+    (PIPELINE_BYTES / (PIPELINE_BUFFERS * workers.max(1))).clamp(BUF_BYTES, MAX_PIPELINE_BUF)
+}
+
+/// `bufs` made into [`PIPELINE_BUFFERS`] buffers of `bytes` each, reusing what is there
+/// (the size is the same for a whole run, so they grow once).
+fn pipeline_buffers(bufs: &mut Vec<Vec<u8>>, bytes: usize) {
+    bufs.truncate(PIPELINE_BUFFERS);
+    for b in bufs.iter_mut() {
+        b.resize(bytes, 0);
+    }
+    while bufs.len() < PIPELINE_BUFFERS {
+        bufs.push(vec![0u8; bytes]);
     }
 }
 
@@ -551,15 +596,14 @@ fn copy_pipelined(
     from: &mut File,
     to: &File,
     bufs: &mut Vec<Vec<u8>>,
+    buf_bytes: usize,
     hasher: &mut Sha256,
     size: u64,
     shown: &str,
     dest: &Path,
     on_bytes: &mut dyn FnMut(u64) -> bool,
 ) -> Result<u64> {
-    while bufs.len() < PIPELINE_BUFFERS {
-        bufs.push(vec![0u8; BUF_BYTES]);
-    }
+    pipeline_buffers(bufs, buf_bytes);
     let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     for b in bufs.drain(..) {
@@ -620,14 +664,13 @@ fn copy_pipelined(
 fn hash_pipelined(
     from: &mut File,
     bufs: &mut Vec<Vec<u8>>,
+    buf_bytes: usize,
     hasher: &mut Sha256,
     size: u64,
     shown: &str,
     on_bytes: &mut dyn FnMut(u64) -> bool,
 ) -> Result<u64> {
-    while bufs.len() < PIPELINE_BUFFERS {
-        bufs.push(vec![0u8; BUF_BYTES]);
-    }
+    pipeline_buffers(bufs, buf_bytes);
     // As many slots as buffers: the reader never waits to hand one over.
     let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, Result<usize>)>(PIPELINE_BUFFERS);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
@@ -821,6 +864,7 @@ mod tests {
         Copier {
             try_reflink: AtomicBool::new(false),
             try_link: AtomicBool::new(link),
+            pipeline_buf: BUF_BYTES,
             first_file_done: false,
         }
     }
@@ -930,9 +974,16 @@ mod tests {
 
     /// A large file placed by hard link is hashed by the two-thread reader: every byte
     /// is reported, a wrong hash and a cancellation are refused, a file longer than the
-    /// manifest says is caught, and the buffers come back for the next file.
+    /// manifest says is caught, and the buffers come back for the next file; with the
+    /// smallest and the largest pipeline buffers.
     #[test]
     fn large_linked_files_are_hashed_on_two_threads() {
+        for buf_bytes in [BUF_BYTES, MAX_PIPELINE_BUF] {
+            large_linked_files_are_hashed_on_two_threads_with(buf_bytes);
+        }
+    }
+
+    fn large_linked_files_are_hashed_on_two_threads_with(buf_bytes: usize) {
         let d = tempfile::tempdir().unwrap();
         let size = PIPELINE_MIN_BYTES as usize + 5 * BUF_BYTES / 2 + 3;
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
@@ -949,7 +1000,8 @@ mod tests {
             (&good, size as u64, u64::MAX),
         ];
         for (i, (sha, stated, cancel_at)) in cases.into_iter().enumerate() {
-            let copier = test_copier(true);
+            let mut copier = test_copier(true);
+            copier.pipeline_buf = buf_bytes;
             let dest = d.path().join(format!("out{i}.bin"));
             let job = FileJob {
                 src_rel: PathBuf::from("big.bin"),
@@ -969,8 +1021,17 @@ mod tests {
                 // case goes straight to the reader with a smaller limit.
                 let mut f = File::open(d.path().join("big.bin")).unwrap();
                 let mut hasher = Sha256::new();
-                hash_pipelined(&mut f, &mut bufs, &mut hasher, stated, "big", &mut |_| true)
-                    .map(|_| ())
+                let buf_bytes = copier.pipeline_buf;
+                hash_pipelined(
+                    &mut f,
+                    &mut bufs,
+                    buf_bytes,
+                    &mut hasher,
+                    stated,
+                    "big",
+                    &mut |_| true,
+                )
+                .map(|_| ())
             };
             match i {
                 0 | 4 => {
@@ -991,14 +1052,24 @@ mod tests {
                 }
             }
             assert_eq!(bufs.len(), PIPELINE_BUFFERS, "case {i}: buffers came back");
+            assert!(
+                bufs.iter().all(|b| b.len() == buf_bytes),
+                "case {i}: buffer sizes"
+            );
         }
     }
 
     /// A large file is copied by the two-thread pipeline: the bytes arrive in order, every
     /// byte is reported, a wrong hash is refused, a cancellation stops it, and the buffers
-    /// come back for the next file.
+    /// come back for the next file; with the smallest and the largest pipeline buffers.
     #[test]
     fn large_copies_are_pipelined_and_verified() {
+        for buf_bytes in [BUF_BYTES, MAX_PIPELINE_BUF] {
+            large_copies_are_pipelined_and_verified_with(buf_bytes);
+        }
+    }
+
+    fn large_copies_are_pipelined_and_verified_with(buf_bytes: usize) {
         let d = tempfile::tempdir().unwrap();
         let size = PIPELINE_MIN_BYTES as usize + 3 * BUF_BYTES / 2 + 7;
         let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
@@ -1007,7 +1078,8 @@ mod tests {
         let bad = crate::hashing::sha256_hex(b"other");
         let mut bufs = Vec::new();
         for (i, sha) in [&good, &bad, &good].into_iter().enumerate() {
-            let copier = test_copier(false);
+            let mut copier = test_copier(false);
+            copier.pipeline_buf = buf_bytes;
             let dest = d.path().join(format!("out{i}.bin"));
             let job = FileJob {
                 src_rel: PathBuf::from("big.bin"),
@@ -1040,5 +1112,29 @@ mod tests {
             }
             assert!(!bufs.is_empty() && bufs.len() <= PIPELINE_BUFFERS);
         }
+    }
+
+    /// Each worker gets its share of the pipelines' budget, never more than the budget in
+    /// all (from 8 workers the 1 MiB floor is the rule, as before the budget), 1-4 MiB.
+    #[test]
+    fn pipeline_buffers_share_one_budget() {
+        for workers in 1..=8 {
+            let b = pipeline_buf_bytes(workers);
+            assert!(
+                (BUF_BYTES..=MAX_PIPELINE_BUF).contains(&b),
+                "{workers}: {b}"
+            );
+            assert!(
+                workers * PIPELINE_BUFFERS * b <= PIPELINE_BYTES,
+                "{workers}: {b}"
+            );
+        }
+        assert_eq!(pipeline_buf_bytes(1), MAX_PIPELINE_BUF);
+        assert_eq!(pipeline_buf_bytes(2), MAX_PIPELINE_BUF);
+        assert_eq!(pipeline_buf_bytes(8), BUF_BYTES);
+        let mut bufs = vec![vec![1u8; 10]; 5];
+        pipeline_buffers(&mut bufs, BUF_BYTES);
+        assert_eq!(bufs.len(), PIPELINE_BUFFERS);
+        assert!(bufs.iter().all(|b| b.len() == BUF_BYTES));
     }
 }
