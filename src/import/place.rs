@@ -28,12 +28,12 @@ const BUF_BYTES: usize = 1024 * 1024;
 const PIPELINE_BYTES: usize = 24 << 20;
 /// Largest pipeline buffer. A large file placed by hard link costs its hashing alone, and
 /// that hashing reaches one core's speed with 4 MiB buffers rather than 1 MiB: Import of a
-/// 1 GiB file (cached), alternating runs, medians, 0.80 -> 0.77, 0.81 -> 0.79 and 0.82 ->
-/// 0.78-0.79 s (CPU 0.98-1.02 -> 0.92-0.97 s) in three sets of 7-11, faster or equal in
-/// nearly every pair; 8 MiB no better. Likely the cache: a 1 MiB buffer just filled by
-/// the reading thread is read by the hashing core out of the other core's cache, a 4 MiB
-/// one (larger than that cache) mostly out of the shared one. Copies from another drive
-/// are bound by the writes, and the same either way (1.02 / 1.04 s).
+/// 1 GiB file (cached), alternating runs, medians: 0.80 -> 0.77 s in three sets of 7-11
+/// runs, 0.81 -> 0.80 and 0.82 -> 0.78-0.79 s in two more (CPU 0.98-1.02 -> 0.92-0.97 s),
+/// quicker or equal in nearly every pair; 8 MiB no better. Likely the cache: a 1 MiB
+/// buffer just filled by the reading thread is read by the hashing core out of the other
+/// core's cache, a 4 MiB one (larger than that cache) mostly out of the shared one. Copies
+/// from another drive are bound by the writes, and the same either way (1.02 / 1.04 s).
 const MAX_PIPELINE_BUF: usize = 4 << 20;
 /// Files at least this large are copied by two threads (see [`copy_pipelined`]); below
 /// it the second thread's start and hand-overs cost more than they save.
