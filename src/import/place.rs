@@ -448,11 +448,10 @@ fn place_file(
     let count = if placed {
         dst.seek(SeekFrom::Start(0)).map_err(wio)?;
         if size >= PIPELINE_MIN_BYTES {
-            let buf_bytes = copier.pipeline_buf;
             hash_pipelined(
                 &mut dst,
                 bufs,
-                buf_bytes,
+                copier.pipeline_buf,
                 &mut hasher,
                 size,
                 shown,
@@ -1021,7 +1020,6 @@ mod tests {
                 // case goes straight to the reader with a smaller limit.
                 let mut f = File::open(d.path().join("big.bin")).unwrap();
                 let mut hasher = Sha256::new();
-                let buf_bytes = copier.pipeline_buf;
                 hash_pipelined(
                     &mut f,
                     &mut bufs,
