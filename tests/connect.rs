@@ -10,6 +10,9 @@
 mod proxy;
 #[path = "common/service.rs"]
 mod service;
+#[path = "common/start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
 #[path = "common/tls.rs"]
 mod tls;
 
@@ -25,6 +28,7 @@ use serviceconnection::connect::{
 use serviceconnection::pack::manifest::{CONTENT_DIR, MANIFEST_FILE, SIGNATURE_FILE};
 use serviceconnection::progress::{Phase, Progress};
 use serviceconnection::{ErrorKind, NewSite, Site};
+use start::Start;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -554,7 +558,7 @@ fn spawn_child(
         .env(CHILD_ENV, opts.to_string())
         .stdout(std::process::Stdio::piped());
     cmd(&mut c);
-    c.spawn().unwrap()
+    c.spawn_retrying().unwrap()
 }
 
 #[cfg(unix)] // only the disk-full test reads a child's result

@@ -7,6 +7,9 @@
 mod service;
 #[path = "common/site.rs"]
 mod site;
+#[path = "common/start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
 
 use serviceconnection::connect::{connect, ConnectOptions, ConsoleStatus};
 use serviceconnection::console::{DOCUMENT_FILE, FOLDER, SIGNATURE_FILE};
@@ -15,6 +18,7 @@ use serviceconnection::progress;
 use serviceconnection::signing::PublicKey;
 use serviceconnection::site::DiagnosticsLevel;
 use serviceconnection::{ErrorKind, Site};
+use start::Start;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -650,7 +654,7 @@ fn import_paused_at(env: &Env, src: &Path, stage: &str) -> std::process::Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_retrying()
         .unwrap();
     let marker = format!("SCT_TEST_PAUSED {stage}");
     loop {

@@ -17,10 +17,14 @@
 mod service;
 #[path = "common/site.rs"]
 mod site;
+#[path = "common/start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
 
 use serviceconnection::api::PackType;
 use serviceconnection::import::{import, ImportOptions, ImportStatus};
 use serviceconnection::site::{DiagnosticsLevel, Site};
+use start::Start;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -108,7 +112,7 @@ fn spawn_prepare_child(test: &str, n: u64, flag: &Path, db: &Path, dest: &Path) 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_retrying()
         .unwrap()
 }
 
@@ -206,7 +210,7 @@ fn prepare_killed_at_every_point_leaves_no_cab_and_a_rerun_completes() {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .spawn_retrying()
             .unwrap();
         assert!(
             wait_for_marker(&mut child, &flag, "SCT_TEST_PAUSED written"),
@@ -485,7 +489,9 @@ fn connect_killed_at_byte_counts_leaves_only_verified_files_and_a_rerun_complete
     for (k, at) in points.into_iter().enumerate() {
         let gate = ByteGate::start(svc.url(), at);
         let dest = work.path().join(format!("dest{k}"));
-        let mut child = connect_cli(&cab, &dest, &gate.addr).spawn().unwrap();
+        let mut child = connect_cli(&cab, &dest, &gate.addr)
+            .spawn_retrying()
+            .unwrap();
         gate.wait_reached();
         child.kill().unwrap();
         child.wait().unwrap();

@@ -5,11 +5,15 @@
 mod packs;
 #[path = "common/site.rs"]
 mod site;
+#[path = "common/start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
 
 use packs::{write_pack, PackSpec, Publisher};
 use serviceconnection::import::{import, ImportOptions, ImportStatus};
 use serviceconnection::pack::manifest::SIGNATURE_FILE;
 use serviceconnection::site::{DiagnosticsLevel, Site};
+use start::Start;
 
 /// A genuinely signed pack whose `.minisig` has its last line (the trusted-comment
 /// signature) cut short: minisign 0.10 panicked on it. Import refuses the pack with
@@ -54,7 +58,7 @@ fn signature_with_a_short_trusted_comment_signature_is_refused_cleanly() {
         .arg(&db)
         .arg("-updatepacksrc")
         .arg(&src)
-        .output()
+        .output_retrying()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0));
@@ -86,7 +90,7 @@ fn the_cab_crate_crasher_is_one_clean_line_in_the_cli() {
         .arg("-updatepackdest")
         .arg(dir.path().join("out"))
         .args(["-serviceuri", "http://127.0.0.1:9"])
-        .output()
+        .output_retrying()
         .unwrap();
     let all = format!(
         "{}{}",

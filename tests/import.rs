@@ -3,6 +3,8 @@
 
 #[path = "common/packs.rs"]
 mod packs;
+#[path = "common/start.rs"]
+mod start;
 
 use packs::{bytes, pack_dir, write_pack, write_signed_manifest, PackSpec, Publisher};
 use serviceconnection::import::{
@@ -13,6 +15,7 @@ use serviceconnection::pack::manifest::{CONTENT_DIR, MANIFEST_FILE};
 use serviceconnection::progress::{self, Progress};
 use serviceconnection::site::updates::{UpdateRecord, UpdateState};
 use serviceconnection::{ErrorKind, NewSite, Site};
+use start::Start;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -1041,28 +1044,13 @@ fn spawn_child(e: &Env, pause_at: Option<&str>) -> Child {
         c.env(PAUSE_ENV, format!("{stage}:{}", flag.display()));
         flag
     });
-    let child = spawn_retrying(&mut c);
+    let child = c
+        .spawn_retrying()
+        .unwrap_or_else(|e| panic!("starting the child import failed: {e}"));
     if let Some(flag) = flag {
         PAUSE_FLAGS.lock().unwrap().insert(child.id(), flag);
     }
     child
-}
-
-/// Start `c`. Under Wine, starting a process now and then fails with Windows error 1359
-/// (ERROR_INTERNAL_ERROR) when many start in a row, as this test's do (seen in CI runs of
-/// the Windows build); retry that a few times rather than fail the crash test on it.
-fn spawn_retrying(c: &mut Command) -> Child {
-    let mut tries = 0;
-    loop {
-        match c.spawn() {
-            Ok(child) => return child,
-            Err(e) if cfg!(windows) && e.raw_os_error() == Some(1359) && tries < 5 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-            Err(e) => panic!("starting the child import failed: {e}"),
-        }
-    }
 }
 
 /// Where a paused child writes its marker, by child pid ([`read_until`] looks there).

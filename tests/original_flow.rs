@@ -9,8 +9,12 @@
 
 #[path = "common/service.rs"]
 mod service;
+#[path = "common/start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
 
 use serviceconnection::api::PackType;
+use start::Start;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -49,7 +53,7 @@ fn tool(args: &[&str], service_uri: &str) -> Output {
         .env_remove("SCT_SERVICE_TOKEN")
         .env_remove("SCT_PROXY_PASSWORD")
         .env("SCT_SERVICE_URI", service_uri)
-        .output()
+        .output_retrying()
         .expect("run serviceconnectiontool")
 }
 
@@ -280,4 +284,57 @@ fn original_syntax_flow_on_a_transfer_drive() {
     // The second Connect sends the same cab again: the service records it once (issue 18:
     // one upload per hierarchy and SHA-256, whichever replica receives it).
     assert_eq!(store.uploads().len(), 1);
+}
+
+/// The start helper every Windows test run relies on: it retries Wine's start-up failure
+/// (and only that, and only when told to), a bounded number of times.
+#[test]
+fn starting_retries_wines_start_up_failure_and_nothing_else() {
+    use std::cell::Cell;
+    use std::io;
+    let wine = || io::Error::from_raw_os_error(start::WINE_START_FAILURE);
+
+    // Two start-up failures, then the start: three tries, the start's result.
+    let calls = Cell::new(0);
+    let got = start::retry_start("t", true, || {
+        calls.set(calls.get() + 1);
+        if calls.get() < 3 {
+            Err(wine())
+        } else {
+            Ok(7)
+        }
+    });
+    assert_eq!((got.unwrap(), calls.get()), (7, 3));
+
+    // Any other error comes back from the first try.
+    let calls = Cell::new(0);
+    let got: io::Result<()> = start::retry_start("t", true, || {
+        calls.set(calls.get() + 1);
+        Err(io::Error::from(io::ErrorKind::NotFound))
+    });
+    assert_eq!(
+        (got.unwrap_err().kind(), calls.get()),
+        (io::ErrorKind::NotFound, 1)
+    );
+
+    // A start that keeps failing gives up after ATTEMPTS tries with the last error.
+    let calls = Cell::new(0);
+    let got: io::Result<()> = start::retry_start("t", true, || {
+        calls.set(calls.get() + 1);
+        Err(wine())
+    });
+    assert_eq!(
+        got.unwrap_err().raw_os_error(),
+        Some(start::WINE_START_FAILURE)
+    );
+    assert_eq!(calls.get(), start::ATTEMPTS);
+
+    // Not told to retry (Linux): the first error is final.
+    let calls = Cell::new(0);
+    let got: io::Result<()> = start::retry_start("t", false, || {
+        calls.set(calls.get() + 1);
+        Err(wine())
+    });
+    assert!(got.is_err());
+    assert_eq!(calls.get(), 1);
 }

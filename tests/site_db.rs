@@ -4,9 +4,13 @@
 
 #[path = "common/site.rs"]
 mod site;
+#[path = "common/start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
 
 use serviceconnection::site::{sample, DiagnosticsLevel, NewSite, ScpMode, Site};
 use serviceconnection::{ErrorKind, SiteVersion};
+use start::Start;
 use std::path::Path;
 
 fn new_site(code: &str) -> NewSite {
@@ -309,7 +313,7 @@ fn concurrent_writers_do_not_corrupt_the_database() {
                 .env(WRITER_ENV, &path)
                 .env("SCT_TEST_CHILD_SEED", (i + 1).to_string())
                 .stdout(std::process::Stdio::null())
-                .spawn()
+                .spawn_retrying()
                 .unwrap()
         })
         .collect();

@@ -9,10 +9,14 @@
 
 #[path = "../../tests/common/service.rs"]
 mod service;
+#[path = "../../tests/common/start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
 
 use service::s3::{S3Server, BUCKET};
 use service::{pseudo_random, write_content, write_usage_cab, TestService, TestStore};
 use serviceconnection::api::{PackType, UploadResponse};
+use start::Start;
 use std::path::Path;
 use std::process::{Command, Output};
 use uuid::Uuid;
@@ -81,7 +85,7 @@ fn publish_s3(store: &TestStore, s3: &S3Server, name: &str, content: &Path) -> O
         )
         .args(["--content", &content_url()])
         .envs(s3.env())
-        .output()
+        .output_retrying()
         .unwrap()
 }
 
@@ -274,7 +278,7 @@ fn content_redirect_answers_307_to_a_working_presigned_url() {
     let out = Command::new(service::bin())
         .args(["serve", "--content-redirect", "--store"])
         .arg(store.path())
-        .output()
+        .output_retrying()
         .unwrap();
     assert!(!out.status.success());
     assert!(
@@ -362,7 +366,7 @@ fn killed_publish_at(at: &str) {
         .env("SCT_TEST_PAUSE_PUBLISH_AT", at)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .spawn_retrying()
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
@@ -459,7 +463,7 @@ fn bad_s3_configuration_fails_with_a_clear_error() {
         for k in drop_vars {
             c.env_remove(k);
         }
-        let out = c.output().unwrap();
+        let out = c.output_retrying().unwrap();
         assert!(!out.status.success(), "{url} {env:?} succeeded");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -527,7 +531,7 @@ fn a_separate_content_folder_holds_packs_and_uploads() {
         )
         .arg("--content")
         .arg(&folder)
-        .output()
+        .output_retrying()
         .unwrap();
     let id = published(&out);
     assert_eq!(
@@ -568,7 +572,7 @@ fn sct_s3(s3: &S3Server, args: &[&std::ffi::OsStr]) -> (bool, String, String) {
     let out = Command::new(service::bin())
         .args(args)
         .envs(s3.env())
-        .output()
+        .output_retrying()
         .unwrap();
     (
         out.status.success(),

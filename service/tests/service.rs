@@ -3,11 +3,15 @@
 
 #[path = "../../tests/common/service.rs"]
 mod service;
+#[path = "../../tests/common/start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
 
 use service::{pseudo_random, write_cab, write_content, write_usage_cab, TestService, TestStore};
 use serviceconnection::api::{ApiError, Health, PackType, UploadResponse};
 #[cfg(unix)] // only the minisign test reads a manifest
 use serviceconnection::pack::PackManifest;
+use start::Start;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -211,7 +215,7 @@ fn keygen_creates_store_and_refuses_an_existing_key() {
     let out = Command::new(service::bin())
         .args(["keygen", "--store"])
         .arg(root)
-        .output()
+        .output_retrying()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -429,7 +433,7 @@ fn killed_publish_at(at: &str) {
         .env("SCT_TEST_PAUSE_PUBLISH_AT", at)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn_retrying().unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
@@ -1436,7 +1440,7 @@ fn tls_serves_https_with_the_given_certificate() {
         .arg(&key)
         .arg("--tls-key")
         .arg(&key)
-        .output()
+        .output_retrying()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -1466,7 +1470,7 @@ fn serve_refuses_a_missing_store_and_an_empty_token_file() {
     let out = Command::new(service::bin())
         .args(["serve", "--store"])
         .arg(dir.path().join("nope"))
-        .output()
+        .output_retrying()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
@@ -1482,7 +1486,7 @@ fn serve_refuses_a_missing_store_and_an_empty_token_file() {
         .arg(store.path())
         .arg("--token-file")
         .arg(&empty)
-        .output()
+        .output_retrying()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
@@ -1677,7 +1681,7 @@ fn the_signing_key_is_needed_to_publish_but_not_to_serve() {
             .arg(store.path()),
         store.path(),
     )
-    .output()
+    .output_retrying()
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
@@ -1711,7 +1715,7 @@ fn the_signing_key_is_needed_to_publish_but_not_to_serve() {
     let out = Command::new(service::bin())
         .args(["keygen", "--store"])
         .arg(store.path())
-        .output()
+        .output_retrying()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(!store.path().join("publisher.key").exists());
@@ -1798,7 +1802,7 @@ fn a_foreign_or_newer_catalog_is_refused_untouched() {
         let out = Command::new(service::bin())
             .args(["list", "--store"])
             .arg(store.path())
-            .output()
+            .output_retrying()
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
         String::from_utf8_lossy(&out.stderr).into_owned()

@@ -7,6 +7,11 @@
 //! Include with `#[path = ".../common/s3.rs"] mod s3;`.
 #![allow(dead_code)]
 
+#[path = "start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
+
+use start::Start;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -125,7 +130,7 @@ impl S3Server {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.path().join("s3s-fs.log")).unwrap())
-                .spawn()
+                .spawn_retrying()
                 .expect("start s3s-fs");
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(20) {

@@ -53,8 +53,12 @@ pub struct ListedUpload {
     pub offered: u64,
 }
 
+#[path = "start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
 #[path = "workspace_bin.rs"]
 mod workspace_bin;
+use start::Start;
 
 #[path = "postgres.rs"]
 pub mod postgres;
@@ -158,7 +162,7 @@ impl TestStore {
         let out = Command::new(bin())
             .args(["keygen", "--store"])
             .arg(&root)
-            .output()
+            .output_retrying()
             .expect("run sct-service keygen");
         assert!(
             out.status.success(),
@@ -172,7 +176,7 @@ impl TestStore {
             let out = Command::new(bin())
                 .args(["migrate", "--catalog", &url])
                 .env("PGPASSWORD", pg.password())
-                .output()
+                .output_retrying()
                 .expect("run sct-service migrate");
             assert!(
                 out.status.success(),
@@ -326,7 +330,7 @@ impl TestStore {
         with_content(&mut cmd, &self.root);
         let out = cmd
             .arg(&file)
-            .output()
+            .output_retrying()
             .expect("run sct-service console publish");
         assert!(
             out.status.success(),
@@ -353,7 +357,7 @@ impl TestStore {
         content_dir: &Path,
     ) -> Output {
         self.publish_command(name, version, pack_type, min, max, hierarchies, content_dir)
-            .output()
+            .output_retrying()
             .expect("run sct-service publish")
     }
 
@@ -374,7 +378,7 @@ impl TestStore {
         if uploads {
             c.arg("--uploads");
         }
-        let out = c.output().expect("run sct-service list");
+        let out = c.output_retrying().expect("run sct-service list");
         assert!(
             out.status.success(),
             "list failed: {}",
@@ -445,7 +449,7 @@ impl TestService {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
+        .spawn_retrying()
         .expect("spawn sct-service serve");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();

@@ -5,7 +5,12 @@
 //! Pull in with `#[path = "common/site.rs"] mod site;`.
 #![allow(dead_code)]
 
+#[path = "start.rs"]
+#[allow(clippy::duplicate_mod)] // service.rs, site.rs and s3.rs load it too
+mod start;
+
 use serviceconnection::site::{DiagnosticsLevel, NewSite, Site};
+use start::Start;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -209,7 +214,8 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// Run `cmd` to completion and collect its output, like [`std::process::Command::output`].
+/// Run `cmd` to completion and collect its output, like [`std::process::Command::output`]
+/// (started by [`Start`], which retries Wine's start-up failure).
 ///
 /// On Windows (under Wine) the child's standard output and error go to temporary files
 /// rather than pipes: Wine's background processes (services started on demand during a
@@ -219,7 +225,7 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
 pub fn output(cmd: &mut std::process::Command) -> std::process::Output {
     if !cfg!(windows) {
         return cmd
-            .output()
+            .output_retrying()
             .unwrap_or_else(|e| panic!("{cmd:?} could not run: {e}"));
     }
     let scratch = tempfile::tempdir().unwrap();
@@ -227,7 +233,7 @@ pub fn output(cmd: &mut std::process::Command) -> std::process::Output {
     let status = cmd
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
-        .status()
+        .status_retrying()
         .unwrap_or_else(|e| panic!("{cmd:?} could not run: {e}"));
     std::process::Output {
         status,
