@@ -308,11 +308,18 @@ fn hash(
                 let (written, rx) = oneshot::channel();
                 let passed = pass(ToWriter::Drain(sync, written));
                 let r = rx.blocking_recv().unwrap_or_else(|_| Err(gone()));
-                let _ = reply.send(r.map(|()| {
+                let r = r.map(|()| {
                     let placed = place.and_then(|p| p.apply(&hasher));
                     (hasher.clone(), placed)
-                }));
-                passed
+                });
+                // A file moved into place is done: nothing more comes, so the thread
+                // ends now instead of sleeping until the sink is dropped and being woken
+                // for that (whose drop then rarely waits). 1,000 files of 1 MiB, alternating
+                // runs, medians of 11: 1.354 -> 1.305 s, CPU 1.68 -> 1.61 s; context
+                // switches for 1,000 files of 4 KiB 13,000 -> 10,000.
+                let placed = matches!(r, Ok((_, Some(Ok(())))));
+                let _ = reply.send(r);
+                passed && !placed
             }
         };
         if !passed {
@@ -501,35 +508,52 @@ mod tests {
     }
 
     /// A drained file is moved to its final name only when its hash is the one given;
-    /// otherwise it stays where it is, and nothing appears at the final name.
+    /// otherwise it stays where it is, nothing appears at the final name, and the sink
+    /// goes on. Once the file is in place its threads end without waiting for the sink
+    /// to be dropped. One thread (a small file) and two (a large one).
     #[test]
     fn a_file_is_placed_only_when_its_hash_matches() {
-        let (dir, path, file) = new_partial();
-        let to = dir.path().join("f");
-        let (pool, batches) = (Pool::new(), batches());
-        let place = |sha256: String| Place {
-            from: path.clone(),
-            to: to.clone(),
-            sha256,
-        };
-        runtime().block_on(async {
-            let mut sink = Sink::start(&pool, &batches, file, 0, Sha256::new(), 5).unwrap();
-            sink.write(b"hello").await.unwrap();
-            let (hashed, placed) = sink
-                .drain_and_place(false, place(sha(b"other")))
-                .await
-                .unwrap();
-            assert_eq!(hex_of(hashed), sha(b"hello"));
-            assert!(placed.is_none(), "a file with the wrong hash was moved");
-            assert!(path.exists() && !to.exists());
-            let (_, placed) = sink
-                .drain_and_place(true, place(sha(b"hello")))
-                .await
-                .unwrap();
-            assert!(matches!(placed, Some(Ok(()))), "{placed:?}");
-        });
-        assert!(!path.exists());
-        assert_eq!(std::fs::read(&to).unwrap(), b"hello");
+        for to_come in [5, u64::MAX] {
+            let (dir, path, file) = new_partial();
+            let to = dir.path().join("f");
+            let (pool, batches) = (Pool::new(), batches());
+            let place = |sha256: String| Place {
+                from: path.clone(),
+                to: to.clone(),
+                sha256,
+            };
+            let ended = |sink: &Sink, wait| sink.written.as_ref().unwrap().ran_within(wait);
+            runtime().block_on(async {
+                let mut sink =
+                    Sink::start(&pool, &batches, file, 0, Sha256::new(), to_come).unwrap();
+                sink.write(b"hel").await.unwrap();
+                let (hashed, placed) = sink
+                    .drain_and_place(false, place(sha(b"other")))
+                    .await
+                    .unwrap();
+                assert_eq!(hex_of(hashed), sha(b"hel"));
+                assert!(placed.is_none(), "a file with the wrong hash was moved");
+                assert!(path.exists() && !to.exists());
+                let wait = std::time::Duration::from_millis(200);
+                assert!(
+                    !ended(&sink, wait),
+                    "the sink stopped with its file not placed"
+                );
+                sink.write(b"lo").await.unwrap();
+                let (_, placed) = sink
+                    .drain_and_place(true, place(sha(b"hello")))
+                    .await
+                    .unwrap();
+                assert!(matches!(placed, Some(Ok(()))), "{placed:?}");
+                let wait = std::time::Duration::from_secs(10);
+                assert!(
+                    ended(&sink, wait),
+                    "the sink's threads outlived the placed file"
+                );
+            });
+            assert!(!path.exists());
+            assert_eq!(std::fs::read(&to).unwrap(), b"hello");
+        }
     }
 
     /// Dropping the sink writes what was copied in but not yet handed over.

@@ -53,6 +53,13 @@ impl Done {
         let rx = self.0.into_inner().unwrap_or_else(|p| p.into_inner());
         let _ = rx.recv();
     }
+
+    /// Whether the job has run, waiting up to `wait` for it.
+    #[cfg(test)]
+    pub(crate) fn ran_within(&self, wait: Duration) -> bool {
+        let rx = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        !matches!(rx.recv_timeout(wait), Err(RecvTimeoutError::Timeout))
+    }
 }
 
 impl Pool {
