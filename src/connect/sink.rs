@@ -176,6 +176,55 @@ impl Sink {
         })
     }
 
+    /// Run `prepare` on the thread that would write the file: where it gives back a file
+    /// (an empty one, to be written from its first byte, for a download of at most
+    /// [`ONE_THREAD_MAX`] bytes), that thread goes on as the file's sink and the sink is
+    /// returned with `prepare`'s value; otherwise the thread is done and there is no sink.
+    /// For a pack of many small files this saves each file a hand-off to the blocking
+    /// pool (preparing there, then starting a sink).
+    pub(crate) async fn start_prepared<T: Send + 'static>(
+        pool: &Pool,
+        batches: &Arc<Batches>,
+        prepare: impl FnOnce() -> (T, Option<File>) + Send + 'static,
+    ) -> std::io::Result<(T, Option<Sink>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let back = batches.clone();
+        let (prepared, was_prepared) = oneshot::channel();
+        let written = pool.run("sct-connect-file", move || {
+            let (value, file) = prepare();
+            let Some(file) = file else {
+                let _ = prepared.send((value, false));
+                return;
+            };
+            let _ = prepared.send((value, true));
+            let mut writer = Writer::new(file, 0, &flag, &back);
+            hash(Sha256::new(), rx, |cmd| {
+                writer.handle(cmd);
+                true
+            });
+            writer.finish();
+        })?;
+        let (value, sinking) = was_prepared.await.map_err(|_| gone())?;
+        let sink = sinking.then(|| Sink {
+            tx: Some(tx),
+            budget: Arc::new(Semaphore::new(IN_FLIGHT)),
+            failed,
+            written: Some(written),
+            ready: VecDeque::new(),
+            fill: Batch::empty(),
+            batches: batches.clone(),
+        });
+        Ok((value, sink))
+    }
+
+    /// Whether a download of `to_come` more bytes can be prepared by its sink's thread
+    /// ([`Sink::start_prepared`]).
+    pub(crate) fn prepares_for(to_come: u64) -> bool {
+        to_come <= ONE_THREAD_MAX
+    }
+
     fn send(&self, cmd: ToHasher) -> std::io::Result<()> {
         self.tx
             .as_ref()
@@ -554,6 +603,32 @@ mod tests {
             assert!(!path.exists());
             assert_eq!(std::fs::read(&to).unwrap(), b"hello");
         }
+    }
+
+    /// A download prepared by its sink's thread: with a file, that thread is its sink
+    /// (the bytes written from the file's first, hashed); without one, there is no sink.
+    #[test]
+    fn a_prepared_file_is_sunk_by_the_thread_that_prepared_it() {
+        let (_dir, path, file) = new_partial();
+        let (pool, batches) = (Pool::new(), batches());
+        runtime().block_on(async {
+            let (value, sink) =
+                Sink::start_prepared(&pool, &batches, move || ("opened", Some(file)))
+                    .await
+                    .unwrap();
+            assert_eq!(value, "opened");
+            let mut sink = sink.expect("a sink for the prepared file");
+            sink.write(b"prepared").await.unwrap();
+            assert_eq!(hex_of(sink.drain(true).await.unwrap()), sha(b"prepared"));
+            assert_eq!(std::fs::read(&path).unwrap(), b"prepared");
+            drop(sink);
+
+            let (value, sink) = Sink::start_prepared(&pool, &batches, || (7, None))
+                .await
+                .unwrap();
+            assert_eq!(value, 7);
+            assert!(sink.is_none(), "a sink without a file");
+        });
     }
 
     /// Dropping the sink writes what was copied in but not yet handed over.
