@@ -37,8 +37,9 @@ const STREAM_CHUNK: usize = 256 * 1024;
 /// (most of a pack's files) is served with one hand-off instead of one plus one per
 /// [`STREAM_CHUNK`].
 const FIRST_CHUNK: usize = 1024 * 1024;
-/// Bytes per mapped window ([`ZeroCopy`]): each is a hand-off to the blocking pool, a
-/// mapping and an unmapping, and holds no buffer of the service's.
+/// Bytes per mapped window ([`ZeroCopy`]): each is a mapping and an unmapping (and a
+/// hand-off to the blocking pool where its pages are not all cached), and holds no buffer
+/// of the service's.
 const MAPPED_CHUNK: usize = 1024 * 1024;
 
 /// A request extension the server adds where nothing in the process reads a response body
@@ -655,6 +656,14 @@ fn next_chunk(
     read_chunk(f, want).map(Bytes::from)
 }
 
+/// Linux: the next `want` (> 0) bytes of `f` from `pos` as a mapped window, where all of
+/// them are in the page cache, so that mapping them does not wait for the disk (on a
+/// runtime thread); `None` otherwise (the blocking pool maps them, or reports the error).
+#[cfg(target_os = "linux")]
+fn cached_chunk(f: &std::fs::File, pos: u64, want: u64) -> Option<Bytes> {
+    crate::mapped::map_cached(f, pos, want as usize).map(Bytes::from_owner)
+}
+
 /// A streaming body of `count` bytes of `path` from `start`; refuses a stored file whose
 /// size is not what the manifest says (the store was tampered with).
 ///
@@ -663,7 +672,9 @@ fn next_chunk(
 /// buffer of its own and copies from it (a 1 GiB download cost the service a 1 GiB
 /// `memmove`, 9% of its CPU time, `perf record`), and opening, checking the size, seeking
 /// and reading the first [`FIRST_CHUNK`] bytes are one hand-off to the pool (which counts
-/// when a pack is a thousand small files).
+/// when a pack is a thousand small files). With `zero_copy`, a file whose folders and
+/// pages are all in the page cache is opened and mapped right on the runtime thread, with
+/// no hand-off at all (`crate::mapped` has the numbers).
 async fn open_range(
     path: &std::path::Path,
     size: u64,
@@ -676,30 +687,63 @@ async fn open_range(
     let what = move |e: &std::io::Error| Error::io(format!("reading {shown}"), e);
     let reading = what.clone();
     let mut zero_copy = zero_copy && cfg!(target_os = "linux");
-    let (f, first, zero_copy) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-        use std::io::Seek;
-        let mut f = std::fs::File::open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
-        let actual = f.metadata().map_err(|e| what(&e))?.len();
-        if actual != size {
-            return Err(Error::new(
-                ErrorKind::IntegrityMismatch,
-                format!(
-                    "{} is {actual} bytes but its manifest says {size}",
-                    path.display()
-                ),
-            ));
+    let first_len = count.min(FIRST_CHUNK as u64);
+    let size_differs = move |path: &std::path::Path, actual: u64| {
+        Error::new(
+            ErrorKind::IntegrityMismatch,
+            format!(
+                "{} is {actual} bytes but its manifest says {size}",
+                path.display()
+            ),
+        )
+    };
+    // Where the file's folders and first pages are cached, it is opened and its first
+    // window mapped right here: no hand-off to the blocking pool (each costs two thread
+    // wake-ups, which add up over a pack of many small files).
+    // `Some(Ok)`: open with its first window; `Some(Err)`: open, the window to be mapped
+    // on the pool; `None`: all of it on the pool.
+    #[cfg(target_os = "linux")]
+    let opened = match zero_copy
+        .then(|| crate::mapped::open_cached(&path))
+        .flatten()
+    {
+        Some(f) => {
+            let actual = f.metadata().map_err(|e| what(&e))?.len();
+            if actual != size {
+                return Err(size_differs(&path, actual));
+            }
+            Some(match cached_chunk(&f, start, first_len) {
+                Some(first) => Ok((f, first)),
+                None => Err(f),
+            })
         }
-        if start > 0 && !zero_copy {
-            f.seek(std::io::SeekFrom::Start(start))
-                .map_err(|e| what(&e))?;
-        }
-        let first = next_chunk(&f, start, count.min(FIRST_CHUNK as u64), &mut zero_copy)
-            .map_err(|e| what(&e))?;
-        Ok((f, first, zero_copy))
-    })
-    .await
-    .map_err(|e| Error::internal(format!("opening a file panicked: {e}")))??;
+        None => None,
+    };
+    #[cfg(not(target_os = "linux"))]
+    let opened: Option<Result<(std::fs::File, Bytes), std::fs::File>> = None;
+    let (f, first, zero_copy) = match opened {
+        Some(Ok((f, first))) => (f, first, zero_copy),
+        opened => tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            use std::io::Seek;
+            let mut f = match opened {
+                Some(Err(f)) => f,
+                _ => std::fs::File::open(&path)
+                    .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?,
+            };
+            let actual = f.metadata().map_err(|e| what(&e))?.len();
+            if actual != size {
+                return Err(size_differs(&path, actual));
+            }
+            if start > 0 && !zero_copy {
+                f.seek(std::io::SeekFrom::Start(start))
+                    .map_err(|e| what(&e))?;
+            }
+            let first = next_chunk(&f, start, first_len, &mut zero_copy).map_err(|e| what(&e))?;
+            Ok((f, first, zero_copy))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("opening a file panicked: {e}")))??,
+    };
     let end = start + count;
     let pos = start + first.len() as u64;
     let rest =
@@ -715,6 +759,13 @@ async fn open_range(
                     STREAM_CHUNK
                 };
                 let want = (end - pos).min(chunk as u64);
+                #[cfg(target_os = "linux")]
+                if zero_copy {
+                    if let Some(buf) = cached_chunk(&f, pos, want) {
+                        let pos = pos + buf.len() as u64;
+                        return Ok(Some((buf, (f, pos, zero_copy))));
+                    }
+                }
                 let (f, got, zero_copy) = tokio::task::spawn_blocking(move || {
                     let r = next_chunk(&f, pos, want, &mut zero_copy);
                     (f, r, zero_copy)
