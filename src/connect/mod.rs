@@ -334,7 +334,13 @@ pub fn connect(opts: &ConnectOptions, progress: ProgressFn) -> Result<ConnectRep
         writers: writer_pool::Pool::new(),
         batches: sink::batches(),
     });
-    let workers = opts.parallelism.clamp(2, 8);
+    // One runtime thread per download at once (2 to 8), but no more than there are cores
+    // (at least 2): the downloads wait on the network and on their sinks' threads, and
+    // runtime threads beyond the cores only park and wake each other. 2 cores, 1,000
+    // files of 1 MiB, 4 threads -> 2, alternating runs, medians of 11: 1.309 -> 1.246 s
+    // and 1.312 -> 1.227 s; a 1 GiB file the same (1.135 / 1.121 s).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = opts.parallelism.clamp(2, 8).min(cores.max(2));
     let worker = std::thread::Builder::new()
         .name("sct-connect".into())
         .spawn(move || {
