@@ -147,12 +147,7 @@ impl Sink {
         // Threads kept from an earlier file where some are idle (`writer_pool`).
         let written = if to_come <= ONE_THREAD_MAX {
             pool.run("sct-connect-file", move || {
-                let mut writer = Writer::new(file, len, &flag, &back);
-                hash(hashed, rx, |cmd| {
-                    writer.handle(cmd);
-                    true
-                });
-                writer.finish();
+                hash_and_write(hashed, rx, Writer::new(file, len, &flag, &back));
             })?
         } else {
             // The writer first: the hasher ends when the sink does, and the writer after it.
@@ -165,7 +160,18 @@ impl Sink {
             })?;
             written
         };
-        Ok(Sink {
+        Ok(Sink::with(tx, failed, written, batches))
+    }
+
+    /// The sink whose threads take `tx`'s commands, report a failed write in `failed`, and
+    /// signal `written` when they end.
+    fn with(
+        tx: mpsc::UnboundedSender<ToHasher>,
+        failed: Arc<AtomicBool>,
+        written: Done,
+        batches: &Arc<Batches>,
+    ) -> Sink {
+        Sink {
             tx: Some(tx),
             budget: Arc::new(Semaphore::new(IN_FLIGHT)),
             failed,
@@ -173,7 +179,7 @@ impl Sink {
             ready: VecDeque::new(),
             fill: Batch::empty(),
             batches: batches.clone(),
-        })
+        }
     }
 
     /// Run `prepare` on the thread that would write the file: where it gives back a file
@@ -199,24 +205,13 @@ impl Sink {
                 return;
             };
             let _ = prepared.send((value, true));
-            let mut writer = Writer::new(file, 0, &flag, &back);
-            hash(Sha256::new(), rx, |cmd| {
-                writer.handle(cmd);
-                true
-            });
-            writer.finish();
+            hash_and_write(Sha256::new(), rx, Writer::new(file, 0, &flag, &back));
         })?;
         let (value, sinking) = was_prepared.await.map_err(|_| gone())?;
-        let sink = sinking.then(|| Sink {
-            tx: Some(tx),
-            budget: Arc::new(Semaphore::new(IN_FLIGHT)),
-            failed,
-            written: Some(written),
-            ready: VecDeque::new(),
-            fill: Batch::empty(),
-            batches: batches.clone(),
-        });
-        Ok((value, sink))
+        Ok((
+            value,
+            sinking.then(|| Sink::with(tx, failed, written, batches)),
+        ))
     }
 
     /// Whether a download of `to_come` more bytes can be prepared by its sink's thread
@@ -375,6 +370,15 @@ fn hash(
             return;
         }
     }
+}
+
+/// The one thread of a small file: hashes each batch, then writes it.
+fn hash_and_write(hashed: Sha256, rx: mpsc::UnboundedReceiver<ToHasher>, mut writer: Writer) {
+    hash(hashed, rx, |cmd| {
+        writer.handle(cmd);
+        true
+    });
+    writer.finish();
 }
 
 /// The writing thread of a large file: each batch is written together with those already
