@@ -684,19 +684,27 @@ async fn open_range(
 ) -> Result<Body, Error> {
     let path = path.to_path_buf();
     let shown = path.display().to_string();
+    // A stored file whose size is not the manifest's was tampered with.
+    let check_size = {
+        let shown = shown.clone();
+        move |f: &std::fs::File| -> Result<(), Error> {
+            let actual = f
+                .metadata()
+                .map_err(|e| Error::io(format!("reading {shown}"), &e))?
+                .len();
+            if actual != size {
+                return Err(Error::new(
+                    ErrorKind::IntegrityMismatch,
+                    format!("{shown} is {actual} bytes but its manifest says {size}"),
+                ));
+            }
+            Ok(())
+        }
+    };
     let what = move |e: &std::io::Error| Error::io(format!("reading {shown}"), e);
     let reading = what.clone();
     let mut zero_copy = zero_copy && cfg!(target_os = "linux");
     let first_len = count.min(FIRST_CHUNK as u64);
-    let size_differs = move |path: &std::path::Path, actual: u64| {
-        Error::new(
-            ErrorKind::IntegrityMismatch,
-            format!(
-                "{} is {actual} bytes but its manifest says {size}",
-                path.display()
-            ),
-        )
-    };
     // Where the file's folders and first pages are cached, it is opened and its first
     // window mapped right here: no hand-off to the blocking pool (each costs two thread
     // wake-ups, which add up over a pack of many small files).
@@ -708,10 +716,7 @@ async fn open_range(
         .flatten()
     {
         Some(f) => {
-            let actual = f.metadata().map_err(|e| what(&e))?.len();
-            if actual != size {
-                return Err(size_differs(&path, actual));
-            }
+            check_size(&f)?;
             Some(match cached_chunk(&f, start, first_len) {
                 Some(first) => Ok((f, first)),
                 None => Err(f),
@@ -726,14 +731,15 @@ async fn open_range(
         opened => tokio::task::spawn_blocking(move || -> Result<_, Error> {
             use std::io::Seek;
             let mut f = match opened {
+                // Opened and its size checked on the runtime thread.
                 Some(Err(f)) => f,
-                _ => std::fs::File::open(&path)
-                    .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?,
+                _ => {
+                    let f = std::fs::File::open(&path)
+                        .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+                    check_size(&f)?;
+                    f
+                }
             };
-            let actual = f.metadata().map_err(|e| what(&e))?.len();
-            if actual != size {
-                return Err(size_differs(&path, actual));
-            }
             if start > 0 && !zero_copy {
                 f.seek(std::io::SeekFrom::Start(start))
                     .map_err(|e| what(&e))?;

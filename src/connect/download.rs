@@ -445,6 +445,17 @@ struct Partial {
 }
 
 impl Partial {
+    /// `path`, written through `sink`, which holds `have` bytes already.
+    fn new(path: PathBuf, sink: Sink, have: u64) -> Partial {
+        Partial {
+            path,
+            sink,
+            have,
+            overlong: false,
+            counted: 0,
+        }
+    }
+
     async fn restart(&mut self) -> Result<()> {
         self.sink
             .reset(0, Sha256::new())
@@ -613,13 +624,7 @@ async fn fetch_file(
     // 2. Open (or create) the partial file and hash what it holds (a new one is open
     // already, its sink started).
     let mut part = match sink {
-        Some(sink) => Partial {
-            path: partial_path.clone(),
-            sink,
-            have: 0,
-            overlong: false,
-            counted: 0,
-        },
+        Some(sink) => Partial::new(partial_path.clone(), sink, 0),
         None => open_partial(ctx, &partial_path, &job.item, size, opened).await?,
     };
     let from_earlier_run = part.have > 0;
@@ -895,13 +900,7 @@ async fn open_partial(
         size.saturating_sub(have),
     )
     .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
-    let mut part = Partial {
-        path: path.to_path_buf(),
-        sink,
-        have,
-        overlong: false,
-        counted: 0,
-    };
+    let mut part = Partial::new(path.to_path_buf(), sink, have);
     // Cut to what was hashed (a partial longer than the file can be is emptied) and
     // continue from there.
     if have != len {
