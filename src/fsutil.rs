@@ -357,9 +357,29 @@ pub fn open_no_follow(path: &Path) -> std::io::Result<File> {
     platform::open_no_follow(path)
 }
 
-/// Whether an error from [`open_no_follow`] means the path was a link.
+/// Open a file for writing, created if it is not there and not truncated, without
+/// following a link in its last component (a dangling one included: nothing is created
+/// where it points); [`is_link_refusal`] tells a refused link from other errors.
+pub fn open_write_no_follow(path: &Path) -> std::io::Result<File> {
+    platform::open_write_no_follow(path)
+}
+
+/// Whether an error from [`open_no_follow`] or [`open_write_no_follow`] means the path was
+/// a link.
 pub fn is_link_refusal(e: &std::io::Error) -> bool {
     platform::is_link_refusal(e)
+}
+
+/// The error of opening `shown` for `doing` (as "reading"): a refused link (see
+/// [`is_link_refusal`]) is `UnsafePath`.
+pub fn open_error(doing: &str, shown: &str, e: &std::io::Error) -> Error {
+    if is_link_refusal(e) {
+        return Error::new(
+            ErrorKind::UnsafePath,
+            format!("{shown} is a symbolic link; links are never followed"),
+        );
+    }
+    Error::io(format!("{doing} {shown}"), e)
 }
 
 /// Refuse if any existing component of `root/rel` below `root` is a symbolic link.

@@ -528,6 +528,132 @@ fn rerun_skips_complete_files_and_refetches_damaged_ones() {
     assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
 }
 
+/// Links planted on the transfer drive where Connect keeps its partial files are refused,
+/// never followed: neither a download nor the copy of a pack already fetched for another
+/// hierarchy reads or writes the file a link names outside the destination (one holding
+/// the very bytes the download starts with, so that following it would look like a
+/// resume), and a dangling link creates nothing where it points. The pack fails with
+/// `UnsafePath`, naming the link; once it is gone, the next run finishes the pack.
+/// Unix only: Wine creates no symbolic links (the Windows code opens the link itself,
+/// `FILE_FLAG_OPEN_REPARSE_POINT`, and refuses it, as Import's reading does).
+#[cfg(unix)]
+#[test]
+fn links_planted_where_partial_files_go_are_refused_not_followed() {
+    let store = TestStore::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("usb");
+    std::fs::create_dir(&src).unwrap();
+    let (_, ha) = usage_cab(&src, "a-site", SITE_VERSION);
+    let (_, hc) = usage_cab(&src, "c-site", SITE_VERSION);
+    let big = pseudo_random(1_200_000, 21);
+    let small = pseudo_random(30_000, 22);
+    let content = write_content(
+        &store.dir().join("g"),
+        &[("data/big.bin", &big), ("small.bin", &small)],
+    );
+    let id = store.publish(
+        "General",
+        "5.00.9130.1000",
+        PackType::Update,
+        SITE_VERSION,
+        None,
+        &[],
+        &content,
+    );
+    let svc = TestService::start(&store, &[]);
+    let dest = work.path().join("packs");
+    let outside = work.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let victim = outside.join("precious");
+    std::fs::write(&victim, &big[..100_000]).unwrap();
+    let never = outside.join("never-made");
+    let partial = |h: uuid::Uuid, rel: &str| {
+        let p = dest
+            .join(h.to_string())
+            .join(id.to_string())
+            .join(CONTENT_DIR)
+            .join(format!("{rel}.sct-partial"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        p
+    };
+    // Hierarchy A downloads the pack (its cab comes first), C copies A's verified files.
+    let links = [
+        (partial(ha, "data/big.bin"), &victim),
+        (partial(ha, "small.bin"), &never),
+        (partial(hc, "data/big.bin"), &victim),
+        (partial(hc, "small.bin"), &never),
+    ];
+    for (link, target) in &links {
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
+    let o = options(&src, &dest, svc.url());
+    // A dangling link as the run's lock file: refused before anything is written.
+    let lock = dest.join(serviceconnection::connect::LOCK_FILE);
+    std::os::unix::fs::symlink(&never, &lock).unwrap();
+    let e = run(&o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnsafePath, "{e}");
+    assert!(e.to_string().contains("links are never followed"), "{e}");
+    assert!(!never.exists() && !dest.join(REPORT_FILE).exists());
+    std::fs::remove_file(&lock).unwrap();
+    let refused = |r: &ConnectReport, h: uuid::Uuid| {
+        let p = r
+            .packs
+            .iter()
+            .find(|p| p.hierarchy_id == h && p.package_guid == id)
+            .unwrap_or_else(|| panic!("{h} not in {r:#?}"));
+        assert_eq!(p.status, PackStatus::Failed, "{p:#?}");
+        assert_eq!(p.kind, Some(ErrorKind::UnsafePath), "{p:#?}");
+        let msg = p.message.as_deref().unwrap();
+        assert!(
+            msg.contains(".sct-partial is a symbolic link; links are never followed"),
+            "{msg}"
+        );
+    };
+    let untouched = || {
+        assert_eq!(std::fs::read(&victim).unwrap(), &big[..100_000]);
+        assert!(!never.exists(), "a dangling link's target was created");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    };
+
+    // Both hierarchies' links: A's download is refused, and so is C's (with nothing to
+    // copy from, it downloads).
+    let r = run(&o).unwrap();
+    refused(&r, ha);
+    refused(&r, hc);
+    untouched();
+
+    // A's links gone: A downloads; C's copy of A's files is refused.
+    for (link, _) in &links[..2] {
+        std::fs::remove_file(link).unwrap();
+    }
+    let r = run(&o).unwrap();
+    let a = r.packs.iter().find(|p| p.hierarchy_id == ha).unwrap();
+    assert_eq!(a.status, PackStatus::Downloaded, "{a:#?}");
+    refused(&r, hc);
+    untouched();
+    let copied = |h: uuid::Uuid, rel: &str| {
+        std::fs::read(
+            dest.join(h.to_string())
+                .join(id.to_string())
+                .join(CONTENT_DIR)
+                .join(rel),
+        )
+        .unwrap()
+    };
+    assert_eq!(copied(ha, "data/big.bin"), big);
+
+    // All links gone: the next run finishes C's pack, as a copy of A's.
+    for (link, _) in &links[2..] {
+        std::fs::remove_file(link).unwrap();
+    }
+    let r = run(&o).unwrap();
+    assert!(r.is_success(), "{r:#?}");
+    assert_eq!(copied(hc, "data/big.bin"), big);
+    assert_eq!(copied(hc, "small.bin"), small);
+    untouched();
+    assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
+}
+
 const CHILD_ENV: &str = "SCT_CONNECT_TEST_CHILD_OPTIONS";
 const CHILD_RESULT: &str = "CHILD-RESULT ";
 

@@ -483,6 +483,36 @@ fn an_interrupted_download_is_resumed_with_a_range() {
     assert_eq!(c.bytes_transferred, newest.len() as u64);
     assert_eq!(std::fs::read(folder.join(DOCUMENT_FILE)).unwrap(), newest);
     assert!(!partial.exists(), "the stale partial is removed");
+
+    // A link planted under the name the newest document's partial has is refused, never
+    // followed: the file it names outside the drive is neither cut nor written. Unix
+    // only: Wine creates no symbolic links.
+    #[cfg(unix)]
+    {
+        std::fs::remove_file(folder.join(DOCUMENT_FILE)).unwrap();
+        let sha = serviceconnection::hashing::sha256_hex(&newest);
+        let partial = folder.join(format!("{DOCUMENT_FILE}.{sha}.sct-partial"));
+        let victim = env.dir.path().join("precious");
+        std::fs::write(&victim, b"not the drive's to touch").unwrap();
+        std::os::unix::fs::symlink(&victim, &partial).unwrap();
+        let c = env.connect(svc.url()).console_content.unwrap();
+        assert_eq!(c.status, ConsoleStatus::Failed, "{c:#?}");
+        assert_eq!(c.kind, Some(ErrorKind::UnsafePath), "{c:#?}");
+        assert!(
+            c.message
+                .as_deref()
+                .unwrap()
+                .contains("is a symbolic link; links are never followed"),
+            "{c:#?}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not the drive's to touch");
+        assert!(!folder.join(DOCUMENT_FILE).exists());
+        // Once the link is gone, the next run fetches the document.
+        std::fs::remove_file(&partial).unwrap();
+        let c = env.connect(svc.url()).console_content.unwrap();
+        assert_eq!(c.status, ConsoleStatus::Downloaded, "{c:#?}");
+        assert_eq!(std::fs::read(folder.join(DOCUMENT_FILE)).unwrap(), newest);
+    }
 }
 
 #[test]

@@ -31,7 +31,7 @@ use crate::hashing::sha256_hex;
 use reqwest::header::{CONTENT_RANGE, ETAG, IF_NONE_MATCH, IF_RANGE, RANGE};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// Service path of the newest document.
@@ -213,16 +213,16 @@ async fn attempt(ctx: &Ctx, dir: &Path, report: &mut ConsoleReport) -> Result<()
         .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
     let part_path = dir.join(format!("{DOCUMENT_FILE}.{etag}{PARTIAL_SUFFIX}"));
     remove_partials(dir, Some(&part_path))?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .append(true)
-        .open(&part_path)
-        .map_err(|e| Error::io(format!("opening {}", part_path.display()), &e))?;
+    // A link there (planted on the drive under the name this document's partial has) is
+    // refused, not followed: its target would be cut and written over.
+    let mut file = crate::fsutil::open_write_no_follow(&part_path)
+        .map_err(|e| crate::fsutil::open_error("opening", &part_path.display().to_string(), &e))?;
     if start == 0 {
         file.set_len(0)
             .map_err(|e| Error::io(format!("truncating {}", part_path.display()), &e))?;
     }
+    file.seek(std::io::SeekFrom::Start(start))
+        .map_err(|e| Error::io(format!("opening {}", part_path.display()), &e))?;
     // Stream into the partial file (what a broken transfer leaves for the next run).
     let activity = super::client::Activity::new();
     let mut resp = resp;
@@ -251,8 +251,7 @@ async fn attempt(ctx: &Ctx, dir: &Path, report: &mut ConsoleReport) -> Result<()
     file.flush()
         .map_err(|e| Error::io(format!("writing {}", part_path.display()), &e))?;
     drop(file);
-    let bytes = std::fs::read(&part_path)
-        .map_err(|e| Error::io(format!("reading {}", part_path.display()), &e))?;
+    let bytes = read_no_follow(&part_path)?;
     if sha256_hex(&bytes) != etag {
         let _ = std::fs::remove_file(&part_path);
         return Err(Error::new(
@@ -318,11 +317,9 @@ async fn attempt(ctx: &Ctx, dir: &Path, report: &mut ConsoleReport) -> Result<()
         .map_err(|e| Error::io(format!("writing {}", sig_path.display()), &e))?;
     f.commit()?;
     // Flushed through a handle that may write (Windows flushes no other).
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&part_path)
+    crate::fsutil::open_write_no_follow(&part_path)
         .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(format!("writing {}", part_path.display()), &e))?;
+        .map_err(|e| crate::fsutil::open_error("writing", &part_path.display().to_string(), &e))?;
     crate::fsutil::rename_retrying(&part_path, &doc_path)
         .map_err(|e| Error::io(format!("moving into place {}", doc_path.display()), &e))?;
     crate::fsutil::sync_dir(dir);
@@ -344,10 +341,19 @@ fn read_small(path: &Path) -> Result<Option<Vec<u8>>> {
             format!("{} is not a regular file", path.display()),
         )),
         Ok(m) if m.len() > MAX_DOCUMENT_BYTES => Ok(None),
-        Ok(_) => std::fs::read(path)
-            .map(Some)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), &e)),
+        Ok(_) => read_no_follow(path).map(Some),
     }
+}
+
+/// A file's bytes, a link refused rather than followed.
+fn read_no_follow(path: &Path) -> Result<Vec<u8>> {
+    let shown = || path.display().to_string();
+    let mut bytes = Vec::new();
+    crate::fsutil::open_no_follow(path)
+        .map_err(|e| crate::fsutil::open_error("reading", &shown(), &e))?
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(format!("reading {}", shown()), &e))?;
+    Ok(bytes)
 }
 
 /// `console-content.json.<sha256>.sct-partial` files: (sha256, path, length).

@@ -22,7 +22,7 @@ use super::sink::{Place, Sink};
 use super::{Ctx, FileReport, FileStatus, PackReport, PackStatus, Throttle};
 use crate::api::OfferedPack;
 use crate::error::{Error, ErrorKind, Result};
-use crate::fsutil::{ensure_no_symlinks, PARTIAL_SUFFIX};
+use crate::fsutil::{self, ensure_no_symlinks, PARTIAL_SUFFIX};
 use crate::hashing::sha256_hex;
 use crate::pack::manifest::{CONTENT_DIR, MANIFEST_FILE, MAX_MANIFEST_BYTES, SIGNATURE_FILE};
 use crate::pack::{PackFile, PackManifest};
@@ -855,14 +855,12 @@ async fn discard(ctx: &Ctx, part: &mut Partial) -> Result<()> {
     part.restart().await
 }
 
-/// Open or create `path` for writing: the file and its length.
+/// Open or create `path` for writing: the file and its length. A link there (one planted
+/// on the drive, say) is refused, not followed: its target, outside the destination,
+/// would be read as the download's first bytes and then written over.
 fn open_partial_file(path: &Path) -> Result<(std::fs::File, u64)> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+    let file = fsutil::open_write_no_follow(path)
+        .map_err(|e| fsutil::open_error("opening", &path.display().to_string(), &e))?;
     let len = file
         .metadata()
         .map_err(|e| Error::io(format!("checking {}", path.display()), &e))?
@@ -929,8 +927,8 @@ async fn hash_prefix(ctx: &Arc<Ctx>, path: &Path, item: &str, total: u64) -> Res
     let path = path.to_path_buf();
     let item = item.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::open(&path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+        let mut f = fsutil::open_no_follow(&path)
+            .map_err(|e| fsutil::open_error("reading", &path.display().to_string(), &e))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut n_total = 0u64;
@@ -978,11 +976,13 @@ async fn copy_verified(
             Ok(m) if m.is_file() && m.len() == size => {}
             _ => return Ok(false),
         }
-        let Ok(mut from) = std::fs::File::open(&src) else {
+        let Ok(mut from) = fsutil::open_no_follow(&src) else {
             return Ok(false);
         };
         let what = || format!("writing {}", partial.display());
-        let mut to = std::fs::File::create(&partial).map_err(|e| Error::io(what(), &e))?;
+        let mut to = fsutil::open_write_no_follow(&partial)
+            .map_err(|e| fsutil::open_error("writing", &partial.display().to_string(), &e))?;
+        to.set_len(0).map_err(|e| Error::io(what(), &e))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut n_total = 0u64;

@@ -42,13 +42,7 @@ pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<File> {
 
 /// Map an error opening `shown` to a precise kind: a link is `UnsafePath`.
 pub(crate) fn open_error(shown: &str, e: &std::io::Error) -> Error {
-    if fsutil::is_link_refusal(e) {
-        return Error::new(
-            ErrorKind::UnsafePath,
-            format!("{shown} is a symbolic link; links are never followed"),
-        );
-    }
-    Error::io(format!("reading {shown}"), e)
+    fsutil::open_error("reading", shown, e)
 }
 
 /// Open `root/rel` as a regular file: no link anywhere below `root`, not a device or FIFO.

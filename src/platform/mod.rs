@@ -328,8 +328,25 @@ mod tests {
         }
     }
 
-    /// A link as the last component is refused by `open_no_follow`, and as any component
-    /// by `ensure_no_symlinks`.
+    /// `open_write_no_follow` creates a missing file and opens an existing one without
+    /// cutting it.
+    #[test]
+    fn opening_for_writing_creates_or_keeps() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        super::open_write_no_follow(&path)
+            .unwrap()
+            .write_all(b"abc")
+            .unwrap();
+        let f = super::open_write_no_follow(&path).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 3);
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
+    }
+
+    /// A link as the last component is refused by `open_no_follow` and
+    /// `open_write_no_follow` (a dangling one too, whose target is not created), and as any
+    /// component by `ensure_no_symlinks`.
     #[test]
     fn links_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -352,6 +369,18 @@ mod tests {
         let e = super::open_no_follow(&link).unwrap_err();
         assert!(super::is_link_refusal(&e), "{e}");
         assert!(super::open_no_follow(&target).is_ok());
+        let e = super::open_write_no_follow(&link).unwrap_err();
+        assert!(super::is_link_refusal(&e), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"x");
+        let nowhere = dir.path().join("nowhere");
+        let dangling = dir.path().join("dangling");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+        #[cfg(windows)]
+        std::os::windows::fs::symlink_file(&nowhere, &dangling).unwrap();
+        let e = super::open_write_no_follow(&dangling).unwrap_err();
+        assert!(super::is_link_refusal(&e), "{e}");
+        assert!(!nowhere.exists(), "a dangling link's target was created");
         let e = crate::fsutil::ensure_no_symlinks(dir.path(), std::path::Path::new("dirlink/x"))
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnsafePath);

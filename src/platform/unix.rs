@@ -109,6 +109,17 @@ pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Open a file for writing, created if it is not there (not truncated), without
+/// following a symbolic link in its last component, dangling or not (`O_NOFOLLOW`).
+pub(crate) fn open_write_no_follow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 pub(crate) fn is_os_link_refusal(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(libc::ELOOP)
 }

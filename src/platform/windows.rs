@@ -327,6 +327,31 @@ pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<File> {
     Ok(g)
 }
 
+/// Open a file for writing, created if it is not there (not truncated), without
+/// following a link in its last component: as [`open_no_follow`], the link itself is
+/// opened (`FILE_FLAG_OPEN_REPARSE_POINT`) and refused, and a reparse point that is not a
+/// link is opened through to its data and must be the very file first opened.
+pub(crate) fn open_write_no_follow(path: &Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(FS::FILE_FLAG_OPEN_REPARSE_POINT)
+        .open(path)?;
+    let info = attribute_tag(&f)?;
+    if info.FileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT == 0 {
+        return Ok(f);
+    }
+    if is_name_surrogate(info.ReparseTag) {
+        return Err(std::io::Error::other(LinkRefused));
+    }
+    let g = OpenOptions::new().write(true).open(path)?;
+    if file_id(&f)? != file_id(&g)? {
+        return Err(std::io::Error::other(LinkRefused));
+    }
+    Ok(g)
+}
+
 /// `ERROR_CANT_RESOLVE_FILENAME`: a chain of links too long (or a loop).
 pub(crate) fn is_os_link_refusal(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(F::ERROR_CANT_RESOLVE_FILENAME as i32)
