@@ -309,33 +309,23 @@ fn is_name_surrogate(tag: u32) -> bool {
 /// ([`LinkRefused`]). A reparse point that is not a link (a deduplicated or cloud file)
 /// is opened through to its data, and must be the very file first opened.
 pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(FS::FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(path)?;
-    let info = attribute_tag(&f)?;
-    if info.FileAttributes & FS::FILE_ATTRIBUTE_REPARSE_POINT == 0 {
-        return Ok(f);
-    }
-    if is_name_surrogate(info.ReparseTag) {
-        return Err(std::io::Error::other(LinkRefused));
-    }
-    let g = OpenOptions::new().read(true).open(path)?;
-    if file_id(&f)? != file_id(&g)? {
-        return Err(std::io::Error::other(LinkRefused));
-    }
-    Ok(g)
+    open_no_follow_with(path, OpenOptions::new().read(true))
 }
 
 /// Open a file for writing, created if it is not there (not truncated), without
-/// following a link in its last component: as [`open_no_follow`], the link itself is
-/// opened (`FILE_FLAG_OPEN_REPARSE_POINT`) and refused, and a reparse point that is not a
-/// link is opened through to its data and must be the very file first opened.
+/// following a link in its last component, as [`open_no_follow`] does.
 pub(crate) fn open_write_no_follow(path: &Path) -> std::io::Result<File> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
+    open_no_follow_with(
+        path,
+        OpenOptions::new().write(true).create(true).truncate(false),
+    )
+}
+
+/// Open `path` with `options` without following a link in its last component (see
+/// [`open_no_follow`]).
+fn open_no_follow_with(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
+    let f = options
+        .clone()
         .custom_flags(FS::FILE_FLAG_OPEN_REPARSE_POINT)
         .open(path)?;
     let info = attribute_tag(&f)?;
@@ -345,7 +335,7 @@ pub(crate) fn open_write_no_follow(path: &Path) -> std::io::Result<File> {
     if is_name_surrogate(info.ReparseTag) {
         return Err(std::io::Error::other(LinkRefused));
     }
-    let g = OpenOptions::new().write(true).open(path)?;
+    let g = options.open(path)?;
     if file_id(&f)? != file_id(&g)? {
         return Err(std::io::Error::other(LinkRefused));
     }
