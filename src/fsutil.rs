@@ -352,14 +352,17 @@ pub fn case_collision<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<(&
 
 /// Open a file for reading without following a link (symbolic link, junction, mount
 /// point) in its last component; [`is_link_refusal`] tells a refused link from other
-/// errors. (`O_NOFOLLOW` on Unix, `FILE_FLAG_OPEN_REPARSE_POINT` on Windows.)
+/// errors. (`O_NOFOLLOW` on Unix, `FILE_FLAG_OPEN_REPARSE_POINT` on Windows.) On Unix only
+/// a regular file is opened: a FIFO or a device is refused, a FIFO without waiting for a
+/// writer (see [`open_error`]).
 pub fn open_no_follow(path: &Path) -> std::io::Result<File> {
     platform::open_no_follow(path)
 }
 
 /// Open a file for writing, created if it is not there and not truncated, without
 /// following a link in its last component (a dangling one included: nothing is created
-/// where it points); [`is_link_refusal`] tells a refused link from other errors.
+/// where it points); [`is_link_refusal`] tells a refused link from other errors. On Unix,
+/// as [`open_no_follow`], only a regular file is opened, without waiting on a FIFO.
 pub fn open_write_no_follow(path: &Path) -> std::io::Result<File> {
     platform::open_write_no_follow(path)
 }
@@ -371,12 +374,19 @@ pub fn is_link_refusal(e: &std::io::Error) -> bool {
 }
 
 /// The error of opening `shown` for `doing` (as "reading"): a refused link (see
-/// [`is_link_refusal`]) is `UnsafePath`.
+/// [`is_link_refusal`]) and something other than a regular file (a FIFO or a device,
+/// refused by [`open_no_follow`] and [`open_write_no_follow`]) are `UnsafePath`.
 pub fn open_error(doing: &str, shown: &str, e: &std::io::Error) -> Error {
     if is_link_refusal(e) {
         return Error::new(
             ErrorKind::UnsafePath,
             format!("{shown} is a symbolic link; links are never followed"),
+        );
+    }
+    if platform::is_not_regular(e) {
+        return Error::new(
+            ErrorKind::UnsafePath,
+            format!("{shown} is not a regular file"),
         );
     }
     Error::io(format!("{doing} {shown}"), e)

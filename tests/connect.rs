@@ -6,6 +6,9 @@
 // use is unused there.
 #![cfg_attr(windows, allow(dead_code, unused_imports))]
 
+#[cfg(unix)]
+#[path = "common/fifo.rs"]
+mod fifo;
 #[path = "common/proxy.rs"]
 mod proxy;
 #[path = "common/service.rs"]
@@ -652,6 +655,57 @@ fn links_planted_where_partial_files_go_are_refused_not_followed() {
     assert_eq!(copied(hc, "small.bin"), small);
     untouched();
     assert!(partials(&dest).is_empty(), "{:?}", tree(&dest));
+}
+
+/// A FIFO planted on the drive where a content file's partial or the run's lock file goes
+/// is refused as not a regular file, at once: opening one to write waits for a reader
+/// forever (the watchdog lets such a wait go after 20 s, so the old code fails here
+/// instead of hanging).
+#[cfg(unix)]
+#[test]
+fn fifos_planted_where_partial_files_go_are_refused_without_waiting() {
+    let sc = scene();
+    let svc = TestService::start(&sc.store, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let (cab, h) = usage_cab(work.path(), "site", SITE_VERSION);
+    let dest = work.path().join("packs");
+    let content = dest
+        .join(h.to_string())
+        .join(sc.update_new.to_string())
+        .join(CONTENT_DIR);
+    std::fs::create_dir_all(&content).unwrap();
+    let partial = content.join("setup.exe.sct-partial");
+    let lock = dest.join(serviceconnection::connect::LOCK_FILE);
+    fifo::mkfifo(&lock);
+    fifo::mkfifo(&partial);
+    let _watchdog =
+        fifo::Watchdog::new(vec![lock.clone(), partial.clone()], Duration::from_secs(20));
+    let o = options(&cab, &dest, svc.url());
+    let started = Instant::now();
+    let e = run(&o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnsafePath, "{e}");
+    assert!(e.to_string().contains("is not a regular file"), "{e}");
+    std::fs::remove_file(&lock).unwrap();
+    let r = run(&o).unwrap();
+    let p = pack(&r, sc.update_new);
+    assert_eq!(p.status, PackStatus::Failed, "{p:#?}");
+    assert_eq!(p.kind, Some(ErrorKind::UnsafePath), "{p:#?}");
+    let msg = p.message.as_deref().unwrap();
+    assert!(
+        msg.contains("setup.exe.sct-partial is not a regular file"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "waited on a FIFO"
+    );
+    // Once it is gone, the next run finishes the pack.
+    std::fs::remove_file(&partial).unwrap();
+    assert!(run(&o).unwrap().is_success());
+    assert_eq!(
+        std::fs::read(content.join("setup.exe")).unwrap(),
+        sc.new_files[0].1
+    );
 }
 
 const CHILD_ENV: &str = "SCT_CONNECT_TEST_CHILD_OPTIONS";

@@ -3,6 +3,9 @@
 //! Connect (fetch, unchanged, resume, none published) → Import (verify, filter, record,
 //! rollback, tampering, crash) → read back (`-consolecontent`, the library).
 
+#[cfg(unix)]
+#[path = "common/fifo.rs"]
+mod fifo;
 #[path = "common/service.rs"]
 mod service;
 #[path = "common/site.rs"]
@@ -507,7 +510,25 @@ fn an_interrupted_download_is_resumed_with_a_range() {
         );
         assert_eq!(std::fs::read(&victim).unwrap(), b"not the drive's to touch");
         assert!(!folder.join(DOCUMENT_FILE).exists());
-        // Once the link is gone, the next run fetches the document.
+        // A FIFO there is refused too, without waiting for a reader (the watchdog lets
+        // such a wait go after 20 s, so that the test fails instead of hanging).
+        std::fs::remove_file(&partial).unwrap();
+        fifo::mkfifo(&partial);
+        let watchdog =
+            fifo::Watchdog::new(vec![partial.clone()], std::time::Duration::from_secs(20));
+        let started = std::time::Instant::now();
+        let c = env.connect(svc.url()).console_content.unwrap();
+        assert!(started.elapsed().as_secs() < 20, "waited on a FIFO");
+        drop(watchdog);
+        assert_eq!(c.kind, Some(ErrorKind::UnsafePath), "{c:#?}");
+        assert!(
+            c.message
+                .as_deref()
+                .unwrap()
+                .contains("is not a regular file"),
+            "{c:#?}"
+        );
+        // Once it is gone, the next run fetches the document.
         std::fs::remove_file(&partial).unwrap();
         let c = env.connect(svc.url()).console_content.unwrap();
         assert_eq!(c.status, ConsoleStatus::Downloaded, "{c:#?}");

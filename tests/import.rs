@@ -1,6 +1,9 @@
 //! Import: verified, transactional, idempotent import of update packs into a real site
 //! database. Every refusal asserts its kind and that the site is exactly as it was.
 
+#[cfg(unix)]
+#[path = "common/fifo.rs"]
+mod fifo;
 #[path = "common/packs.rs"]
 mod packs;
 #[path = "common/start.rs"]
@@ -481,6 +484,33 @@ fn symbolic_links_are_refused() {
     std::fs::rename(&m, e.src.join("manifest-elsewhere.json")).unwrap();
     std::os::unix::fs::symlink(e.src.join("manifest-elsewhere.json"), &m).unwrap();
     assert_refused(&e, spec4.id, ErrorKind::UnsafePath, "symbolic link");
+}
+
+/// A FIFO planted on the drive where a pack's manifest, signature or a content file should
+/// be is refused as not a regular file, at once: opening one waits for a writer forever,
+/// which no signal ends (the open restarts after the Ctrl-C handler). The watchdog lets
+/// such a wait go after 20 s, so the old code fails here instead of hanging.
+#[cfg(unix)]
+#[test]
+fn fifos_planted_on_the_drive_are_refused_without_waiting() {
+    let (e, _) = Env::with_one_imported();
+    let cases = [
+        ("FIFO manifest", MANIFEST_FILE.to_string()),
+        ("FIFO signature", format!("{MANIFEST_FILE}.minisig")),
+        ("FIFO content", format!("{CONTENT_DIR}/setup.exe")),
+    ];
+    for (i, (name, rel)) in cases.iter().enumerate() {
+        let spec = PackSpec::update(name, &format!("5.00.{}.1000", 9140 + i), "5.00.9106.1000");
+        let dir = e.add(&spec);
+        let f = dir.join(rel);
+        std::fs::remove_file(&f).unwrap();
+        fifo::mkfifo(&f);
+        let _watchdog = fifo::Watchdog::new(vec![f.clone()], std::time::Duration::from_secs(20));
+        let started = std::time::Instant::now();
+        assert_refused(&e, spec.id, ErrorKind::UnsafePath, "is not a regular file");
+        assert!(started.elapsed().as_secs() < 20, "{name}: waited");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[test]

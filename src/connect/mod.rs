@@ -451,14 +451,14 @@ pub const LOCK_FILE: &str = ".sct-connect.lock";
 
 fn lock_dest(dest: &Path) -> Result<std::fs::File> {
     let path = dest.join(LOCK_FILE);
-    // A link there is refused, not followed (a dangling one would create its target).
-    let f = crate::fsutil::open_write_no_follow(&path).map_err(|e| {
-        if crate::fsutil::is_link_refusal(&e) {
-            crate::fsutil::open_error("opening", &path.display().to_string(), &e)
-        } else {
-            Error::io(format!("cannot write in {}", dest.display()), &e)
-        }
-    })?;
+    // A link there is refused, not followed (a dangling one would create its target), and
+    // so is a FIFO (whose opening would wait for a reader).
+    let f = crate::fsutil::open_write_no_follow(&path).map_err(
+        |e| match crate::fsutil::open_error("opening", &path.display().to_string(), &e) {
+            refused if refused.kind() == ErrorKind::UnsafePath => refused,
+            _ => Error::io(format!("cannot write in {}", dest.display()), &e),
+        },
+    )?;
     match fs4::fs_std::FileExt::try_lock_exclusive(&f) {
         Ok(true) => Ok(f),
         Ok(false) => Err(Error::new(

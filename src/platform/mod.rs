@@ -46,6 +46,24 @@ impl std::fmt::Display for LinkRefused {
 
 impl std::error::Error for LinkRefused {}
 
+/// The error of opening something other than a regular file (a FIFO, a device) where only
+/// a regular file will do: [`open_no_follow`] and [`open_write_no_follow`] on Unix.
+#[derive(Debug)]
+pub(crate) struct NotRegular;
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the path is not a regular file")
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// Whether `e` says that the path was not a regular file ([`NotRegular`]).
+pub(crate) fn is_not_regular(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<NotRegular>())
+}
+
 /// Whether `e` says that the path was a link ([`open_no_follow`] refused to follow it).
 pub(crate) fn is_link_refusal(e: &std::io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<LinkRefused>()) || is_os_link_refusal(e)
@@ -325,6 +343,33 @@ mod tests {
             assert_eq!(dst.metadata().unwrap().len(), 0);
         } else {
             assert_eq!(std::fs::read(&c).unwrap(), b"hello");
+        }
+    }
+
+    /// A FIFO is refused as not a regular file by both opens, at once (a blocked open would
+    /// wait for the other end forever: checked on a thread of its own, given 10 s).
+    #[cfg(unix)]
+    #[test]
+    fn fifos_are_refused_without_waiting() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send([
+                super::open_no_follow(&path).map(drop),
+                super::open_write_no_follow(&path).map(drop),
+            ]);
+        });
+        let answers = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO waited");
+        for e in answers {
+            let e = e.expect_err("a FIFO was opened");
+            assert!(super::is_not_regular(&e), "{e}");
         }
     }
 

@@ -100,24 +100,45 @@ pub(crate) fn create_private(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Open a file for reading without following a symbolic link in its last component
-/// (`O_NOFOLLOW`: a link fails with `ELOOP`, see [`is_os_link_refusal`]).
+/// Open a regular file for reading without following a symbolic link in its last
+/// component (`O_NOFOLLOW`: a link fails with `ELOOP`, see [`is_os_link_refusal`]).
+/// Anything else there (a FIFO, a device) is refused ([`super::NotRegular`]); it is
+/// opened with `O_NONBLOCK` first, so that a FIFO planted on a drive is not waited on for
+/// a writer forever (a wait no signal ends: the open restarts after the Ctrl-C handler).
+/// `O_NONBLOCK` changes nothing for a regular file's reads and writes.
 pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    regular(
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path),
+    )
 }
 
-/// Open a file for writing, created if it is not there (not truncated), without
-/// following a symbolic link in its last component, dangling or not (`O_NOFOLLOW`).
+/// Open a regular file for writing, created if it is not there (not truncated), without
+/// following a symbolic link in its last component, dangling or not (`O_NOFOLLOW`); as
+/// [`open_no_follow`], anything but a regular file is refused without waiting (a FIFO
+/// without a reader fails the open with `ENXIO`).
 pub(crate) fn open_write_no_follow(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    regular(
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path),
+    )
+}
+
+/// The file opened, if it is a regular file.
+fn regular(opened: std::io::Result<File>) -> std::io::Result<File> {
+    let not_regular = || std::io::Error::other(super::NotRegular);
+    match opened {
+        Ok(f) if f.metadata()?.is_file() => Ok(f),
+        Ok(_) => Err(not_regular()),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Err(not_regular()),
+        Err(e) => Err(e),
+    }
 }
 
 pub(crate) fn is_os_link_refusal(e: &std::io::Error) -> bool {
