@@ -639,6 +639,14 @@ pub(crate) mod test_support {
         vec.iter().filter(|&&b| b & 1 == 1).count() * page
     }
 
+    /// A batch (aligned memory) of `len` bytes made from `seed`.
+    pub(crate) fn batch(seed: u32, len: usize) -> crate::fsutil::Batch {
+        let mut b = crate::fsutil::Batch::with_capacity(512 << 10);
+        let c: Vec<u8> = (0..len as u32).map(|i| (i ^ seed) as u8).collect();
+        b.extend_from_slice(&c);
+        b
+    }
+
     pub(crate) fn chunk(i: u32) -> Vec<u8> {
         (0..(i * 7919 % 90_001))
             .map(|b| (b ^ (i * 31)) as u8)
@@ -692,12 +700,6 @@ mod tests {
         use crate::fsutil::Batch;
         let Some(dir) = direct_dir("writing batches from their own memory") else {
             return;
-        };
-        let batch = |seed: u32, len: usize| {
-            let mut b = Batch::with_capacity(512 << 10);
-            let c: Vec<u8> = (0..len as u32).map(|i| (i ^ seed) as u8).collect();
-            b.extend_from_slice(&c);
-            b
         };
         // Batch by batch, and in groups (`write_parts`: one write for the whole batches
         // at the front of a group).
@@ -770,15 +772,8 @@ mod tests {
     /// the page cache; every byte arrives either way.
     #[test]
     fn o_direct_is_switched_only_where_the_kind_of_write_changes() {
-        use crate::fsutil::Batch;
         let Some(dir) = direct_dir("switching O_DIRECT") else {
             return;
-        };
-        let batch = |seed: u32, len: usize| {
-            let mut b = Batch::with_capacity(512 << 10);
-            let c: Vec<u8> = (0..len as u32).map(|i| (i ^ seed) as u8).collect();
-            b.extend_from_slice(&c);
-            b
         };
         // (first byte, last batch's length, refused at batch): switches, writebacks.
         let cases = [
