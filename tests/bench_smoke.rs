@@ -15,6 +15,12 @@ fn main() {
         report.starts_with("Machine: "),
         "no machine line:\n{report}"
     );
+    assert!(
+        report.lines().any(
+            |l| l.starts_with("Limits measured in this run") && l.contains(" GB/s on one core")
+        ),
+        "no limits line:\n{report}"
+    );
     for name in suite::COMPARISONS {
         let prefix = format!("| {name} | ");
         let timed = report
@@ -45,6 +51,14 @@ fn main() {
         assert!(ratio > 0.0 && ratio.is_finite(), "ratio in {}", timed[0]);
         for c in [&cols[8], &cols[9]] {
             assert!(c.ends_with(" MiB"), "peak RSS in {}", timed[0]);
+        }
+        // The step's floor on this machine, and how far ours is above it: both measured
+        // (a floor of zero would make every ratio meaningless).
+        for c in [&cols[11], &cols[12]] {
+            let v: f64 = c
+                .parse()
+                .unwrap_or_else(|_| panic!("floor column in {}", timed[0]));
+            assert!(v > 0.0 && v.is_finite(), "floor column in {}", timed[0]);
         }
         // Memory row: three sizes, each a measured (non-zero) figure.
         let mem: Vec<&str> = timed[1].split('|').map(str::trim).collect();

@@ -943,6 +943,129 @@ fn rows_text(n: u64) -> String {
 }
 
 /// One published pack with its hierarchy, cab and content listing.
+/// What this machine can do at most, measured in the run (best of three, so a moment of
+/// other work does not count): the limits each step is held against (issue 19 asks the
+/// README to say how far each step is from them).
+struct Limits {
+    /// Bytes per second of SHA-256 on one core (`sha2`, as our side hashes, over memory).
+    sha256: f64,
+    /// Usage rows per second that one SQLite connection steps through, every column read.
+    scan: f64,
+    /// Bytes per second of one file from the service over loopback (`curl` to the null
+    /// device): the service's reading and sending, and the kernel's loopback TCP.
+    loopback: f64,
+    cores: usize,
+}
+
+impl Limits {
+    /// `site`: the usage database of the full scale; `file_url`: the one-file pack's file of
+    /// `file_bytes`.
+    fn measure(site: &Path, file_url: &str, file_bytes: u64) -> Limits {
+        use sha2::Digest;
+        fn best_of_three(mut f: impl FnMut()) -> f64 {
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        }
+        // As much as the pack's file, up to 256 MiB (a fraction of a second on one core in
+        // a release build; the smoke test's debug build hashes at a twentieth of that).
+        const BUF: usize = 8 << 20;
+        let buf = vec![0x5a_u8; BUF];
+        let rounds = (file_bytes as usize / BUF).clamp(1, 32);
+        let sha = best_of_three(|| {
+            let mut h = sha2::Sha256::new();
+            for _ in 0..rounds {
+                h.update(&buf);
+            }
+            std::hint::black_box(h.finalize());
+        });
+        drop(buf);
+        let conn =
+            rusqlite::Connection::open_with_flags(site, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let mut rows = 0u64;
+        let scan = best_of_three(|| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc FROM usage_data",
+                )
+                .unwrap();
+            let mut q = st.query([]).unwrap();
+            let (mut n, mut bytes) = (0u64, 0usize);
+            while let Some(r) = q.next().unwrap() {
+                for i in 0..10 {
+                    bytes += match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Text(t) => t.len(),
+                        _ => 1,
+                    };
+                }
+                n += 1;
+            }
+            std::hint::black_box(bytes);
+            rows = n;
+        });
+        let null = if cfg!(windows) { "NUL" } else { "/dev/null" };
+        let loopback = best_of_three(|| {
+            let st = cmd("curl", &[&"-sSf", &"-o", &null, &file_url])
+                .status()
+                .unwrap();
+            assert!(st.success(), "curl {file_url}");
+        });
+        Limits {
+            sha256: (rounds * BUF) as f64 / sha,
+            scan: rows as f64 / scan,
+            loopback: file_bytes as f64 / loopback,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// The floor of step `name` on this machine, in seconds: what it cannot go below
+    /// whatever the code, from the limits alone (loose where a step does more, such as
+    /// compressing, which is left out). `csv`: bytes of the usage CSV; `rows`: usage rows;
+    /// `pack`: bytes of the update pack (one file or many).
+    fn floor(&self, name: &str, csv: u64, rows: u64, pack: u64) -> f64 {
+        let hash = |bytes: u64| bytes as f64 / self.sha256;
+        let cores = self.cores as f64;
+        let scan = rows as f64 / self.scan / cores;
+        let sent = pack as f64 / self.loopback;
+        match name {
+            // The CSV's one SHA-256 (the manifest's) on one core; the rows read by one
+            // connection per core.
+            "Prepare" | "Prepare, cab only" | "Export" => hash(csv).max(scan),
+            // The CSV's SHA-256 checked against the manifest, on one core.
+            "Read back" | "Upload, service side" => hash(csv),
+            // One file's SHA-256 cannot be split: one core; and the transfer.
+            "Connect 1 file" | "Connect 1 file, synced" => hash(pack).max(sent),
+            "Import 1 file" | "Import 1 file, other drive" => hash(pack),
+            // Many files hash on every core at once.
+            "Connect many files" | "Connect many files, synced" => (hash(pack) / cores).max(sent),
+            "Import many files" | "Import many files, other drive" => hash(pack) / cores,
+            other => panic!("no floor for {other}"),
+        }
+    }
+
+    /// What sets the floors, for the report.
+    fn describe(&self) -> String {
+        format!(
+            "Limits measured in this run (best of three): SHA-256 {:.2} GB/s on one core (sha2, over memory); \
+             one SQLite connection stepping the usage rows {:.1} M rows/s; one file from the service over \
+             loopback (curl to the null device) {:.2} GB/s; {} cores. A step's floor is what these allow at \
+             best: Prepare and Export the larger of the CSV's SHA-256 on one core and the rows read on every \
+             core (compressing left out); Read back and the upload the CSV's SHA-256; Connect and Import of \
+             one file that file's SHA-256 on one core (one file's hash cannot be split; Connect also the \
+             transfer); of many files their SHA-256 on every core at once (Connect also the transfer).",
+            self.sha256 / 1e9,
+            self.scan / 1e6,
+            self.loopback / 1e9,
+            self.cores
+        )
+    }
+}
+
 struct Pack {
     id: uuid::Uuid,
     hierarchy: uuid::Uuid,
@@ -1033,6 +1156,17 @@ pub fn run(scale: &Scale) -> String {
         say(&format!("no second file system: {why}"));
     }
     say("data ready");
+    let limits = {
+        let one = &packs[ramp.len() - 1][0];
+        Limits::measure(
+            &sites[ramp.len() - 1],
+            &format!("{url}/v1/packages/{}/content/{}", one.id, one.files[0].0),
+            one.bytes,
+        )
+    };
+    say("limits measured");
+    // Bytes of the usage CSV at the full scale (for the floors).
+    let mut main_csv = 0;
 
     let mut rows: Vec<Row> = Vec::new();
     // Our peak memory per comparison per ramp step.
@@ -1085,6 +1219,9 @@ pub fn run(scale: &Scale) -> String {
         let csv_bytes = std::fs::metadata(files_dir.join("UsageData.csv"))
             .unwrap()
             .len();
+        if main {
+            main_csv = csv_bytes;
+        }
         let ours_side = side(
             || rm(&cab),
             || vec![ours(&[&"prepare", site, &cab])],
@@ -1556,13 +1693,18 @@ pub fn run(scale: &Scale) -> String {
         scale.name, scale.runs
     );
     let _ = writeln!(r);
-    let _ = writeln!(r, "| step | data | stock tool | ours (s) | theirs (s) | ours ÷ theirs | target | ours peak RSS | theirs peak RSS | CPU s ours / theirs |");
-    let _ = writeln!(r, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(r, "| step | data | stock tool | ours (s) | theirs (s) | ours ÷ theirs | target | ours peak RSS | theirs peak RSS | CPU s ours / theirs | floor (s) | ours ÷ floor |");
+    let _ = writeln!(
+        r,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let full_scale = &ramp[ramp.len() - 1];
+    let floor = |name: &str| limits.floor(name, main_csv, full_scale.rows, full_scale.pack_bytes);
     for x in &rows {
         if let Some(why) = &x.skipped {
             let _ = writeln!(
                 r,
-                "| {} | {} | {} | skipped: {why} | | | ≤ {} | | | |",
+                "| {} | {} | {} | skipped: {why} | | | ≤ {} | | | | | |",
                 x.name, x.data, x.theirs_tool, x.target
             );
             continue;
@@ -1570,7 +1712,7 @@ pub fn run(scale: &Scale) -> String {
         let ratio = x.ours / x.theirs;
         let _ = writeln!(
             r,
-            "| {} | {} | {} | {:.3} | {:.3} | {:.2} | ≤ {} {} | {:.1} MiB | {:.1} MiB | {:.2} / {:.2} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.2} | ≤ {} {} | {:.1} MiB | {:.1} MiB | {:.2} / {:.2} | {:.3} | {:.2} |",
             x.name,
             x.data,
             x.theirs_tool,
@@ -1582,9 +1724,13 @@ pub fn run(scale: &Scale) -> String {
             x.ours_rss as f64 / 1024.0,
             x.theirs_rss as f64 / 1024.0,
             x.ours_cpu,
-            x.theirs_cpu
+            x.theirs_cpu,
+            floor(x.name),
+            x.ours / floor(x.name)
         );
     }
+    let _ = writeln!(r);
+    let _ = writeln!(r, "{}", limits.describe());
     let _ = writeln!(r);
     let _ = writeln!(
         r,
