@@ -949,8 +949,13 @@ fn rows_text(n: u64) -> String {
 struct Limits {
     /// Bytes per second of SHA-256 on one core (`sha2`, as our side hashes, over memory).
     sha256: f64,
-    /// Usage rows per second that one SQLite connection steps through, every column read.
+    /// Usage rows per second that one SQLite connection steps through.
     scan: f64,
+    /// Bytes per second of usage CSV that one core compresses as Prepare does.
+    deflate: f64,
+    /// Bytes per second written to the benchmark's disk and flushed (what a synced step's
+    /// bytes take to reach the disk).
+    disk: f64,
     /// Bytes per second of one file from the service over loopback (`curl` to the null
     /// device): the service's reading and sending, and the kernel's loopback TCP.
     loopback: f64,
@@ -958,9 +963,9 @@ struct Limits {
 }
 
 impl Limits {
-    /// `site`: the usage database of the full scale; `file_url`: the one-file pack's file of
-    /// `file_bytes`.
-    fn measure(site: &Path, file_url: &str, file_bytes: u64) -> Limits {
+    /// `site`: the usage database of the full scale; `csv`: its usage CSV as Prepare writes
+    /// it; `file_url`: the one-file pack's file of `file_bytes`.
+    fn measure(site: &Path, csv: &Path, file_url: &str, file_bytes: u64, scratch: &Path) -> Limits {
         use sha2::Digest;
         fn best_of_three(mut f: impl FnMut()) -> f64 {
             (0..3)
@@ -987,27 +992,58 @@ impl Limits {
         let conn =
             rusqlite::Connection::open_with_flags(site, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .unwrap();
+        // Every page read and every row stepped, as any reading of the rows must, and as
+        // little more as SQLite allows (one small column summed inside SQLite, no text
+        // handed out): a floor, not what formatting the rows costs.
         let mut rows = 0u64;
         let scan = best_of_three(|| {
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT id, level, category, metric, instance, value, site_code, site_name, server_name, collected_utc FROM usage_data",
-                )
-                .unwrap();
-            let mut q = st.query([]).unwrap();
-            let (mut n, mut bytes) = (0u64, 0usize);
-            while let Some(r) = q.next().unwrap() {
-                for i in 0..10 {
-                    bytes += match r.get_ref(i).unwrap() {
-                        rusqlite::types::ValueRef::Text(t) => t.len(),
-                        _ => 1,
-                    };
-                }
-                n += 1;
-            }
-            std::hint::black_box(bytes);
-            rows = n;
+            rows = conn
+                .query_row("SELECT count(*), sum(level) FROM usage_data", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .unwrap() as u64;
         });
+        // Up to 64 MiB of the CSV, compressed on this thread.
+        let mut sample = Vec::new();
+        std::fs::File::open(csv)
+            .unwrap()
+            .take(64 << 20)
+            .read_to_end(&mut sample)
+            .unwrap();
+        let deflate = best_of_three(|| {
+            let n = serviceconnection::usage::compressed_len_for_benchmark(&sample).unwrap();
+            assert!(
+                n > 0 && n < sample.len(),
+                "compressed {} to {n}",
+                sample.len()
+            );
+        });
+        // The pack's size written in 4 MiB pieces (bytes that do not compress) and
+        // flushed, into a new file each time.
+        let mut piece = vec![0u8; 4 << 20];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for b in piece.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        let mut written = 0;
+        let disk = best_of_three(|| {
+            written += 1;
+            let path = scratch.join(format!("disk-limit-{written}"));
+            let mut f = std::fs::File::create(&path).unwrap();
+            let mut left = file_bytes;
+            while left > 0 {
+                let n = left.min(piece.len() as u64) as usize;
+                f.write_all(&piece[..n]).unwrap();
+                left -= n as u64;
+            }
+            f.sync_all().unwrap();
+        });
+        for i in 1..=written {
+            rm(&scratch.join(format!("disk-limit-{i}")));
+        }
         let null = if cfg!(windows) { "NUL" } else { "/dev/null" };
         let loopback = best_of_three(|| {
             let st = cmd("curl", &[&"-sSf", &"-o", &null, &file_url])
@@ -1018,6 +1054,8 @@ impl Limits {
         Limits {
             sha256: (rounds * BUF) as f64 / sha,
             scan: rows as f64 / scan,
+            deflate: sample.len() as f64 / deflate,
+            disk: file_bytes as f64 / disk,
             loopback: file_bytes as f64 / loopback,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
@@ -1030,20 +1068,28 @@ impl Limits {
     fn floor(&self, name: &str, csv: u64, rows: u64, pack: u64) -> f64 {
         let hash = |bytes: u64| bytes as f64 / self.sha256;
         let cores = self.cores as f64;
-        let scan = rows as f64 / self.scan / cores;
+        let scan = rows as f64 / self.scan;
+        let deflate = csv as f64 / self.deflate;
         let sent = pack as f64 / self.loopback;
+        let stored = pack as f64 / self.disk;
         match name {
-            // The CSV's one SHA-256 (the manifest's) on one core; the rows read by one
-            // connection per core.
-            "Prepare" | "Prepare, cab only" | "Export" => hash(csv).max(scan),
+            // The CSV's one SHA-256 (the manifest's) on one core; and all the work (that
+            // hash, reading the rows, compressing the CSV) spread over every core.
+            "Prepare" | "Prepare, cab only" => hash(csv).max((hash(csv) + scan + deflate) / cores),
+            "Export" => hash(csv).max((hash(csv) + scan) / cores),
             // The CSV's SHA-256 checked against the manifest, on one core.
             "Read back" | "Upload, service side" => hash(csv),
-            // One file's SHA-256 cannot be split: one core; and the transfer.
-            "Connect 1 file" | "Connect 1 file, synced" => hash(pack).max(sent),
-            "Import 1 file" | "Import 1 file, other drive" => hash(pack),
+            // One file's SHA-256 cannot be split: one core; and the transfer, and where
+            // the stock side flushes too, the writing to the disk.
+            "Connect 1 file" => hash(pack).max(sent),
+            "Connect 1 file, synced" => hash(pack).max(sent).max(stored),
+            "Import 1 file" => hash(pack),
+            "Import 1 file, other drive" => hash(pack).max(stored),
             // Many files hash on every core at once.
-            "Connect many files" | "Connect many files, synced" => (hash(pack) / cores).max(sent),
-            "Import many files" | "Import many files, other drive" => hash(pack) / cores,
+            "Connect many files" => (hash(pack) / cores).max(sent),
+            "Connect many files, synced" => (hash(pack) / cores).max(sent).max(stored),
+            "Import many files" => hash(pack) / cores,
+            "Import many files, other drive" => (hash(pack) / cores).max(stored),
             other => panic!("no floor for {other}"),
         }
     }
@@ -1052,15 +1098,22 @@ impl Limits {
     fn describe(&self) -> String {
         format!(
             "Limits measured in this run (best of three): SHA-256 {:.2} GB/s on one core (sha2, over memory); \
-             one SQLite connection stepping the usage rows {:.1} M rows/s; one file from the service over \
-             loopback (curl to the null device) {:.2} GB/s; {} cores. A step's floor is what these allow at \
-             best: Prepare and Export the larger of the CSV's SHA-256 on one core and the rows read on every \
-             core (compressing left out); Read back and the upload the CSV's SHA-256; Connect and Import of \
-             one file that file's SHA-256 on one core (one file's hash cannot be split; Connect also the \
-             transfer); of many files their SHA-256 on every core at once (Connect also the transfer).",
+             one SQLite connection stepping through the usage rows {:.1} M rows/s; the usage CSV compressed \
+             as Prepare does {:.0} MB/s on one core; one file from the service over loopback (curl to the \
+             null device) {:.2} GB/s; the pack's size written to the disk and flushed {:.2} GB/s; {} cores. \
+             A step's floor is what these allow at best: Prepare the \
+             longer of the CSV's SHA-256 on one core and that hash, reading the rows and compressing the CSV \
+             spread over every core (formatting left out); Export the same without compressing; Read back \
+             and the upload the CSV's SHA-256 (decompressing left out); Connect and Import of one file that \
+             file's SHA-256 on one core (one file's hash cannot be split; Connect also the transfer); of \
+             many files their SHA-256 spread over every core (Connect also the transfer; the service's \
+             share of the cores left out); where the stock side flushes (synced, other drive) also the \
+             writing to the disk.",
             self.sha256 / 1e9,
             self.scan / 1e6,
+            self.deflate / 1e6,
             self.loopback / 1e9,
+            self.disk / 1e9,
             self.cores
         )
     }
@@ -1158,11 +1211,24 @@ pub fn run(scale: &Scale) -> String {
     say("data ready");
     let limits = {
         let one = &packs[ramp.len() - 1][0];
-        Limits::measure(
+        // The usage CSV, as Export writes it (the rows Prepare puts in its cab).
+        let csv = root.join("limits.csv");
+        serviceconnection::usage::export_csv(
             &sites[ramp.len() - 1],
+            &csv,
+            true,
+            &mut serviceconnection::progress::ignore,
+        )
+        .unwrap();
+        let limits = Limits::measure(
+            &sites[ramp.len() - 1],
+            &csv,
             &format!("{url}/v1/packages/{}/content/{}", one.id, one.files[0].0),
             one.bytes,
-        )
+            &root,
+        );
+        rm(&csv);
+        limits
     };
     say("limits measured");
     // Bytes of the usage CSV at the full scale (for the floors).

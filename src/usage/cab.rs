@@ -372,6 +372,13 @@ impl<W: Write> Write for FolderWriter<'_, W> {
     }
 }
 
+/// Compress `data` into MSZIP blocks on the calling thread as Prepare's compressing
+/// threads do; the compressed bytes. For the benchmark's measure of what compressing
+/// costs on one core ([`super::compressed_len_for_benchmark`]).
+pub(super) fn compressed_len(data: &[u8]) -> io::Result<usize> {
+    Compressor::new().blocks(data).map(|(out, _)| out.len())
+}
+
 /// One raw-deflate compressor, reused for every block a thread compresses.
 struct Compressor {
     deflater: deflate::Deflater,

@@ -19,6 +19,14 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// The size `data` compresses to as Prepare compresses it (MSZIP blocks, one compressor
+/// on the calling thread). Only for the `compare` benchmark, which times it to know what
+/// compressing costs on one core of the machine it runs on; not part of the API.
+#[doc(hidden)]
+pub fn compressed_len_for_benchmark(data: &[u8]) -> std::io::Result<usize> {
+    cab::compressed_len(data)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UsageFormat {
     Cab,
