@@ -942,7 +942,6 @@ fn rows_text(n: u64) -> String {
     }
 }
 
-/// One published pack with its hierarchy, cab and content listing.
 /// What this machine can do at most, measured in the run (best of three, so a moment of
 /// other work does not count): the limits each step is held against (issue 19 asks the
 /// README to say how far each step is from them).
@@ -963,8 +962,8 @@ struct Limits {
 }
 
 impl Limits {
-    /// `site`: the usage database of the full scale; `csv`: its usage CSV as Prepare writes
-    /// it; `file_url`: the one-file pack's file of `file_bytes`.
+    /// `site`: the usage database of the full scale; `csv`: its usage CSV; `file_url`: the
+    /// one-file pack's file of `file_bytes`; `scratch`: a folder on the benchmark's disk.
     fn measure(site: &Path, csv: &Path, file_url: &str, file_bytes: u64, scratch: &Path) -> Limits {
         use sha2::Digest;
         fn best_of_three(mut f: impl FnMut()) -> f64 {
@@ -1105,7 +1104,7 @@ impl Limits {
             "Limits measured in this run (best of three): SHA-256 {:.2} GB/s on one core (sha2, over memory); \
              one SQLite connection stepping through the usage rows {:.1} M rows/s; the usage CSV compressed \
              as Prepare does {:.0} MB/s on one core; one file from the service over loopback (curl to the \
-             null device) {:.2} GB/s; the pack's size written to the disk and flushed {:.2} GB/s; {} cores. \
+             null device) {:.2} GB/s; the pack's size written to the disk past the page cache and flushed {:.2} GB/s; {} cores. \
              A step's floor is what these allow at best: Prepare the \
              longer of the CSV's SHA-256 on one core and that hash, reading the rows and compressing the CSV \
              spread over every core (formatting left out); Export the same without compressing; Read back \
@@ -1124,6 +1123,7 @@ impl Limits {
     }
 }
 
+/// One published pack with its hierarchy, cab and content listing.
 struct Pack {
     id: uuid::Uuid,
     hierarchy: uuid::Uuid,
