@@ -21,6 +21,12 @@ fn main() {
         ),
         "no limits line:\n{report}"
     );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("Page cache: ") && l.contains(" µs per 4 KiB page")),
+        "no page cache line:\n{report}"
+    );
     for name in suite::COMPARISONS {
         let prefix = format!("| {name} | ");
         let timed = report
@@ -29,9 +35,10 @@ fn main() {
             .collect::<Vec<_>>();
         assert_eq!(
             timed.len(),
-            2,
-            "expected a timing row and a memory row for {name}:\n{report}"
+            3,
+            "expected a timing row, a page cache row and a memory row for {name}:\n{report}"
         );
+        let (cache, memory) = (timed[1], timed[2]);
         let cols: Vec<&str> = timed[0].split('|').map(str::trim).collect();
         // A comparison this machine cannot run (no root to mount a second file system)
         // says why, in both rows.
@@ -41,7 +48,8 @@ fn main() {
                 "no reason in {}",
                 timed[0]
             );
-            assert!(timed[1].ends_with("| skipped |"), "memory row {}", timed[1]);
+            assert!(cache.ends_with("| skipped |"), "page cache row {cache}");
+            assert!(memory.ends_with("| skipped |"), "memory row {memory}");
             continue;
         }
         // Timing row: ratio column parses as a positive number.
@@ -60,11 +68,39 @@ fn main() {
                 .unwrap_or_else(|_| panic!("floor column in {}", timed[0]));
             assert!(v > 0.0 && v.is_finite(), "floor column in {}", timed[0]);
         }
+        // Page cache row: bytes each side writes through it, the stock side's time as
+        // measured (the timing row's) and less fresh pages (never less than a tenth of
+        // it), the ratio as measured and without fresh pages (a positive figure no
+        // smaller than a tenth of the measured one, by the same bound).
+        let pc: Vec<&str> = cache.split('|').map(str::trim).collect();
+        for c in &pc[2..4] {
+            assert!(
+                c.ends_with(" MiB") || c.ends_with(" GiB"),
+                "bytes in {cache}"
+            );
+        }
+        assert_eq!(pc[4], cols[5], "stock side's time in {cache}");
+        let theirs: f64 = cols[5].parse().unwrap();
+        let less: f64 = pc[5]
+            .parse()
+            .unwrap_or_else(|_| panic!("stock side's time less fresh pages in {cache}"));
+        assert!(
+            less <= theirs && less >= theirs / 10.0 - 0.001,
+            "stock side's time less fresh pages in {cache}"
+        );
+        assert_eq!(pc[6], cols[6], "measured ratio in {cache}");
+        let without: f64 = pc[7]
+            .parse()
+            .unwrap_or_else(|_| panic!("ratio without fresh pages in {cache}"));
+        assert!(
+            without.is_finite() && without >= ratio / 10.0 - 0.01,
+            "ratio without fresh pages in {cache}"
+        );
         // Memory row: three sizes, each a measured (non-zero) figure.
-        let mem: Vec<&str> = timed[1].split('|').map(str::trim).collect();
+        let mem: Vec<&str> = memory.split('|').map(str::trim).collect();
         for c in &mem[2..5] {
             let v: f64 = c.trim_end_matches(" MiB").parse().unwrap();
-            assert!(v > 0.0, "memory in {}", timed[1]);
+            assert!(v > 0.0, "memory in {memory}");
         }
     }
     let left = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench"))
