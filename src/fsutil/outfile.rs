@@ -31,8 +31,13 @@
 //! CSV (`BackgroundWriter`; written from the thread that hashes, it had cost Export
 //! 0.035-0.075 s, alternating runs, medians of six) and Import's copy of a large file
 //! from another drive (`import::place`; a 1 GiB pack from a tmpfs 1.68-1.73 -> 0.82 s,
-//! CPU 2.1-2.2 -> 0.93 s, the benchmark's row). Not for Prepare's cab, which is read back
-//! (hashed) right after it is written.
+//! CPU 2.1-2.2 -> 0.93 s, the benchmark's row). Also Import's copies of smaller files
+//! from another drive, written on the placing worker's own thread (read, hash, write in
+//! turn): there the direct write's wait is the worker's, but each of the two workers
+//! waits for its own, and a page cache page costs its allocation and a copy, far more
+//! where a virtual machine's host has taken the free memory back (1,000 files of 1 MiB
+//! 2.16-3.13 -> 1.61-1.74 s, CPU 3.6-5.2 -> 1.6-1.7 s, on such a machine). Not for
+//! Prepare's cab, which is read back (hashed) right after it is written.
 
 use std::fs::File;
 
