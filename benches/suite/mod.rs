@@ -1056,6 +1056,15 @@ impl Limits {
             seed ^= seed << 17;
             *b = seed as u8;
         }
+        // `bytes` written to `f` in pieces of `piece`.
+        let write_pieces = |f: &mut std::fs::File, bytes: u64| {
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(PIECE as u64) as usize;
+                f.write_all(&piece[..n]).unwrap();
+                left -= n as u64;
+            }
+        };
         let target = scratch.join("disk-limit");
         let disk = best_of_three(|| {
             let mut open = std::fs::OpenOptions::new();
@@ -1063,12 +1072,7 @@ impl Limits {
             #[cfg(target_os = "linux")]
             std::os::unix::fs::OpenOptionsExt::custom_flags(&mut open, libc::O_DIRECT);
             let mut f = open.open(&target).unwrap();
-            let mut left = file_bytes.div_ceil(4096) * 4096;
-            while left > 0 {
-                let n = left.min(PIECE as u64) as usize;
-                f.write_all(&piece[..n]).unwrap();
-                left -= n as u64;
-            }
+            write_pieces(&mut f, file_bytes.div_ceil(4096) * 4096);
             f.sync_data().unwrap();
         });
         rm(&target);
@@ -1081,20 +1085,12 @@ impl Limits {
         // page cache; our side writes past it (`O_DIRECT`) where it writes gigabytes.
         let target = scratch.join("cache-limit");
         let mut f = std::fs::File::create(&target).unwrap();
-        let write_all_of = |f: &mut std::fs::File| {
-            let mut left = file_bytes;
-            while left > 0 {
-                let n = left.min(PIECE as u64) as usize;
-                f.write_all(&piece[..n]).unwrap();
-                left -= n as u64;
-            }
-        };
         let t = Instant::now();
-        write_all_of(&mut f);
+        write_pieces(&mut f, file_bytes);
         let cache_fresh = t.elapsed().as_secs_f64();
         let cache_again = best_of_three(|| {
             std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).unwrap();
-            write_all_of(&mut f);
+            write_pieces(&mut f, file_bytes);
         });
         drop(f);
         rm(&target);
