@@ -9,6 +9,13 @@ fn main() {
     if suite::child_main() {
         return;
     }
+    // A ratio that two decimals would round onto its target gets a third.
+    assert_eq!(suite::ratio_text(0.2038, 0.2), "0.204");
+    assert_eq!(suite::ratio_text(0.1962, 0.2), "0.196");
+    assert_eq!(suite::ratio_text(0.2, 0.2), "0.20");
+    assert_eq!(suite::ratio_text(0.2138, 0.2), "0.21");
+    assert_eq!(suite::ratio_text(0.1449, 0.15), "0.14");
+    assert_eq!(suite::ratio_text(0.1504, 0.15), "0.150");
     let scale = suite::Scale::named("tiny").expect("tiny scale");
     let report = suite::run(&scale);
     assert!(
