@@ -486,7 +486,7 @@ fn place_file(
         // machine's free memory has gone back to a virtual machine's host, bringing each
         // fresh page back (13-27 µs per 4 KiB on the benchmark's machines: 1,000 files of
         // 1 MiB from another drive took 2.9-3.1 s and 4.6-5.2 CPU-s through the page
-        // cache, see the README's eighteenth round).
+        // cache, see benches/HISTORY.md, eighteenth round).
         let mut out = OutFile::new(dst.try_clone().map_err(wio)?, 0);
         let n = hash_file(
             &mut src,
